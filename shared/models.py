@@ -1,0 +1,168 @@
+"""Every table of the store, in one module.
+
+The database is the source of truth: a Celery message only says "look at row X", and each task
+guards on the status it finds here. Times are aware UTC (SQLModel stores them so on both databases).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(default: Any = None) -> Any:
+    factory = (lambda: {}) if default is None else default
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class VersionStatus(StrEnum):
+    candidate = "candidate"
+    blessed = "blessed"
+    rejected = "rejected"
+    retired = "retired"
+
+
+class Abstract(SQLModel, table=True):
+    pmid: int = Field(primary_key=True)
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    journal: str = ""
+    pub_date: date | None = None
+    entrez_date: date | None = Field(default=None, index=True)
+    revised_date: date | None = None
+    mesh_terms: list[str] = _json(list)
+    language: str = "eng"
+    content_hash: str = Field(index=True, max_length=64)
+    source: str = Field(max_length=200)
+    ingested_at: datetime = Field(default_factory=utcnow, index=True)
+    deleted: bool = False
+    # The run that took this abstract as new data. NULL = not yet trained on: the trigger counts these,
+    # and claiming them in the run's own transaction is what makes the trigger idempotent.
+    train_run_id: int | None = Field(default=None, foreign_key="trainingrun.id", index=True)
+
+
+class IngestCursor(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("source", "query"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=50)
+    query: str = Field(max_length=500)
+    watermark: str | None = None
+    last_success: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    stored: int = 0
+    skipped: int = 0
+
+
+class TrainingRun(SQLModel, table=True):
+    # One active run per model line, enforced by the database itself: two triggers racing on two
+    # hosts cannot both queue a run; the loser's insert fails and it backs off.
+    __table_args__ = (
+        Index("one_active_run_per_line", "model_line", unique=True,
+              sqlite_where=text("status IN ('queued', 'running')"),
+              postgresql_where=text("status IN ('queued', 'running')")),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    model_line: str = Field(index=True, max_length=64)
+    status: RunStatus = Field(default=RunStatus.queued, index=True)
+    base_model: str
+    # No foreign key: runs and versions point at each other, and a cycle of constraints breaks
+    # table ordering on create and drop. The version row carries the enforced link.
+    parent_version_id: int | None = None
+    config: dict = _json()
+    manifest: dict = _json()
+    checkpoint_path: str | None = None
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    deliveries: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class ModelVersion(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    model_line: str = Field(index=True, max_length=64)
+    # unique: a redelivered training task can never make a second version for the same run.
+    run_id: int = Field(foreign_key="trainingrun.id", unique=True)
+    parent_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    base_model: str
+    adapter_path: str
+    sha256: str = Field(max_length=64)
+    status: VersionStatus = Field(default=VersionStatus.candidate, index=True)
+    metrics: dict = _json()
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Evaluation(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="modelversion.id", index=True)
+    baseline_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    suite: str = Field(max_length=64)
+    suite_hash: str = Field(max_length=64)
+    metrics: dict = _json()
+    baseline_metrics: dict = _json()
+    passed: bool
+    reasons: list[str] = _json(list)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Alias(SQLModel, table=True):
+    model_line: str = Field(primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=32)
+    version_id: int = Field(foreign_key="modelversion.id")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=100)
+    action: str = Field(max_length=32, index=True)
+    subject: str = Field(max_length=100)
+    from_version_id: int | None = None
+    to_version_id: int | None = None
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    metrics: dict = _json()
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class DriftReport(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    reference_window: str = ""
+    current_window: str = ""
+    status: str = Field(max_length=32)
+    drift_detected: bool = False
+    scores: dict = _json()
+    html_path: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Alert(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    severity: str = Field(max_length=16)
+    dedup_key: str = Field(max_length=200, index=True)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    channels: list[str] = _json(list)
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    acknowledged: bool = False

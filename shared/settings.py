@@ -1,0 +1,153 @@
+"""The one place a setting is declared.
+
+Every knob is a field on `Settings` (env prefix `MEDQA_`, optional `.env` file). A bad value stops
+start-up with `SettingsError`, whose message names the environment variable, so an operator never
+has to read a pydantic traceback at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MEDQA_"
+# ../shared/data beside the repo: real public data for the demo and data tests (absent on user machines).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class SettingsError(RuntimeError):
+    """A setting has a bad value; the message names the MEDQA_ variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    # -- where things live
+    data_dir: Path = Field(Path(".medqa"), description="Root for the SQLite file, artifacts and reports.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means sqlite:///<data_dir>/medqa.db.")
+    artifact_dir: Path | None = Field(None, description="Adapters and checkpoints; default <data_dir>/artifacts.")
+    model_cache_dir: Path | None = Field(None, description="Converted/built base models; default <data_dir>/models.")
+
+    # -- broker and task execution
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    eager: bool = Field(False, description="Run every task in the calling process (tests, demo without a broker).")
+    visibility_timeout_s: int = Field(
+        20, ge=5, le=3600,
+        description="Seconds before an unacknowledged message is redelivered. Running tasks renew their "
+        "lease every few seconds, so this bounds recovery after a killed worker, not the run length.",
+    )
+    max_deliveries: int = Field(3, ge=1, le=20, description="A task delivered this often without finishing is failed.")
+    ingest_watch_dir: Path | None = Field(None, description="Beat imports new NLM XML files dropped here.")
+    ingest_poll_s: int = Field(3600, ge=10, description="Beat: seconds between ingest polls.")
+    monitor_every_s: int = Field(3600, ge=10, description="Beat: seconds between monitor runs.")
+    sweep_every_s: int = Field(60, ge=5, description="Beat: seconds between sweeps that re-derive lost work.")
+
+    # -- model
+    model_line: str = Field("default", min_length=1, max_length=64, description="Name of the model line.")
+    base_model: str = Field(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="Hub id, local folder, or the builtin 'tiny-gpt2'. Offline, SmolLM2 is built from its GGUF.",
+    )
+
+    # -- training trigger: N new abstracts, or T hours with at least M new ones
+    trigger_min_new: int = Field(200, ge=1, description="Queue a run once this many new abstracts are stored.")
+    trigger_max_hours: float = Field(24.0, gt=0, description="...or after this many hours since the last run...")
+    trigger_min_new_after_hours: int = Field(20, ge=1, description="...if at least this many are new.")
+
+    # -- training
+    train_max_steps: int = Field(60, ge=1, description="Optimizer steps per increment.")
+    train_batch_size: int = Field(4, ge=1)
+    train_max_length: int = Field(256, ge=16, le=4096, description="Tokens per training sequence.")
+    train_lr: float = Field(2e-4, gt=0, lt=1)
+    train_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
+    replay_ratio: float = Field(0.3, ge=0, lt=1, description="Share of each run's examples drawn from replay.")
+    holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of new abstracts kept for evaluation.")
+    checkpoint_every: int = Field(10, ge=1, description="Steps between resumable checkpoints.")
+    seed: int = 0
+
+    # -- evaluation and promotion
+    policy_file: Path | None = Field(None, description="Gate policy TOML; default services/evaluator/policy.toml.")
+    auto_promote: bool = Field(True, description="Promote a blessed candidate without an operator.")
+    retention_corpus: Path | None = Field(
+        None, description="Folder of general-medical text (MedQuAD XML) for replay and retention.")
+    eval_max_texts: int = Field(48, ge=4, description="Texts per perplexity slice.")
+
+    # -- monitoring
+    drift_min_rows: int = Field(20, ge=2, description="Fewer rows than this on a side: 'not enough data'.")
+
+    # -- NCBI (no default secrets)
+    ncbi_email: str | None = None
+    ncbi_api_key: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_broker(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _derived_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.artifact_dir is None:
+            self.artifact_dir = self.data_dir / "artifacts"
+        if self.model_cache_dir is None:
+            self.model_cache_dir = self.data_dir / "models"
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'medqa.db'}"
+        if self.policy_file is None:
+            self.policy_file = Path(__file__).resolve().parents[1] / "services" / "evaluator" / "policy.toml"
+        if self.retention_corpus is None and (SHARED_DATA / "medquad").is_dir():
+            self.retention_corpus = SHARED_DATA / "medquad"
+        return self
+
+    @property
+    def artifacts(self) -> Path:
+        assert self.artifact_dir is not None
+        return self.artifact_dir
+
+    @property
+    def models_dir(self) -> Path:
+        assert self.model_cache_dir is not None
+        return self.model_cache_dir
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        lines.append(f"{ENV_PREFIX}{field.upper()}={e.get('input')!r}: {e['msg']}")
+    return "bad setting: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(_explain(err)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()
