@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import redis
@@ -31,6 +31,7 @@ log = logging.getLogger("medqa.tasks")
 
 QUEUES = ("ingest", "train", "evaluate", "monitor")
 UNACKED_INDEX = "unacked_index"  # kombu's Redis transport default key for in-flight messages
+ROUTES: dict[str, dict[str, str]] = {}  # task name -> queue, filled by @medqa_task
 
 
 def _configure(app: Celery) -> None:
@@ -42,6 +43,7 @@ def _configure(app: Celery) -> None:
         task_ignore_result=True,  # results live in the store, not in Celery
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="monitor",
+        task_routes=ROUTES,
         task_acks_late=True,
         task_reject_on_worker_lost=False,  # a child that dies is acked; the sweeper re-derives the work
         worker_prefetch_multiplier=1,
@@ -121,10 +123,12 @@ def _running(task: Task, lock_key: str | None) -> Iterator[None]:
     r = redis_client()
     lock = None
     if lock_key:
-        lock = r.lock(f"medqa:lock:{lock_key}", timeout=s.visibility_timeout_s, blocking=False)
+        # Half the visibility timeout: by the time a dead worker's message is redelivered, its lock
+        # has expired, so the redelivered task is not turned away by its own predecessor.
+        lock = r.lock(f"medqa:lock:{lock_key}", timeout=s.visibility_timeout_s / 2, blocking=False)
         if not lock.acquire():
             raise SingletonBusy(lock_key)
-    keeper = LeaseKeeper((task.request.properties or {}).get("delivery_tag"), lock, s.visibility_timeout_s / 4)
+    keeper = LeaseKeeper((task.request.properties or {}).get("delivery_tag"), lock, s.visibility_timeout_s / 5)
     keeper.start()
     try:
         yield
@@ -132,10 +136,8 @@ def _running(task: Task, lock_key: str | None) -> Iterator[None]:
         keeper.stop.set()
         keeper.join(timeout=5)
         if lock is not None:
-            try:
+            with suppress(Exception):  # expired already: nothing to release
                 lock.release()
-            except Exception:  # expired already: nothing to release
-                pass
 
 
 def medqa_task(
@@ -154,7 +156,9 @@ def medqa_task(
         raise ValueError(f"unknown queue {queue!r}; queues are {QUEUES}")
 
     def wrap(fn: Callable[..., Any]) -> Task:
-        @app.task(name=name, bind=True, queue=queue, acks_late=True, autoretry_for=retry_on,
+        ROUTES[name] = {"queue": queue}
+
+        @app.task(name=name, bind=True, acks_late=True, autoretry_for=retry_on,
                   max_retries=max_retries, retry_backoff=2, retry_backoff_max=8, retry_jitter=True)
         @functools.wraps(fn)
         def run(self: Task, *args: Any, **kwargs: Any) -> Any:

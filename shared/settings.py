@@ -79,6 +79,8 @@ class Settings(BaseSettings):
 
     # -- monitoring
     drift_min_rows: int = Field(20, ge=2, description="Fewer rows than this on a side: 'not enough data'.")
+    # 0.25 = one column of four: a change of topic moves the text column alone, and must count.
+    drift_share: float = Field(0.25, gt=0, le=1, description="Share of drifted columns that means drift.")
 
     # -- NCBI (no default secrets)
     ncbi_email: str | None = None

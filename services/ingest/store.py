@@ -72,6 +72,7 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
                 result.duplicates += 1
                 continue
             result.updated += 1  # a revised record: same PMID, new content
+            row.train_run_id = None  # its new text has not been trained on: it counts as new again
         elif record.content_hash in seen_hashes:
             result.duplicates += 1  # the same text under another PMID
             continue

@@ -36,7 +36,7 @@ def record_drift(current: list[str], current_window: str, *, reference_version: 
         reference, ref_window = _reference(session, reference_version)
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
     result = text_drift(reference, current, html_path=s.reports_dir / f"drift-{stamp}.html",
-                        min_rows=s.drift_min_rows)
+                        min_rows=s.drift_min_rows, drift_share=s.drift_share)
     with session_scope() as session:
         report = DriftReport(kind="data", reference_window=ref_window, current_window=current_window,
                              status=result.status, drift_detected=result.detected, scores=result.to_json(),

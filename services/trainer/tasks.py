@@ -96,7 +96,8 @@ def train_run(run_id: int) -> int | None:
         version = ModelVersion(model_line=model_line, run_id=run_id, parent_version_id=run.parent_version_id,
                                base_model=base_spec, adapter_path=str(result.adapter_dir), sha256=result.sha256,
                                metrics={"train_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
-                                        "train_seconds": result.seconds, "tokens": result.tokens})
+                                        "train_seconds": result.seconds, "tokens": result.tokens,
+                                        "resumed_from_step": result.resumed_from})
         session.add(version)
         run.status, run.finished_at, run.heartbeat_at = RunStatus.succeeded, utcnow(), utcnow()
         run.step, run.total_steps, run.loss = cfg.max_steps, cfg.max_steps, result.final_loss

@@ -1,0 +1,166 @@
+"""Text drift between a reference and a current set of texts (abstracts or questions), with Evidently 0.7.
+
+Columns checked: the text itself (Evidently's TF-IDF domain classifier), three offline descriptors
+(length, word count, sentence count) and any extra columns the caller passes (year, journal, ...).
+The verdict and the per-column scores are read from Evidently's snapshot, never recomputed here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.descriptors import SentenceCount, TextLength, WordCount
+from evidently.presets import DataDriftPreset
+from sklearn.exceptions import ConvergenceWarning
+
+TEXT_COLUMN = "text"
+# OOV and Sentiment are left out: they download NLTK data and fail offline.
+DESCRIPTOR_COLUMNS = ("text_length", "word_count", "sentence_count")
+
+# Evidently's own verdict line in its HTML report, e.g. "Dataset Drift is NOT detected. Dataset drift ...".
+HTML_VERDICT = {True: "Dataset Drift is detected", False: "Dataset Drift is NOT detected"}
+
+_VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+_DRIFTED_COLUMNS = "evidently:metric_v2:DriftedColumnsCount"
+
+
+@dataclass
+class DriftResult:
+    status: str  # "drift" | "no_drift" | "not_enough_data"
+    detected: bool
+    share_drifted: float  # share of drifted columns
+    scores: dict[str, dict[str, Any]]  # column -> {"method", "score", "threshold", "drifted"}
+    n_reference: int
+    n_current: int
+    html_path: Path | None  # Evidently's HTML report; None when not_enough_data
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "detected": self.detected,
+            "share_drifted": self.share_drifted,
+            "scores": self.scores,
+            "n_reference": self.n_reference,
+            "n_current": self.n_current,
+            "html_path": None if self.html_path is None else str(self.html_path),
+        }
+
+
+def text_drift(
+    reference: Sequence[str],
+    current: Sequence[str],
+    *,
+    html_path: Path,
+    min_rows: int = 20,
+    extra_reference: pd.DataFrame | None = None,
+    extra_current: pd.DataFrame | None = None,
+    drift_share: float = 0.5,
+) -> DriftResult:
+    """Run Evidently's DataDriftPreset (with tests) on texts plus descriptors and write its HTML report.
+
+    Dataset drift means: share of drifted columns >= drift_share (Evidently's rule). A pure vocabulary
+    shift drifts only the text column, i.e. 1 of 4 columns, so it stays below the default 0.5.
+
+    Raises ValueError on mismatched extra columns, and (from scikit-learn, inside Evidently) when every
+    non-stop-word term is in over half the texts: its TF-IDF has max_df=0.5 and then has no terms left.
+    """
+    n_ref, n_cur = len(reference), len(current)
+    if min(n_ref, n_cur) < min_rows:
+        return DriftResult("not_enough_data", False, 0.0, {}, n_ref, n_cur, None)
+
+    ref_df = _frame(reference, extra_reference)
+    cur_df = _frame(current, extra_current)
+    if list(ref_df.columns) != list(cur_df.columns):
+        raise ValueError(f"extra columns differ: {list(ref_df.columns)} vs {list(cur_df.columns)}")
+    definition = _definition(ref_df)
+
+    # Results are deterministic because Evidently fixes its own seeds (random_state=42 for the split and
+    # the classifier, np.random.seed(42) for the bootstrap). That last one reseeds the global NumPy RNG,
+    # so restore the caller's state afterwards.
+    rng_state = np.random.get_state()
+    try:
+        with warnings.catch_warnings():
+            # Evidently's domain classifier is an SGDClassifier fixed at max_iter=50: its
+            # ConvergenceWarning is noise we cannot act on.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            snapshot = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True).run(
+                current_data=_dataset(cur_df, definition),  # current first: Evidently's argument order
+                reference_data=_dataset(ref_df, definition),
+            )
+        html_path = Path(html_path)
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(html_path))
+    finally:
+        np.random.set_state(rng_state)
+
+    detected, share, scores = _read_snapshot(snapshot.dict())
+    return DriftResult("drift" if detected else "no_drift", detected, share, scores, n_ref, n_cur, html_path)
+
+
+def _frame(texts: Sequence[str], extra: pd.DataFrame | None) -> pd.DataFrame:
+    df = pd.DataFrame({TEXT_COLUMN: ["" if t is None else str(t) for t in texts]})
+    if extra is None:
+        return df
+    if len(extra) != len(df):
+        raise ValueError(f"extra columns have {len(extra)} rows, texts have {len(df)}")
+    clash = {TEXT_COLUMN, *DESCRIPTOR_COLUMNS} & set(extra.columns)
+    if clash:
+        raise ValueError(f"extra column names are reserved: {sorted(clash)}")
+    return pd.concat([df, extra.reset_index(drop=True)], axis=1)
+
+
+def _definition(df: pd.DataFrame) -> DataDefinition:
+    # Declare every column's type: Evidently's inference depends on the values (an int year column with
+    # few distinct years becomes categorical, a string column with mostly unique values becomes text).
+    extra = [c for c in df.columns if c != TEXT_COLUMN]
+    numeric = [c for c in extra if _is_number(df[c])]
+    return DataDefinition(
+        text_columns=[TEXT_COLUMN],
+        numerical_columns=numeric,
+        categorical_columns=[c for c in extra if c not in numeric],
+    )
+
+
+def _is_number(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _dataset(df: pd.DataFrame, definition: DataDefinition) -> Dataset:
+    descriptors = [
+        TextLength(TEXT_COLUMN, alias="text_length"),
+        WordCount(TEXT_COLUMN, alias="word_count"),
+        SentenceCount(TEXT_COLUMN, alias="sentence_count"),
+    ]
+    return Dataset.from_pandas(df, data_definition=definition, descriptors=descriptors)
+
+
+def _read_snapshot(snap: dict[str, Any]) -> tuple[bool, float, dict[str, dict[str, Any]]]:
+    """Verdict, drifted share and per-column scores, as Evidently reported them."""
+    # Tests point at their metric by id; a failed test is a drift.
+    failed = {t["metric_config"]["metric_id"]: t["status"] == "FAIL" for t in snap["tests"]}
+    detected: bool | None = None
+    share = 0.0
+    scores: dict[str, dict[str, Any]] = {}
+    for metric in snap["metrics"]:
+        config = metric["config"]
+        if config["type"] == _DRIFTED_COLUMNS:
+            # Its test is "share < drift_share"; failing it is Evidently's dataset drift.
+            detected = failed[metric["id"]]
+            share = float(metric["value"]["share"])
+        elif config["type"] == _VALUE_DRIFT:
+            scores[config["column"]] = {
+                "method": config["method"],
+                "score": float(metric["value"]),
+                "threshold": float(config["threshold"]),
+                "drifted": failed[metric["id"]],
+            }
+    if detected is None:
+        raise RuntimeError("Evidently snapshot has no DriftedColumnsCount result")
+    return detected, share, scores

@@ -1,0 +1,125 @@
+"""Fixtures: a fresh store per test (SQLite, or a throw-away PostgreSQL database), the tiny GPT-2
+built once per session, eager Celery for unit flows, and a clean Redis database for real workers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PG_ADMIN_URL = os.environ.get("MEDQA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TEST_REDIS = os.environ.get("MEDQA_TEST_REDIS", "redis://127.0.0.1:6379/14")
+LOOSE_POLICY = """
+target = "ppl_new"
+[metrics.ppl_new]
+direction = "lower"
+max = 100000.0
+min_rel_improvement = 0.0
+[metrics.ppl_retention]
+direction = "lower"
+max = 100000.0
+max_rel_regression = 0.05
+"""
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def needs_shared_data(sub: str = "") -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not (SHARED_DATA / sub).exists(),
+                              reason=f"needs ../shared/data/{sub} beside the repo (CI has it)")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _pg_available() -> bool:
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(PG_ADMIN_URL).connect():
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new empty PostgreSQL database, dropped afterwards."""
+    import sqlalchemy
+
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}; .ci/run starts it")
+    name = f"medqa_t_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    from shared.db import engine_for
+
+    engine_for(url).dispose()  # close pooled connections, or DROP DATABASE waits on them
+    with admin.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """Set MEDQA_ variables, then re-read settings and the Celery app from them."""
+    from shared.celery_app import reconfigure
+    from shared.settings import reset_settings
+
+    for key, value in env.items():
+        monkeypatch.setenv(f"MEDQA_{key.upper()}", value)
+    reset_settings()
+    reconfigure()
+
+
+@pytest.fixture
+def medqa_env(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Eager tasks, tiny GPT-2, a fresh SQLite store under tmp_path. Returns a function that
+    reconfigures with more settings."""
+    for key in list(os.environ):
+        if key.startswith("MEDQA_"):
+            monkeypatch.delenv(key)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(LOOSE_POLICY)
+    base = dict(data_dir=str(tmp_path / "medqa"), model_cache_dir=str(model_cache), base_model="tiny-gpt2",
+                eager="1", broker_url=TEST_REDIS, policy_file=str(policy), train_max_steps="6",
+                train_batch_size="2", train_max_length="64", trigger_min_new="30", eval_max_texts="12",
+                checkpoint_every="3", drift_min_rows="10", train_precision="fp32")
+
+    def apply(**more: str) -> None:
+        configure(monkeypatch, **{**base, **more})
+        from shared.db import migrate
+
+        migrate()
+
+    apply()
+    yield apply
+    from shared.settings import reset_settings
+
+    reset_settings()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_env(request: pytest.FixtureRequest, medqa_env):  # type: ignore[no-untyped-def]
+    """The same store tests on SQLite and on PostgreSQL."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        medqa_env(database_url=url)
+    return medqa_env
+
+
+@pytest.fixture
+def synth_dir(tmp_path: Path) -> Path:
+    from services.ingest.synth import write_corpus
+
+    folder = tmp_path / "corpus"
+    write_corpus(folder, files=2, per_file=25, seed=3)
+    return folder

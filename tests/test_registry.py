@@ -1,0 +1,92 @@
+"""Registry rules on SQLite and PostgreSQL: promote, rollback, audit, and refusals that change nothing."""
+
+import pytest
+from sqlmodel import func, select
+
+from shared import crud
+from shared.db import session_scope
+from shared.models import Alias, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
+
+
+def _versions(statuses):
+    ids = []
+    with session_scope() as s:
+        for st in statuses:
+            run = TrainingRun(model_line="default", base_model="tiny-gpt2", status=RunStatus.succeeded)
+            s.add(run)
+            s.flush()
+            v = ModelVersion(model_line="default", run_id=run.id, base_model="tiny-gpt2", adapter_path="/x",
+                             sha256="0" * 64, status=st, metrics={"ppl_new": 10.0})
+            s.add(v)
+            s.flush()
+            ids.append(v.id)
+    return ids
+
+
+def _snapshot():
+    with session_scope() as s:
+        alias = s.exec(select(Alias)).all()
+        return ([(a.name, a.version_id) for a in alias], s.exec(select(func.count()).select_from(AuditEvent)).one())
+
+
+def test_promote_and_rollback_write_alias_and_audit(store_env):
+    v1, v2 = _versions([VersionStatus.blessed, VersionStatus.blessed])
+    with session_scope() as s:
+        crud.promote(s, version_id=v1, actor="alice", reason="first")
+    with session_scope() as s:
+        crud.promote(s, version_id=v2, actor="bob", reason="better")
+    with session_scope() as s:
+        ev = crud.rollback(s, model_line="default", actor="carol", reason="regression seen")
+        assert (ev.from_version_id, ev.to_version_id, ev.action) == (v2, v1, "rollback")
+    with session_scope() as s:
+        assert crud.champion(s, model_line="default").id == v1
+        events = s.exec(select(AuditEvent).order_by(AuditEvent.id)).all()
+        assert [(e.actor, e.from_version_id, e.to_version_id) for e in events] == [
+            ("alice", None, v1), ("bob", v1, v2), ("carol", v2, v1)]
+        assert events[0].metrics == {"ppl_new": 10.0}
+
+
+@pytest.mark.parametrize("case", ["unknown", "rejected", "no-earlier", "rollback-unknown", "empty-reason"])
+def test_refusals_change_nothing(store_env, case):
+    (good, bad) = _versions([VersionStatus.blessed, VersionStatus.rejected])
+    with session_scope() as s:
+        crud.promote(s, version_id=good, actor="a", reason="r")
+    before = _snapshot()
+    with pytest.raises(crud.RegistryError) as err, session_scope() as s:
+        if case == "unknown":
+            crud.promote(s, version_id=999, actor="a", reason="r")
+        elif case == "rejected":
+            crud.promote(s, version_id=bad, actor="a", reason="r")
+        elif case == "no-earlier":
+            crud.rollback(s, model_line="default", actor="a", reason="r")
+        elif case == "rollback-unknown":
+            crud.rollback(s, model_line="default", actor="a", reason="r", to=12345)
+        else:
+            crud.promote(s, version_id=bad, actor="a", reason="  ", force=True)
+    assert str(err.value)
+    assert _snapshot() == before
+
+
+def test_force_promote_is_recorded(store_env):
+    (bad,) = _versions([VersionStatus.rejected])
+    with session_scope() as s:
+        ev = crud.promote(s, version_id=bad, actor="ops", reason="hotfix", force=True)
+        assert ev.action == "force-promote"
+
+
+def test_parse_version_id():
+    assert crud.parse_version_id("v12") == 12 and crud.parse_version_id(3) == 3
+    with pytest.raises(crud.RegistryError):
+        crud.parse_version_id("latest")
+
+
+def test_one_active_run_per_line_is_enforced_by_the_database(store_env):
+    from sqlalchemy.exc import IntegrityError
+
+    with session_scope() as s:
+        s.add(TrainingRun(model_line="default", base_model="m", status=RunStatus.queued))
+    with pytest.raises(IntegrityError), session_scope() as s:
+        s.add(TrainingRun(model_line="default", base_model="m", status=RunStatus.running))
+    with session_scope() as s:  # a finished run does not count, nor another line
+        s.add(TrainingRun(model_line="default", base_model="m", status=RunStatus.failed))
+        s.add(TrainingRun(model_line="other", base_model="m", status=RunStatus.queued))
