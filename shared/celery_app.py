@@ -79,8 +79,11 @@ _configure(app)
 
 
 def reconfigure() -> None:
-    """Re-read settings into the app (tests switch between eager and a real broker)."""
+    """Re-read settings into the app (tests switch between eager and a real broker). The cached
+    broker connection pools are dropped too, or publishes would still go to the old broker."""
     _configure(app)
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 @functools.cache

@@ -104,10 +104,11 @@ def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder 
         files = pubmed_files(path)
     except FileNotFoundError as exc:
         _die(str(exc))
-    from rich.progress import track
+    from rich.progress import Progress
 
-    bar = iter(track(files, description="ingesting", console=err, disable=as_json))
-    result = ingest_path(path, progress=lambda _p: next(bar, None))
+    with Progress(console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task("ingesting", total=len(files))
+        result = ingest_path(path, progress=lambda _p: bar.advance(task))
     doc = vars(result)
     _emit(doc, as_json, _table("ingest", ["files", "stored", "updated", "duplicates", "filtered", "deleted"],
                                [[result.files, result.stored, result.updated, result.duplicates, result.filtered,
@@ -196,6 +197,7 @@ def evaluate(version: str, as_json: bool = JsonOpt) -> None:
         _die(str(exc))
     if decision is None:
         _die(f"{version} is not a candidate; it was decided already (see `medqa versions`)")
+        return
     _emit(vars(decision), as_json)
     if not as_json:
         out.print(f"v{decision.version_id}: {'blessed' if decision.passed else 'rejected'}"
@@ -221,7 +223,8 @@ def versions(as_json: bool = JsonOpt) -> None:
                                           "data": run.manifest.get("counts", {})})
     _emit(rows, as_json, _table("versions", ["id", "status", "champion", "parent", "ppl_new", "ppl_retention",
                                              "sha256", "created"], [
-        [f"v{r['id']}", r["status"], "*" if r["champion"] else "", r["parent_version_id"] and f"v{r['parent_version_id']}",
+        [f"v{r['id']}", r["status"], "*" if r["champion"] else "",
+         r["parent_version_id"] and f"v{r['parent_version_id']}",
          _fmt(r["metrics"].get("ppl_new"), 4), _fmt(r["metrics"].get("ppl_retention"), 4), r["sha256"][:12],
          r["created_at"]] for r in rows]))
 

@@ -83,6 +83,7 @@ def rollback(session: Session, *, model_line: str, actor: str, reason: str, to: 
     current = champion(session, model_line=model_line, for_update=True)
     if current is None:
         raise RegistryError(f"model line {model_line!r} has no champion to roll back")
+    target: ModelVersion | None
     if to is not None:
         target = get_version(session, version_id=to)
         if target.model_line != model_line:
@@ -100,6 +101,7 @@ def rollback(session: Session, *, model_line: str, actor: str, reason: str, to: 
         ).first()
         if target is None:
             raise RegistryError(f"no blessed version older than the champion v{current.id} to roll back to")
+    assert target is not None
     return set_champion(session, model_line=model_line, version=target, actor=actor, action="rollback",
                         reason=reason)
 

@@ -100,7 +100,7 @@ def run_demo(corpus: Path | None = None) -> dict:
         rounds = []
         for run in runs:
             version = session.exec(select(ModelVersion).where(ModelVersion.run_id == run.id)).first()
-            ev = crud.latest_evaluation(session, version_id=version.id) if version else None
+            ev = crud.latest_evaluation(session, version_id=version.id) if version and version.id else None
             rounds.append({
                 "run": run.id, "status": run.status.value, "error": run.error,
                 "new_abstracts": run.manifest["counts"]["new"], "replay": run.manifest["counts"],
@@ -156,4 +156,5 @@ def _print_summary(con, summary: dict) -> None:  # type: ignore[no-untyped-def]
     for d in summary["drift"]:
         con.print(f"drift #{d['id']}: {d['status']} ({d['current']} vs {d['reference']})\n   report: {d['html']}",
                   highlight=False)
-    con.print(f"loop time:           {summary['loop_seconds']} s (base model prep {summary['base_model_prep_seconds']} s)")
+    con.print(f"loop time:           {summary['loop_seconds']} s "
+              f"(base model prep {summary['base_model_prep_seconds']} s)")

@@ -10,6 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from peft import PeftModel
 
@@ -50,7 +51,8 @@ def score(base_spec: str, adapters: dict[str, Path | None], slices: dict[str, li
     """Metrics per adapter name (None = the bare base model), loading the base weights only once."""
     s = get_settings()
     model, tokenizer = load_base_model(base_spec, s.models_dir)
-    peft_model = None
+    peft_model: Any = None
+    net: Any
     out: dict[str, dict] = {}
     for name, path in adapters.items():
         if path is not None:
@@ -102,8 +104,9 @@ def evaluate_version(version_id: int) -> Decision | None:
     passed, reasons = policy.judge(metrics["candidate"], metrics["baseline"], has_champion=champ is not None)
 
     with session_scope() as session:
-        version = session.get(ModelVersion, version_id)
-        assert version is not None
+        row = session.get(ModelVersion, version_id)
+        assert row is not None
+        version = row
         if version.status != VersionStatus.candidate:  # another worker decided meanwhile
             return None
         session.add(Evaluation(version_id=version_id, baseline_version_id=champ_id, suite=SUITE,

@@ -85,12 +85,12 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
         row.content_hash, row.source, row.deleted = record.content_hash, source, False
         seen_hashes.add(record.content_hash)
         session.add(row)
-    for record in records:
-        if isinstance(record, DeleteRecord) and record.pmids:
-            for row in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(record.pmids)))):
-                if not row.deleted:
-                    row.deleted = True
-                    session.add(row)
+    for deletion in records:
+        if isinstance(deletion, DeleteRecord) and deletion.pmids:
+            for gone in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(deletion.pmids)))):
+                if not gone.deleted:
+                    gone.deleted = True
+                    session.add(gone)
                     result.deleted += 1
     return result
 

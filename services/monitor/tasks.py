@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlmodel import col, select
+from sqlmodel import and_, col, or_, select
 
 from services.monitor.alerts import raise_alert
 from services.monitor.drift import text_drift
@@ -89,8 +89,8 @@ def sweep_now() -> dict:
     stale = utcnow() - timedelta(seconds=3 * s.visibility_timeout_s)
     with session_scope() as session:
         runs = session.exec(select(TrainingRun.id).where(
-            (TrainingRun.status == RunStatus.queued)
-            | ((TrainingRun.status == RunStatus.running) & (col(TrainingRun.heartbeat_at) < stale)))).all()
+            or_(col(TrainingRun.status) == RunStatus.queued,
+                and_(col(TrainingRun.status) == RunStatus.running, col(TrainingRun.heartbeat_at) < stale)))).all()
         candidates = session.exec(select(ModelVersion.id).where(
             ModelVersion.status == VersionStatus.candidate)).all()
     sent = {"runs": [r for r in runs if enqueue(train_run, r)],

@@ -55,7 +55,8 @@ class TrainConfig:
     @classmethod
     def from_settings(cls, s: Settings) -> TrainConfig:
         return cls(max_steps=s.train_max_steps, batch_size=s.train_batch_size, max_length=s.train_max_length,
-                   learning_rate=s.train_lr, precision=s.train_precision, checkpoint_every=s.checkpoint_every, seed=s.seed)
+                   learning_rate=s.train_lr, precision=s.train_precision,
+                   checkpoint_every=s.checkpoint_every, seed=s.seed)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -84,6 +85,7 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def build_model(base_spec: str, models_dir: Path, cfg: TrainConfig, parent_adapter: Path | None):  # type: ignore[no-untyped-def]
+    model: Any
     model, tokenizer = load_base_model(base_spec, models_dir)
     if parent_adapter is not None:
         # Warm start: the champion's adapter continues training, it is not re-initialised.

@@ -1,0 +1,61 @@
+"""The `medqa` command line: JSON documents, clear refusals that change nothing."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from shared.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+@pytest.mark.parametrize("cmd", [["versions"], ["runs"], ["history"], ["drift"], ["alerts"], ["status"],
+                                 ["ingest", "status"]])
+def test_reports_print_one_json_document(medqa_env, cmd):
+    res = invoke(*cmd, "--json")
+    assert res.exit_code == 0, res.output
+    json.loads(res.stdout)
+
+
+@pytest.mark.parametrize("args", [
+    ["promote", "v42", "--reason", "x"],
+    ["promote", "banana", "--reason", "x"],
+    ["rollback", "--reason", "x"],
+    ["rollback", "--to", "7", "--reason", "x"],
+    ["evaluate", "v9"],
+])
+def test_unknown_ids_exit_nonzero_and_change_nothing(medqa_env, args):
+    before = invoke("history", "--json").stdout
+    res = invoke(*args)
+    assert res.exit_code != 0
+    assert "error:" in res.output
+    assert invoke("history", "--json").stdout == before
+
+
+def test_promote_needs_a_reason(medqa_env):
+    res = invoke("promote", "v1")
+    assert res.exit_code == 2 and "--reason" in res.output
+
+
+def test_worker_rejects_unknown_queue(medqa_env):
+    res = invoke("worker", "gpu")
+    assert res.exit_code == 2 and "unknown queue" in res.output
+
+
+def test_ingest_missing_folder(medqa_env, tmp_path):
+    res = invoke("ingest", "files", str(tmp_path / "nope"))
+    assert res.exit_code == 1 and "no such file" in res.output
+
+
+def test_ingest_then_status(medqa_env, synth_dir):
+    medqa_env(trigger_min_new="1000")
+    res = invoke("ingest", "files", str(synth_dir), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["stored"] == 50
+    status = json.loads(invoke("status", "--json").stdout)
+    assert status["abstracts"] == 50 and status["champion"] is None
