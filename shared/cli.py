@@ -7,7 +7,9 @@ import functools
 import getpass
 import json
 import logging
+import os
 import sys
+import warnings
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ ingest_app = typer.Typer(no_args_is_help=True, help="Import PubMed XML into the 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(db_app, name="db")
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
 
 
@@ -33,12 +36,25 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of
 def _main(verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "alembic.runtime.migration", "celery.app.trace"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     try:
         get_settings()
     except SettingsError as exc:
         _die(str(exc), code=2)
+
+
+def quiet_libraries() -> None:
+    """Library chatter (alembic plugin set-up, optional bitsandbytes kernels, HF advisories) would
+    bury the lines an operator needs; keep their warnings about real problems."""
+    for noisy in ("httpx", "urllib3", "alembic", "celery.app.trace"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # library bars; our own progress uses rich
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
 
 
 def _die(message: str, code: int = 1) -> None:
@@ -408,8 +424,14 @@ def demo(corpus: Path | None = typer.Option(None, envvar="MEDQA_DEMO_CORPUS",
     """The whole loop on this machine: ingest, train, evaluate, promote, monitor; then a summary."""
     from shared.demo import run_demo
 
-    summary = run_demo(corpus)
+    try:
+        summary = run_demo(corpus, console=None if as_json else out)
+    except FileNotFoundError as exc:
+        _die(str(exc))
+        return
     _emit(summary, as_json)
+    if any(r["status"] != "succeeded" for r in summary["rounds"]) or not summary["rounds"]:
+        _die("the loop did not complete: see the summary above")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
 from sqlmodel import col, func, select
 
 from shared.settings import SHARED_DATA, get_settings, reset_settings
@@ -57,14 +59,13 @@ def _configure(workspace: Path, models: Path) -> None:
     reconfigure()
 
 
-def run_demo(corpus: Path | None = None) -> dict:
+def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> dict:
+    """Run the loop; progress goes to stderr, the summary to `console` (None: no summary)."""
     home = get_settings().data_dir
     workspace, models = home / "demo", get_settings().models_dir
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
     _configure(workspace, models)
-
-    from rich.console import Console
 
     from services.ingest.store import pubmed_files
     from services.ingest.tasks import ingest_path
@@ -74,7 +75,7 @@ def run_demo(corpus: Path | None = None) -> dict:
     from shared.model_store import resolve_base_model
     from shared.models import Abstract, DriftReport, Evaluation, ModelVersion, TrainingRun
 
-    con = Console(stderr=True)
+    con = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     s = get_settings()
     source, label = _corpus(corpus, workspace)
     con.rule("MedQA-CL demo")
@@ -129,12 +130,13 @@ def run_demo(corpus: Path | None = None) -> dict:
             "total_seconds": round(time.perf_counter() - t0, 1),
             "database": s.database_url,
         }
-    _print_summary(con, summary)
+    if console is not None:
+        _print_summary(console, summary)
     (workspace / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def _print_summary(con, summary: dict) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(con: Console, summary: dict) -> None:
     con.rule("summary")
     con.print(f"corpus:              {summary['corpus']}", highlight=False)
     con.print(f"abstracts ingested:  {summary['abstracts_ingested']}")
@@ -145,7 +147,8 @@ def _print_summary(con, summary: dict) -> None:  # type: ignore[no-untyped-def]
         if r["error"]:
             con.print(f"  error: {r['error']}", highlight=False)
             continue
-        con.print(f"  training: {r['train_seconds']:.1f} s, {r['tokens_per_s']:.0f} tokens/s -> {r['version']}")
+        con.print(f"  training: {r['train_seconds'] or 0:.1f} s, {r['tokens_per_s'] or 0:.0f} tokens/s "
+                  f"-> {r['version']}")
         for key in ("ppl_new", "ppl_retention"):
             if r[key]:
                 con.print(f"  {key:<14} before {r[key]['before']:.3f}  after {r[key]['after']:.3f}")

@@ -113,7 +113,8 @@ def evaluate_version(version_id: int) -> Decision | None:
                                suite_hash=_suite_hash(slices), metrics=metrics["candidate"],
                                baseline_metrics=metrics["baseline"], passed=passed, reasons=reasons))
         version.status = VersionStatus.blessed if passed else VersionStatus.rejected
-        version.metrics = {**metrics["candidate"], **{f"baseline_{k}": v for k, v in metrics["baseline"].items()}}
+        version.metrics = {**version.metrics, **metrics["candidate"],
+                           **{f"baseline_{k}": v for k, v in metrics["baseline"].items()}}
         session.add(version)
         promoted = False
         if passed and s.auto_promote:

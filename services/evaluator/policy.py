@@ -63,7 +63,8 @@ class Policy:
             if has_champion and "max_rel_regression" in rule:
                 bad = rel > rule["max_rel_regression"]
                 ok &= not bad
-                reasons.append(f"{'FAIL' if bad else 'ok'} {name} change {-rel:+.2%} vs champion "
+                trend = f"regresses {rel:.2%}" if rel > 0 else f"improves {-rel:.2%}"
+                reasons.append(f"{'FAIL' if bad else 'ok'} {name} {trend} vs champion "
                                f"(allowed regression {rule['max_rel_regression']:.2%})")
             if has_champion and "max_abs_regression" in rule:
                 bad = worse_by > rule["max_abs_regression"]
