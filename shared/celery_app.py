@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
@@ -128,7 +128,9 @@ def _running(task: Task, lock_key: str | None) -> Iterator[None]:
     if lock_key:
         # Half the visibility timeout: by the time a dead worker's message is redelivered, its lock
         # has expired, so the redelivered task is not turned away by its own predecessor.
-        lock = r.lock(f"medqa:lock:{lock_key}", timeout=s.visibility_timeout_s / 2, blocking=False)
+        # thread_local=False: the lease thread, not the task's thread, renews it.
+        lock = r.lock(f"medqa:lock:{lock_key}", timeout=s.visibility_timeout_s / 2, blocking=False,
+                      thread_local=False)
         if not lock.acquire():
             raise SingletonBusy(lock_key)
     keeper = LeaseKeeper((task.request.properties or {}).get("delivery_tag"), lock, s.visibility_timeout_s / 5)
@@ -165,9 +167,9 @@ def medqa_task(
                   max_retries=max_retries, retry_backoff=2, retry_backoff_max=8, retry_jitter=True)
         @functools.wraps(fn)
         def run(self: Task, *args: Any, **kwargs: Any) -> Any:
-            if self.request.is_eager:
-                return fn(*args, **kwargs)
-            if _delivered_too_often(self):
+            if self.request.is_eager or app.conf.task_always_eager:
+                return fn(*args, **kwargs)  # in-process: no broker message to lease, no other worker
+            if self.request.id is not None and _delivered_too_often(self):
                 log.error("%s[%s] delivered more than %d times; giving up", name, self.request.id,
                           get_settings().max_deliveries)
                 if on_give_up is not None:
@@ -175,7 +177,7 @@ def medqa_task(
                 return None
             key = f"{name}:{singleton(*args, **kwargs)}" if singleton else None
             try:
-                with _running(self, key) if not self.request.is_eager else nullcontext():
+                with _running(self, key):
                     return fn(*args, **kwargs)
             except SingletonBusy:
                 # Not an error: the holder is doing this work. If it dies, the sweeper re-sends it.
