@@ -130,8 +130,11 @@ def test_killed_worker_task_is_redelivered_and_resumes(broker_env, medqa_env, sy
 def test_dead_broker_at_ingest_is_recovered_by_the_sweeper(broker_env, medqa_env, synth_dir):
     medqa_env(eager="0", broker_url="redis://127.0.0.1:1/0")  # nothing listens there
     t0 = time.monotonic()
-    result = ingest_path(synth_dir)
-    assert result.stored == 50 and time.monotonic() - t0 < 60  # stored, and no hang on the dead broker
+    res = subprocess.run([MEDQA, "ingest", "files", str(synth_dir), "--json"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["stored"] == 50 and time.monotonic() - t0 < 60  # stored, no hang
+    assert "left for the sweeper" in res.stderr
     run = _one(TrainingRun)
     assert run is not None and run.status == RunStatus.queued  # the work is in the store
 
