@@ -51,6 +51,8 @@ class Abstract(SQLModel, table=True):
     source: str = Field(max_length=200)
     ingested_at: datetime = Field(default_factory=utcnow, index=True)
     deleted: bool = False
+    # Retracted articles stay stored (lineage of past runs must resolve) but never train again.
+    retracted: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     # The run that took this abstract as new data. NULL = not yet trained on: the trigger counts these,
     # and claiming them in the run's own transaction is what makes the trigger idempotent.
     train_run_id: int | None = Field(default=None, foreign_key="trainingrun.id", index=True)
@@ -65,7 +67,10 @@ class IngestCursor(SQLModel, table=True):
     last_success: datetime | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     stored: int = 0
-    skipped: int = 0
+    skipped: int = 0  # duplicates + filtered, kept for the first schema's readers
+    duplicates: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    filtered: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    errors: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class TrainingRun(SQLModel, table=True):

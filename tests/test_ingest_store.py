@@ -85,3 +85,21 @@ def test_trigger_waits_below_threshold(store_env, synth_dir):
     ingest_path(synth_dir)
     with session_scope() as s:
         assert s.exec(select(func.count()).select_from(TrainingRun)).one() == 0
+
+
+def test_retractions_are_marked_and_never_trained(store_env):
+    from services.trainer.data import texts_for, unclaimed_pmids
+
+    recs = [r for r in parse_pubmed_bytes(pubmed_xml(generate_articles(4, seed=21)))]
+    with session_scope() as s:
+        assert store_records(s, recs, source="t").stored == 4
+    notice = dataclasses.replace(recs[0], pmid=99_999_999, publication_types=("Retraction of Publication",),
+                                 retraction_of=(recs[0].pmid,), retracted=False)
+    flagged = dataclasses.replace(recs[1], retracted=True)
+    with session_scope() as s:
+        res = store_records(s, [notice, flagged], source="t")
+    assert res.retracted == 2 and res.stored == 0  # the notice itself is not stored
+    with session_scope() as s:
+        assert s.get(Abstract, recs[0].pmid).retracted and s.get(Abstract, recs[1].pmid).retracted
+        assert set(unclaimed_pmids(s)) == {recs[2].pmid, recs[3].pmid}
+        assert len(texts_for(s, [r.pmid for r in recs])) == 2

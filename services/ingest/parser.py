@@ -4,6 +4,9 @@ Bio.Entrez.read refuses the NLM files (their DOCTYPE names an http:// DTD) and b
 documents in memory, so ingest uses lxml.iterparse: one top-level record at a time, cleared after
 use, so memory stays flat on a 200 MB update file. The parser never loads a DTD, never touches
 the network and never expands entities, so a hostile reply cannot make it fetch or explode.
+
+iter_records() also reads the MEDLINE text format (services.ingest.medline), told apart from XML
+by its first bytes. Whatever the input, the only exception callers see is PubmedParseError.
 """
 
 from __future__ import annotations
@@ -15,17 +18,27 @@ import os
 import re
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import BinaryIO, Protocol
 
 from lxml import etree
 
-__all__ = ["ArticleRecord", "DeleteRecord", "PubmedParseError", "iter_pubmed", "parse_pubmed_bytes"]
+__all__ = ["ArticleRecord", "DeleteRecord", "PubmedParseError", "iter_pubmed", "iter_records", "parse_pubmed_bytes"]
 
 _SAFE_PARSER_OPTIONS = {"load_dtd": False, "no_network": True, "resolve_entities": False}
 _ARTICLE_ROOTS = ("PubmedArticleSet", "MedlineCitationSet")
+_RECORD_TAGS = ("PubmedArticle", "MedlineCitation", "DeleteCitation", "PubmedBookArticle", "DeleteDocument")
+# The root element's name, read from the first bytes past the prolog (declaration, comments,
+# processing instructions, DOCTYPE with its internal subset). A prolog it cannot follow gives no
+# match, and the parser's own view of the root decides instead. Each part can match in one way
+# only ('[^?]|\?(?!>)' rather than '.*?'), so junk cannot make the regex backtrack exponentially.
+_ROOT_NAME = re.compile(
+    rb"(?:\s|<\?(?:[^?]|\?(?!>))*\?>|<!--(?:[^-]|-(?!->))*-->|<!DOCTYPE(?:[^\[\]>]|\[[^\]]*\])*>)*"
+    rb"<([A-Za-z_][\w.:-]*)", re.I)
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _MATHML = "{http://www.w3.org/1998/Math/MathML}"
 
 _MONTHS = {m: i for i, m in enumerate(
@@ -35,6 +48,10 @@ _MONTHS = {m: i for i, m in enumerate(
 _SEASONS = {"spring": 3, "summer": 6, "fall": 9, "autumn": 9, "winter": 12}
 # MedlineDate is free text: '1998 Dec-1999 Jan', '2019 May - Jun', '2000 Spring', '1975-1976'.
 _MEDLINE_DATE = re.compile(r"(\d{4})(?:\s+([A-Za-z]+)(?:\s+(\d{1,2})\b)?)?")
+# PMIDs are 8 digits today; the store keeps them in a 32-bit integer column, so anything outside
+# that range is a corrupt record, not a future PMID.
+MAX_PMID = 2**31 - 1
+RETRACTED_TYPE = "Retracted Publication"
 
 
 class _Readable(Protocol):
@@ -58,6 +75,10 @@ class ArticleRecord:
     keywords: tuple[str, ...]
     language: str
     publication_types: tuple[str, ...]
+    # NLM flags a retracted article both by publication type and by a RetractionIn link to the
+    # notice; either one is enough, since the two are not always updated in the same file.
+    retracted: bool = False
+    retraction_of: tuple[int, ...] = ()  # a "Retraction of Publication" notice: the PMIDs it retracts
 
     @property
     def content_hash(self) -> str:
@@ -76,61 +97,117 @@ Record = ArticleRecord | DeleteRecord
 
 
 def iter_pubmed(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Record]:
-    """Yield records in document order. A file object is read but not closed."""
-    if isinstance(source, str | os.PathLike):
-        name = os.fspath(source)
-        try:
-            stream: BinaryIO = open(name, "rb")  # noqa: SIM115 - closed in the finally below
-        except OSError as exc:
-            raise PubmedParseError(f"{name}: cannot open: {exc.strerror}") from exc
-        try:
-            yield from _iter_stream(stream, name)
-        finally:
-            stream.close()
-    else:
-        yield from _iter_stream(source, "<stream>")
+    """Yield records of a PubMed XML document in document order. A file object is read but not closed."""
+    return _iter_source(source, medline=False)
+
+
+def iter_records(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Record]:
+    """Like iter_pubmed, but also reads the MEDLINE text format (efetch rettype=medline).
+
+    The format is told by the first non-blank bytes after gunzip, not by the file name: '<' starts
+    XML, 'PMID-' starts MEDLINE; anything else is rejected with a PubmedParseError.
+    """
+    return _iter_source(source, medline=True)
 
 
 def parse_pubmed_bytes(data: bytes, *, name: str = "<bytes>") -> list[Record]:
-    return list(_iter_stream(io.BytesIO(data), name))
+    return list(_iter_xml(*_decoded_head(io.BytesIO(data), name), name))
 
 
-def _iter_stream(raw: BinaryIO, name: str) -> Iterator[Record]:
+def _iter_source(source: str | os.PathLike[str] | BinaryIO, *, medline: bool) -> Iterator[Record]:
+    with _opened(source) as (raw, name):
+        stream, head = _decoded_head(raw, name)
+        first = head.lstrip().removeprefix(_UTF8_BOM).lstrip()
+        if first.startswith(b"<"):
+            yield from _iter_xml(stream, head, name)
+            return
+        # Imported here because medline builds on this module's records and errors.
+        from services.ingest.medline import looks_like_medline, parse_medline
+
+        if looks_like_medline(first):
+            if not medline:
+                raise PubmedParseError(f"{name}: MEDLINE text, not PubMed XML (read it with iter_records)")
+            yield from parse_medline(_chunks(_Replay(head, stream), name), name=name)
+        elif medline:
+            raise PubmedParseError(f"{name}: neither PubMed XML nor MEDLINE text (starts with {first[:32]!r})")
+        else:  # keep lxml's own message (line, column) for XML that is broken from the start
+            yield from _iter_xml(stream, head, name)
+
+
+@contextmanager
+def _opened(source: str | os.PathLike[str] | BinaryIO) -> Iterator[tuple[BinaryIO, str]]:
+    if not isinstance(source, str | os.PathLike):
+        yield source, "<stream>"
+        return
+    name = os.fspath(source)
+    try:
+        stream: BinaryIO = open(name, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise PubmedParseError(f"{name}: cannot open: {exc.strerror}") from exc
+    with stream:
+        yield stream, name
+
+
+def _decoded_head(raw: BinaryIO, name: str) -> tuple[_Readable, bytes]:
+    """The decompressed stream and its first non-blank chunk, already read from it."""
     # Sniff gzip by magic bytes rather than by file name, so '.xml.gz' downloads saved under
     # another name, and gzip bodies handed over as streams, work too.
-    magic = raw.read(2)
+    try:
+        magic = raw.read(2)
+    except OSError as exc:
+        raise PubmedParseError(f"{name}: cannot read input: {_one_line(exc)}") from exc
     replay = _Replay(magic, raw)
     stream: _Readable = replay
     if magic == _GZIP_MAGIC:
         # The stubs ask for seek(), which GzipFile only uses to rewind; reading never needs it.
         stream = gzip.GzipFile(fileobj=replay, mode="rb")  # type: ignore[call-overload]
-    head = _read_past_whitespace(stream, name)
-    context = etree.iterparse(_Replay(head, stream), events=("start", "end"), **_SAFE_PARSER_OPTIONS)
+    return stream, _read_past_whitespace(stream, name)
 
-    root: etree._Element | None = None
-    depth = 0
+
+def _chunks(stream: _Readable, name: str) -> Iterator[bytes]:
     try:
-        for event, elem in context:
-            if event == "start":
-                if root is None:
-                    root = elem
-                    _check_root(elem, name)
-                depth += 1
-                continue
-            depth -= 1
-            if depth != 1 or root is None:  # only direct children of the root are records
-                continue
+        while chunk := stream.read(64 * 1024):
+            yield chunk
+    except (OSError, EOFError, zlib.error) as exc:
+        raise PubmedParseError(f"{name}: cannot read input: {_one_line(exc)}") from exc
+
+
+def _iter_xml(stream: _Readable, head: bytes, name: str) -> Iterator[Record]:
+    sniffed = _ROOT_NAME.match(head.removeprefix(_UTF8_BOM))
+    if sniffed:  # an esearch reply or an HTML page is named at once, even when cut short
+        _check_root_tag(sniffed.group(1).decode("ascii", "replace"), name)
+    # lxml filters by tag in C, so Python sees each record once rather than each of its ~200
+    # elements (reference lists are long): about twice the throughput on real NLM files.
+    context = etree.iterparse(_Replay(head, stream), events=("end",), tag=_RECORD_TAGS, **_SAFE_PARSER_OPTIONS)
+    checked = False
+    try:
+        for _event, elem in context:
+            parent = elem.getparent()
+            if parent is None or parent.getparent() is not None:
+                continue  # the MedlineCitation inside a PubmedArticle, or a record tag as the root
+            if not checked:
+                _check_root_tag(etree.QName(parent).localname, name)
+                checked = True
             record = _record(elem, name)
             # Free the finished subtree and the siblings before it; the root itself stays tiny.
             elem.clear(keep_tail=False)
             while elem.getprevious() is not None:
-                del root[0]
+                del parent[0]
             if record is not None:
                 yield record
     except etree.XMLSyntaxError as exc:
-        raise PubmedParseError(f"{name}: malformed or truncated XML at line {exc.lineno}: {exc.msg}") from exc
+        message = _one_line(exc.msg)
+        raise PubmedParseError(f"{name}: malformed or truncated XML at line {exc.lineno}: {message}") from exc
     except (OSError, EOFError, zlib.error) as exc:  # mostly a corrupt or cut gzip stream
-        raise PubmedParseError(f"{name}: cannot read input: {exc}") from exc
+        raise PubmedParseError(f"{name}: cannot read input: {_one_line(exc)}") from exc
+    if not checked and context.root is not None:  # no records at all: still say what the document was
+        _check_root_tag(etree.QName(context.root).localname, name)
+
+
+def _one_line(message: object) -> str:
+    # libxml2 messages can end in a newline, which would split the single log line an ingest
+    # failure gets.
+    return " ".join(str(message).split())
 
 
 def _read_past_whitespace(stream: _Readable, name: str) -> bytes:
@@ -143,7 +220,7 @@ def _read_past_whitespace(stream: _Readable, name: str) -> bytes:
                 raise PubmedParseError(f"{name}: empty input")
             head += chunk
     except (OSError, EOFError, zlib.error) as exc:
-        raise PubmedParseError(f"{name}: cannot read input: {exc}") from exc
+        raise PubmedParseError(f"{name}: cannot read input: {_one_line(exc)}") from exc
     return head
 
 
@@ -160,12 +237,16 @@ class _Replay:
         if size is None or size < 0:
             data, self._head = self._head + self._rest.read(), b""
             return data
-        data, self._head = self._head[:size], self._head[size:]
+        if size <= len(self._head):
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        # Top up from the stream, so the first read after a 2-byte sniff is not a 2-byte read.
+        data, self._head = self._head + self._rest.read(size - len(self._head)), b""
         return data
 
 
-def _check_root(root: etree._Element, name: str) -> None:
-    tag = etree.QName(root).localname
+def _check_root_tag(tag: str, name: str) -> None:
+    tag = tag.rpartition(":")[2]
     if tag.lower() == "html":
         raise PubmedParseError(f"{name}: got an HTML page, not PubMed XML (an error page or a proxy reply?)")
     if tag not in _ARTICLE_ROOTS:
@@ -198,6 +279,8 @@ def _article(mc: etree._Element | None, pubmed_data: etree._Element | None, name
 
     # Non-English records sometimes have an empty ArticleTitle and only a VernacularTitle.
     title = _text(article.find("ArticleTitle")) or _text(article.find("VernacularTitle"))
+    types = tuple(_text(p) for p in article.iterfind("PublicationTypeList/PublicationType"))
+    links = mc.findall("CommentsCorrectionsList/CommentsCorrections")
     return ArticleRecord(
         pmid=pmid,
         title=title,
@@ -209,14 +292,32 @@ def _article(mc: etree._Element | None, pubmed_data: etree._Element | None, name
         mesh_terms=tuple(_text(d) for d in mc.iterfind("MeshHeadingList/MeshHeading/DescriptorName")),
         keywords=tuple(k for k in (_text(k) for k in mc.iterfind("KeywordList/Keyword")) if k),
         language=_text(article.find("Language")),
-        publication_types=tuple(_text(p) for p in article.iterfind("PublicationTypeList/PublicationType")),
+        publication_types=types,
+        retracted=RETRACTED_TYPE in types or any(c.get("RefType") == "RetractionIn" for c in links),
+        # A link with a broken PMID names nothing we could mark, so it is dropped, not fatal.
+        retraction_of=tuple(p for c in links if c.get("RefType") == "RetractionOf"
+                            and (p := pmid_or_none(c.findtext("PMID"))) is not None),
     )
 
 
 def _pmid(elem: etree._Element | None, name: str) -> int:
-    text = _text(elem)
-    if not text.isdigit():
-        raise PubmedParseError(f"{name}: bad or missing PMID {text!r}")
+    pmid = pmid_or_none(_text(elem))
+    if pmid is None:
+        raise PubmedParseError(f"{name}: bad or missing PMID {_text(elem)[:40]!r}")
+    return pmid
+
+
+def pmid_or_none(text: str | None) -> int | None:
+    value = _ascii_int(text, 10)
+    return value if value is not None and 0 < value <= MAX_PMID else None
+
+
+def _ascii_int(text: str | None, max_digits: int) -> int | None:
+    """int() of plain ASCII digits only: str.isdigit() also accepts '²', which int() refuses, and
+    int() of thousands of digits raises instead of returning."""
+    text = (text or "").strip()
+    if not text or len(text) > max_digits or not (text.isascii() and text.isdigit()):
+        return None
     return int(text)
 
 
@@ -265,22 +366,29 @@ def _pub_date(elem: etree._Element | None) -> date | None:
         return None
     medline = elem.findtext("MedlineDate")
     if medline is not None:
-        match = _MEDLINE_DATE.search(medline)
-        return _make_date(*match.groups()) if match else None
+        return date_from_text(medline)
     return _make_date(elem.findtext("Year"), elem.findtext("Month") or elem.findtext("Season"),
                       elem.findtext("Day"))
 
 
+def date_from_text(text: str) -> date | None:
+    """A free-text publication date ('1998 Dec-1999 Jan', '2000 Spring', '2006 Mar 1', '1975-1976'),
+    as in MedlineDate and in the MEDLINE DP field: the first day it could mean."""
+    match = _MEDLINE_DATE.search(text)
+    return _make_date(*match.groups()) if match else None
+
+
 def _make_date(year: str | None, month: str | None, day: str | None) -> date | None:
-    if not year or not year.strip().isdigit():
+    y = _ascii_int(year, 4)
+    if y is None:
         return None
     m = _month(month)
-    d = int(day) if day and day.strip().isdigit() else 1
+    d = _ascii_int(day, 2) or 1
     try:
-        return date(int(year), m, d)
+        return date(y, m, d)
     except ValueError:  # e.g. a Day that does not exist in that month: keep year and month
         try:
-            return date(int(year), m, 1)
+            return date(y, m, 1)
         except ValueError:
             return None
 
@@ -289,6 +397,7 @@ def _month(month: str | None) -> int:
     if not month:
         return 1
     month = month.strip().lower()
-    if month.isdigit():
-        return int(month)
+    number = _ascii_int(month, 2)
+    if number is not None:
+        return number
     return _MONTHS.get(month[:3]) or _SEASONS.get(month, 1)

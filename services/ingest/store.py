@@ -10,18 +10,22 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, insert, select, update
 
-from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError, iter_pubmed
+from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError, iter_records
 from shared.db import session_scope
 from shared.models import Abstract, IngestCursor, utcnow
 
 log = logging.getLogger("medqa.ingest")
 
+PUBMED_SUFFIXES = (".xml", ".xml.gz", ".txt", ".txt.gz", ".medline", ".nbib")  # XML or MEDLINE text
 MIN_ABSTRACT_CHARS = 200  # shorter "abstracts" are mostly notices and errata: no signal to learn from
 LANGUAGES = frozenset({"eng"})
+# Notices, not science: errata, comments, retraction notices (whose targets are marked instead),
+# and retracted publications themselves.
 EXCLUDED_TYPES = frozenset({"Published Erratum", "Retraction of Publication", "Comment", "Retracted Publication"})
 
 
@@ -34,10 +38,11 @@ class IngestResult:
     duplicates: int = 0
     filtered: int = 0
     deleted: int = 0
+    retracted: int = 0
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: IngestResult) -> None:
-        for name in ("files", "files_skipped", "stored", "updated", "duplicates", "filtered", "deleted"):
+        for name in ("files", "files_skipped", "stored", "updated", "duplicates", "filtered", "deleted", "retracted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors += other.errors
 
@@ -59,32 +64,47 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
     result = IngestResult()
     articles = {r.pmid: r for r in records if isinstance(r, ArticleRecord)}
     existing = {a.pmid: a for a in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(articles))))}
-    hashes = {r.content_hash for r in articles.values()}
+    # content_hash is a sha256 over normalised text: compute it once per record, not at every use.
+    digests = {pmid: r.content_hash for pmid, r in articles.items()}
     seen_hashes = set(session.exec(
-        select(Abstract.content_hash).where(col(Abstract.content_hash).in_(list(hashes)))).all())
+        select(Abstract.content_hash).where(col(Abstract.content_hash).in_(set(digests.values())))).all())
+    new_rows: list[dict] = []
+    now = utcnow()
+    retract: set[int] = set()
     for record in articles.values():
+        digest = digests[record.pmid]
+        # A retraction notice names what it retracts; NLM also flags the retracted record itself.
+        retract.update(getattr(record, "retraction_of", ()))
+        if getattr(record, "retracted", False):
+            retract.add(record.pmid)
         if not keep(record):
             result.filtered += 1
             continue
         row = existing.get(record.pmid)
         if row is not None:
-            if row.content_hash == record.content_hash:
+            if row.content_hash == digest:
                 result.duplicates += 1
                 continue
             result.updated += 1  # a revised record: same PMID, new content
             row.train_run_id = None  # its new text has not been trained on: it counts as new again
-        elif record.content_hash in seen_hashes:
+        elif digest in seen_hashes:
             result.duplicates += 1  # the same text under another PMID
             continue
         else:
-            row = Abstract(pmid=record.pmid, title="", text="", content_hash="", source=source)
+            # New rows go in as one executemany below: building SQLModel objects runs pydantic's
+            # default factories through inspect.signature, two thirds of the time at 1,000 rows.
+            new_rows.append(_row(record, digest, source, now))
+            seen_hashes.add(digest)
             result.stored += 1
+            continue
         row.title, row.text, row.journal = record.title, record.abstract, record.journal
         row.pub_date, row.entrez_date, row.revised_date = record.pub_date, record.entrez_date, record.revised_date
         row.mesh_terms, row.language = list(record.mesh_terms), record.language
-        row.content_hash, row.source, row.deleted = record.content_hash, source, False
-        seen_hashes.add(record.content_hash)
+        row.content_hash, row.source, row.deleted = digest, source, False
+        seen_hashes.add(digest)
         session.add(row)
+    if new_rows:
+        session.exec(insert(Abstract), params=new_rows)
     for deletion in records:
         if isinstance(deletion, DeleteRecord) and deletion.pmids:
             for gone in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(deletion.pmids)))):
@@ -92,35 +112,61 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
                     gone.deleted = True
                     session.add(gone)
                     result.deleted += 1
+    if retract:
+        # Marked, not deleted: past runs' lineage still resolves, but no future run, replay buffer
+        # or evaluation slice reads a retracted text again (see services/trainer/data.py).
+        marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(retract)),
+                                                     col(Abstract.retracted).is_(False)).values(retracted=True))
+        result.retracted += marked.rowcount or 0
     return result
 
 
+def _row(record: ArticleRecord, digest: str, source: str, now: datetime) -> dict:
+    return {"pmid": record.pmid, "title": record.title, "text": record.abstract, "journal": record.journal,
+            "pub_date": record.pub_date, "entrez_date": record.entrez_date, "revised_date": record.revised_date,
+            "mesh_terms": list(record.mesh_terms), "language": record.language, "content_hash": digest,
+            "source": source, "ingested_at": now, "deleted": False}
+
+
 def ingest_file(path: Path) -> IngestResult:
+    """Import one PubMed XML or MEDLINE text file (plain or gzip) in one transaction."""
     path = path.resolve()
-    digest = _file_sha256(path)
-    with session_scope() as session:
-        cursor = session.exec(select(IngestCursor).where(
-            IngestCursor.source == "file", IngestCursor.query == str(path))).first()
-        if cursor is not None and cursor.watermark == digest:
-            return IngestResult(files_skipped=1)
+    query = _cursor_query(path)
     try:
-        records = list(iter_pubmed(path))
+        digest = _file_sha256(path)
         with session_scope() as session:
-            result = store_records(session, records, source=f"file:{path.name}")
+            cursor = session.exec(select(IngestCursor).where(
+                IngestCursor.source == "file", IngestCursor.query == query)).first()
+            if cursor is not None and cursor.watermark == digest:
+                return IngestResult(files_skipped=1)
+        records = list(iter_records(path))
+        with session_scope() as session:
+            result = store_records(session, records, source=f"file:{path.name}"[:200])
             result.files = 1
-            cursor = _cursor(session, str(path))
+            cursor = _cursor(session, query)
             cursor.watermark, cursor.last_success, cursor.last_error = digest, utcnow(), None
             cursor.stored += result.stored + result.updated
             cursor.skipped += result.duplicates + result.filtered
+            cursor.duplicates += result.duplicates
+            cursor.filtered += result.filtered
             session.add(cursor)
         return result
     except (PubmedParseError, OSError) as exc:
-        log.error("ingest of %s failed, nothing stored from it: %s", path, exc)
+        # The parser's message already names the file; OSError's may not.
+        message = str(exc) if path.name in str(exc) else f"{path}: {exc}"
+        log.error("ingest failed, nothing stored from this file: %s", message)
         with session_scope() as session:
-            cursor = _cursor(session, str(path))
-            cursor.last_error = str(exc)
+            cursor = _cursor(session, query)
+            cursor.last_error = message
+            cursor.errors += 1
             session.add(cursor)
-        return IngestResult(errors=[f"{path.name}: {exc}"])
+        return IngestResult(errors=[message])
+
+
+def _cursor_query(path: Path) -> str:
+    """The cursor key for a file: its path, or for a path too long for the column, a digest of it."""
+    text = str(path)
+    return text if len(text) <= 500 else f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def _cursor(session: Session, query: str) -> IngestCursor:
@@ -135,4 +181,5 @@ def pubmed_files(target: Path) -> list[Path]:
         return [target]
     if not target.is_dir():
         raise FileNotFoundError(f"no such file or directory: {target}")
-    return sorted((p for p in target.rglob("*") if p.name.endswith((".xml", ".xml.gz"))), key=lambda p: p.name)
+    return sorted((p for p in target.rglob("*") if p.is_file() and p.name.endswith(PUBMED_SUFFIXES)),
+                  key=lambda p: p.name)

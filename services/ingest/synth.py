@@ -1,4 +1,4 @@
-"""Synthetic PubMed XML for fixtures and the demo.
+"""Synthetic PubMed XML (and MEDLINE text) for fixtures and the demo.
 
 Real NLM text may not be copied into the repo, so tests and the demo feed on this generator: its
 vocabulary and sentence templates are our own, its element structure follows the NLM
@@ -8,20 +8,24 @@ from one topic to another is a vocabulary drift that the monitor should detect.
 
 An article is a plain dict whose 'title' and 'abstract' are exactly what the parser will return;
 pubmed_xml() adds inline <i>/<sup>/<sub> markup on the way out, which the parser flattens back.
+medline_text() writes the same dicts in the MEDLINE text format. Retracted articles and retraction
+notices (retract(), retraction_notice()) carry the links NLM uses, so retraction handling is testable.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import textwrap
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
 from lxml import etree
 
-__all__ = ["TOPICS", "generate_articles", "pubmed_xml", "write_corpus"]
+__all__ = ["TOPICS", "generate_articles", "medline_text", "pubmed_xml", "retract", "retraction_notice",
+           "write_corpus"]
 
 TOPICS = ("cardiology", "oncology", "infectious", "endocrine", "neurology")
 
@@ -210,6 +214,14 @@ _LAST = ["Abara", "Bergstrom", "Castillo", "Dimitrov", "Eriksen", "Fontaine", "G
          "Rahman", "Santos", "Tanaka", "Urbina", "Vasquez", "Weber", "Xu", "Yilmaz", "Zielinski"]
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DESIGNS = ("rct", "rct", "cohort", "cross-sectional", "meta")
+_RETRACTED = "Retracted Publication"
+_RETRACTION_OF = "Retraction of Publication"
+_RETRACTION_REASONS = [
+    "An institutional audit could not verify the source data of the main outcome analysis.",
+    "The authors found a coding error that reverses the direction of the reported effect.",
+    "Images in the supplementary material were duplicated from an unrelated publication.",
+    "Undisclosed competing interests of the corresponding author came to light after publication.",
+]
 _DESIGN_PUBLICATION_TYPES = {
     "rct": ["Randomized Controlled Trial", "Multicenter Study"],
     "cohort": ["Observational Study"],
@@ -328,16 +340,63 @@ def generate_articles(
     entrez_start: date = date(2024, 1, 1),
     days: int = 30,
     topics: Sequence[str] = TOPICS,
+    retracted: Collection[int] = (),
 ) -> list[dict]:
-    """n articles with consecutive PMIDs and entrez dates spread over [entrez_start, +days)."""
+    """n articles with consecutive PMIDs and entrez dates spread over [entrez_start, +days).
+
+    PMIDs in `retracted` come out flagged "Retracted Publication" (see retract()); the rest of the
+    output is the same as without them, so a seed gives the same texts either way.
+    """
     unknown = set(topics) - set(_VOCAB)
     if unknown or not topics:
         raise ValueError(f"unknown or empty topics {sorted(unknown)}; choose from {TOPICS}")
+    marked = set(retracted)
+    outside = {p for p in marked if not start_pmid <= p < start_pmid + n}
+    if outside:
+        raise ValueError(f"retracted PMIDs {sorted(outside)} are not among the {n} generated ones")
     rng = random.Random(seed)
     # Sorted offsets: like PubMed, a higher PMID never entered earlier than a lower one.
     offsets = sorted(rng.randrange(max(days, 1)) for _ in range(n))
-    return [_article(rng, start_pmid + i, entrez_start + timedelta(days=offsets[i]), rng.choice(topics))
-            for i in range(n)]
+    articles = [_article(rng, start_pmid + i, entrez_start + timedelta(days=offsets[i]), rng.choice(topics))
+                for i in range(n)]
+    return [retract(a) if a["pmid"] in marked else a for a in articles]
+
+
+def retract(article: dict, *, notice_pmid: int | None = None, flag_type: bool = True) -> dict:
+    """A copy of `article` as NLM shows it once retracted: publication type "Retracted Publication"
+    (unless flag_type=False) and, given the notice's PMID, a RetractionIn link to it."""
+    if not flag_type and notice_pmid is None:
+        raise ValueError("a retraction needs the publication type, a notice PMID, or both")
+    types = tuple(article["publication_types"])
+    if flag_type and _RETRACTED not in types:
+        types += (_RETRACTED,)
+    links = tuple(article.get("retraction_in", ())) + ((notice_pmid,) if notice_pmid is not None else ())
+    return dict(article, retracted=True, publication_types=types, retraction_in=links)
+
+
+def retraction_notice(
+    retracts: int | Sequence[int],
+    *,
+    pmid: int,
+    entrez_date: date = date(2024, 2, 1),
+    title: str | None = None,
+    topic: str = TOPICS[0],
+    seed: int = 0,
+) -> dict:
+    """A "Retraction of Publication" notice for the PMID(s) in `retracts`, as an article dict.
+
+    Like real notices it has a short unlabelled abstract, no MeSH terms, and a RetractionOf link
+    per retracted PMID; `title` is the retracted article's title, when the caller has it.
+    """
+    targets = (retracts,) if isinstance(retracts, int) else tuple(retracts)
+    rng = random.Random(seed)
+    notice = _article(rng, pmid, entrez_date, topic)
+    reason = rng.choice(_RETRACTION_REASONS)
+    text = (f"This article has been retracted at the request of the editors. {reason} "
+            "The retracted article should not be cited or used as evidence.")
+    return dict(notice, design="notice", title=f"Retracted: {title}" if title else "Notice of retraction.",
+                sections=[("", text)], abstract=text, mesh_terms=(), keywords=(),
+                publication_types=(_RETRACTION_OF,), retraction_of=targets)
 
 
 def _article(rng: random.Random, pmid: int, entrez: date, topic: str) -> dict:
@@ -377,6 +436,9 @@ def _article(rng: random.Random, pmid: int, entrez: date, topic: str) -> dict:
         "keywords": tuple(dict.fromkeys(keywords)),
         "language": "eng",
         "publication_types": ("Journal Article", *_DESIGN_PUBLICATION_TYPES[design]),
+        "retracted": False,
+        "retraction_of": (),  # set on retraction notices: the PMIDs they retract
+        "retraction_in": (),  # set on retracted articles: their notices' PMIDs, where known
     }
 
 
@@ -494,7 +556,8 @@ def _article_element(a: dict) -> etree._Element:
     _sub(pagination, "MedlinePgn", f"e{a['pmid'] % 100000}")
     abstract = _sub(art, "Abstract")
     for label, text in a["sections"]:
-        _marked_up(_sub(abstract, "AbstractText", Label=label, NlmCategory=label), text)
+        labels = {"Label": label, "NlmCategory": label} if label else {}
+        _marked_up(_sub(abstract, "AbstractText", **labels), text)
     authors = _sub(art, "AuthorList", CompleteYN="Y")
     for last, first in a["authors"]:
         author = _sub(authors, "Author", ValidYN="Y")
@@ -508,13 +571,23 @@ def _article_element(a: dict) -> etree._Element:
 
     info = _sub(mc, "MedlineJournalInfo")
     _sub(info, "MedlineTA", a["journal_iso"])
-    mesh = _sub(mc, "MeshHeadingList")
-    for i, term in enumerate(a["mesh_terms"]):
-        heading = _sub(mesh, "MeshHeading")
-        _sub(heading, "DescriptorName", term, MajorTopicYN="Y" if i in (1, 2) else "N")
-    keywords = _sub(mc, "KeywordList", Owner="NOTNLM")
-    for kw in a["keywords"]:
-        _sub(keywords, "Keyword", kw, MajorTopicYN="N")
+    links = [("RetractionIn", p) for p in a.get("retraction_in", ())]
+    links += [("RetractionOf", p) for p in a.get("retraction_of", ())]
+    if links:  # the DTD puts CommentsCorrectionsList between MedlineJournalInfo and MeshHeadingList
+        corrections = _sub(mc, "CommentsCorrectionsList")
+        for ref_type, pmid in links:
+            link = _sub(corrections, "CommentsCorrections", RefType=ref_type)
+            _sub(link, "RefSource", f"{a['journal_iso']}. {a['pub_date'].year}")
+            _sub(link, "PMID", str(pmid), Version="1")
+    if a["mesh_terms"]:  # the DTD wants at least one heading in a list; notices have none
+        mesh = _sub(mc, "MeshHeadingList")
+        for i, term in enumerate(a["mesh_terms"]):
+            heading = _sub(mesh, "MeshHeading")
+            _sub(heading, "DescriptorName", term, MajorTopicYN="Y" if i in (1, 2) else "N")
+    if a["keywords"]:
+        keywords = _sub(mc, "KeywordList", Owner="NOTNLM")
+        for kw in a["keywords"]:
+            _sub(keywords, "Keyword", kw, MajorTopicYN="N")
 
     pubmed_data = _sub(pubmed_article, "PubmedData")
     history = _sub(pubmed_data, "History")
@@ -576,6 +649,70 @@ def _marked_up(elem: etree._Element, text: str) -> None:
         elem.text = text
     else:
         last.tail = text[cursor:]
+
+
+def medline_text(articles: Sequence[dict]) -> bytes:
+    """The articles in the MEDLINE text format, laid out like an efetch rettype=medline reply."""
+    return "".join("\n" + "\n".join(_medline_lines(a)) + "\n" for a in articles).encode("utf-8")
+
+
+def _medline_lines(a: dict) -> list[str]:
+    lines: list[str] = []
+
+    def put(tag: str, value: str) -> None:
+        # Values wrap onto 6-space continuation lines at spaces only, never inside a hyphenated word.
+        parts = textwrap.wrap(value, width=76, break_long_words=False, break_on_hyphens=False) or [""]
+        lines.append(f"{tag:<4}- {parts[0]}")
+        lines.extend(" " * 6 + part for part in parts[1:])
+
+    pub, iso, year = a["pub_date"], a["journal_iso"], a["pub_date"].year
+    dp = _medline_dp(pub, a["pub_date_style"])
+    put("PMID", str(a["pmid"]))
+    put("OWN", "NLM")
+    put("STAT", "MEDLINE")
+    put("LR", f"{a['revised_date']:%Y%m%d}")
+    put("VI", str(year - 1990))
+    put("IP", str(pub.month))
+    put("DP", dp)
+    put("TI", a["title"])
+    put("PG", f"e{a['pmid'] % 100000}")
+    put("AB", " ".join(f"{label}: {text}" if label else text for label, text in a["sections"]))
+    for last, first in a["authors"]:
+        put("FAU", f"{last}, {first}")
+        put("AU", f"{last} {first[0]}")
+    put("LA", a["language"])
+    for pt in a["publication_types"]:
+        put("PT", pt)
+    put("TA", iso)
+    put("JT", a["journal"])
+    for i, term in enumerate(a["mesh_terms"]):
+        # Major topics carry a star, and the disease heading a qualifier: the reader strips both.
+        put("MH", ("*" if i in (1, 2) else "") + term + ("/therapy" if i == 1 else ""))
+    for kw in a["keywords"]:
+        put("OT", kw)
+    for pmid in a.get("retraction_in", ()):
+        put("RIN", f"{iso}. {year}. PMID: {pmid}")
+    for pmid in a.get("retraction_of", ()):
+        put("ROF", f"{iso}. {year}. PMID: {pmid}")
+    for tag in ("EDAT", "MHDA", "CRDT"):
+        put(tag, f"{a['entrez_date']:%Y/%m/%d} 06:00")
+    put("PST", "aheadofprint")
+    put("SO", f"{iso}. {dp};{year - 1990}({pub.month}):e{a['pmid'] % 100000}.")
+    return lines
+
+
+def _medline_dp(day: date, style: str) -> str:
+    """The DP field for the same date and style as _pub_date_element writes in XML."""
+    month = _MONTH_NAMES[day.month - 1]
+    if style == "medline":
+        following = _MONTH_NAMES[day.month % 12]
+        end = f"{day.year + 1} {following}" if day.month == 12 else following
+        return f"{day.year} {month}-{end}"
+    if style == "y":
+        return str(day.year)
+    if style == "ymd":
+        return f"{day.year} {month} {day.day}"
+    return f"{day.year} {month}"
 
 
 def write_corpus(

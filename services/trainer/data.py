@@ -24,7 +24,8 @@ def abstract_text(row: Abstract) -> str:
 def unclaimed_pmids(session: Session) -> list[int]:
     """Stored, live abstracts no run has taken yet: the 'new' data the trigger counts."""
     return list(session.exec(
-        select(Abstract.pmid).where(col(Abstract.train_run_id).is_(None), col(Abstract.deleted).is_(False))
+        select(Abstract.pmid).where(col(Abstract.train_run_id).is_(None), col(Abstract.deleted).is_(False),
+                                    col(Abstract.retracted).is_(False))
         .order_by(col(Abstract.pmid))
     ).all())
 
@@ -38,7 +39,7 @@ def reservoir(session: Session, *, model_line: str) -> list[int]:
     if not trained:
         return []
     live = session.exec(select(Abstract.pmid).where(
-        col(Abstract.pmid).in_(sorted(trained)), col(Abstract.deleted).is_(False)))
+        col(Abstract.pmid).in_(sorted(trained)), col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))
     return sorted(live.all())
 
 
@@ -67,7 +68,9 @@ def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s
 
 def texts_for(session: Session, pmids: list[int]) -> list[str]:
     rows = session.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(col(Abstract.pmid)))
-    return [abstract_text(r) for r in rows if not r.deleted]
+    # Checked at read time too: a record deleted or retracted after its run was queued (or while a
+    # resumed run waited) must not be trained on or scored.
+    return [abstract_text(r) for r in rows if not r.deleted and not r.retracted]
 
 
 def training_texts(session: Session, *, manifest: dict, s: Settings) -> list[str]:
