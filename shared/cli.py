@@ -147,25 +147,60 @@ def ingest_synth(directory: Path, files: int = typer.Option(3, min=1), per_file:
 
 @ingest_app.command("status")
 def ingest_status(as_json: bool = JsonOpt) -> None:
-    """Cursors and counts of stored abstracts."""
+    """Watermarks, counts of stored / with abstract / deleted / retracted / skipped, last errors."""
     from shared.db import session_scope
     from shared.models import Abstract, IngestCursor
 
     _store()
+
+    def count(*where: Any) -> int:
+        return s.exec(select(func.count()).select_from(Abstract).where(*where)).one()
+
     with session_scope() as s:
-        counts = {
-            "stored": s.exec(select(func.count()).select_from(Abstract)).one(),
-            "deleted": s.exec(select(func.count()).where(col(Abstract.deleted).is_(True))).one(),
-            "untrained": s.exec(select(func.count()).where(col(Abstract.train_run_id).is_(None),
-                                                           col(Abstract.deleted).is_(False))).one(),
-        }
         cursors = [c.model_dump() for c in s.exec(select(IngestCursor).order_by(col(IngestCursor.id)))]
-    _emit({"counts": counts, "cursors": cursors}, as_json,
-          _table("ingest cursors", ["source", "query", "stored", "skipped", "last success", "last error"],
-                 [[c["source"], Path(c["query"]).name, c["stored"], c["skipped"], c["last_success"],
-                   (c["last_error"] or "")[:60]] for c in cursors]))
+        counts = {
+            "stored": count(),
+            "with_abstract": count(func.length(Abstract.text) > 0),
+            "deleted": count(col(Abstract.deleted).is_(True)),
+            "retracted": count(col(Abstract.retracted).is_(True)),
+            "untrained": count(col(Abstract.train_run_id).is_(None), col(Abstract.deleted).is_(False),
+                               col(Abstract.retracted).is_(False)),
+            "duplicates_skipped": sum(c["duplicates"] for c in cursors),
+            "filtered": sum(c["filtered"] for c in cursors),
+            "bad_documents": sum(c["errors"] for c in cursors),
+        }
+    errors = [c for c in cursors if c["last_error"]]
+    _emit({"counts": counts, "cursors": cursors, "last_error": errors[-1]["last_error"] if errors else None},
+          as_json, _table("ingest cursors", ["source", "query", "watermark", "stored", "dupes", "filtered", "errors",
+                                             "last success", "last error"],
+                          [[c["source"], c["query"] if c["source"] != "file" else Path(c["query"]).name,
+                            (c["watermark"] or "")[:10] if c["source"] != "file" else "imported" if c["watermark"]
+                            else "", c["stored"], c["duplicates"], c["filtered"], c["errors"], c["last_success"],
+                            (c["last_error"] or "")[:60]] for c in cursors]))
     if not as_json:
-        out.print(counts)
+        out.print(_table("abstracts", list(counts), [list(counts.values())]))
+
+
+@ingest_app.command("entrez")
+def ingest_entrez_cmd(
+    since: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Start here unless the cursor is later."),
+    until: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Last entrez date (default today)."),
+    query: str | None = typer.Option(None, help="PubMed query; default MEDQA_ENTREZ_QUERY + _TERM_FILTER."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Poll PubMed through E-utilities by entrez-date window from the stored watermark. Signals the trainer."""
+    from services.ingest.entrez import EntrezError, ingest_entrez
+
+    _store()
+    try:
+        result = ingest_entrez(since=since.date() if since else None, until=until.date() if until else None,
+                               query=query)
+    except (EntrezError, ValueError) as exc:
+        _die(str(exc))
+        return
+    _emit(vars(result), as_json, _table("entrez ingest", ["stored", "updated", "duplicates", "filtered", "deleted"],
+                                        [[result.stored, result.updated, result.duplicates, result.filtered,
+                                          result.deleted]]))
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -415,6 +450,36 @@ def sweep(as_json: bool = JsonOpt) -> None:
     _emit(sent, as_json)
     if not as_json:
         out.print(f"re-sent runs {sent['runs']} and candidates {sent['candidates']}")
+
+
+@app.command()
+def emulator(corpus: Path = typer.Option(..., "--corpus", help="A PubMed XML file or folder (plain or .gz)."),
+             port: int = typer.Option(8765, min=0, max=65535, help="Port on 127.0.0.1 (0: any free one).")) -> None:
+    """Serve PubMed XML as a local E-utilities (esearch, efetch, einfo) until Ctrl-C."""
+    import time
+
+    from services.ingest.emulator import EntrezEmulator
+    from services.ingest.store import pubmed_files
+
+    try:
+        files = pubmed_files(corpus)
+    except FileNotFoundError as exc:
+        _die(str(exc))
+        return
+    try:
+        server = EntrezEmulator(files, port=port).start()
+    except OSError as exc:
+        _die(f"cannot serve on port {port}: {exc}")
+        return
+    try:  # printing inside: Ctrl-C right after the banner still stops the server cleanly
+        out.print(f"serving {len(server)} articles from {len(files)} files at {server.base_url}\n"
+                  f"point ingest at it: MEDQA_ENTREZ_BASE_URL={server.base_url}", highlight=False)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 @app.command()

@@ -85,6 +85,26 @@ class Settings(BaseSettings):
     # -- NCBI (no default secrets)
     ncbi_email: str | None = None
     ncbi_api_key: str | None = None
+    ncbi_rate_per_s: float | None = Field(
+        None, gt=0, description="E-utilities requests/s shared by every ingest worker (through Redis); "
+        "default 3, or 10 with an API key, as NCBI allows.")
+    entrez_base_url: str = Field(
+        "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/",
+        description="E-utilities base URL; point it at `medqa emulator` for tests and the demo.")
+    entrez_tool: str = Field("medqa-cl", min_length=1, description="The tool name NCBI sees with each request.")
+    entrez_query: str = Field("hasabstract[text] AND english[lang]", min_length=1,
+                              description="PubMed query polled by entrez date: English abstracts by default.")
+    entrez_term_filter: str | None = Field(
+        None, description="Optional MeSH/term filter ANDed to the query, e.g. 'cardiovascular diseases[mh]'.")
+    entrez_window_days: int = Field(7, ge=1, le=366, description="Entrez-date days per esearch window.")
+    entrez_batch_size: int = Field(500, ge=1, le=10_000, description="Articles per efetch request.")
+    entrez_max_attempts: int = Field(6, ge=1, le=30, description="Tries per E-utilities request before giving up.")
+    entrez_backoff_s: float = Field(
+        2.0, ge=0, description="First retry delay; it doubles per attempt (capped at 60 s), with jitter.")
+    entrez_timeout_s: float = Field(60.0, gt=0, description="Socket timeout per E-utilities request.")
+    entrez_settle_days: int = Field(
+        2, ge=0, le=30, description="The newest days are fetched on every poll but the watermark stays "
+        "behind them: PubMed is still adding entries dated today (US Eastern time, with indexing lag).")
 
     @field_validator("database_url")
     @classmethod
@@ -99,6 +119,13 @@ class Settings(BaseSettings):
         if not v.startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// URL")
         return v
+
+    @field_validator("entrez_base_url")
+    @classmethod
+    def _eutils_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v if v.endswith("/") else v + "/"  # tool names are appended to it
 
     @model_validator(mode="after")
     def _derived_paths(self) -> Settings:

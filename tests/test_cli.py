@@ -59,3 +59,14 @@ def test_ingest_then_status(medqa_env, synth_dir):
     assert json.loads(res.stdout)["stored"] == 50
     status = json.loads(invoke("status", "--json").stdout)
     assert status["abstracts"] == 50 and status["champion"] is None
+
+
+def test_ingest_status_counts(medqa_env, synth_dir, tmp_path):
+    medqa_env(trigger_min_new="1000")
+    (tmp_path / "broken.xml").write_text("<PubmedArticleSet><PubmedArticle><MedlineCitation>")
+    invoke("ingest", "files", str(synth_dir))
+    invoke("ingest", "files", str(tmp_path / "broken.xml"))
+    doc = json.loads(invoke("ingest", "status", "--json").stdout)
+    assert doc["counts"]["stored"] == 50 and doc["counts"]["with_abstract"] == 50
+    assert doc["counts"]["bad_documents"] == 1 and "broken.xml" in doc["last_error"]
+    assert {c["source"] for c in doc["cursors"]} == {"file"}

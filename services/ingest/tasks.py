@@ -33,9 +33,21 @@ def ingest_files(path: str) -> dict:
 
 @medqa_task("ingest.poll", queue="ingest", singleton=lambda: "poll")
 def poll() -> dict | None:
-    """Beat's periodic import of the watch folder; files already imported are skipped by hash."""
-    folder = get_settings().ingest_watch_dir
-    if folder is None:
-        log.debug("no MEDQA_INGEST_WATCH_DIR set; nothing to poll")
+    """Beat's periodic import of the watch folder (files already imported are skipped by hash),
+    then of PubMed through E-utilities when an NCBI e-mail is set."""
+    s = get_settings()
+    done: dict = {}
+    if s.ingest_watch_dir is not None:
+        done["files"] = vars(ingest_path(s.ingest_watch_dir))
+    if s.ncbi_email:
+        from services.ingest.entrez import EntrezError, ingest_entrez
+
+        try:
+            done["entrez"] = vars(ingest_entrez())
+        except EntrezError as exc:  # on the cursor already (`medqa ingest status`); the next poll resumes
+            log.error("%s", exc)
+            done["entrez"] = {"error": str(exc)}
+    if not done:
+        log.debug("neither MEDQA_INGEST_WATCH_DIR nor MEDQA_NCBI_EMAIL set; nothing to poll")
         return None
-    return vars(ingest_path(folder))
+    return done
