@@ -1,8 +1,10 @@
 """`medqa demo`: the whole loop, offline, on this CPU, with SQLite and eager tasks.
 
-Files are ingested one at a time in their NLM order, the way update files arrive. The trigger fires
-whenever enough new abstracts piled up, so the demo makes a first version from the base model and
-then an increment warm-started from the champion with replay; each is gated and monitored.
+The older half of the corpus is imported as NLM files, one at a time, the way update files arrive;
+the newer half is served by the project's local E-utilities emulator and polled through Bio.Entrez
+window by window, as production polls NCBI. The trigger fires whenever enough new abstracts piled
+up, so the demo makes a first version from the base model and then an increment warm-started from
+the champion with replay; each is gated and monitored.
 The demo owns <data_dir>/demo and starts it afresh; the converted base model is cached beside it.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlmodel import col, func, select
 
+from services.ingest.emulator import EntrezEmulator
 from shared.settings import SHARED_DATA, get_settings, reset_settings
 
 
@@ -36,8 +39,9 @@ def _corpus(corpus: Path | None, workspace: Path) -> tuple[Path, str]:
     return folder, f"{folder} (synthetic PubMed XML from the project's generator; ../shared/data not found)"
 
 
-def _configure(workspace: Path, models: Path) -> None:
+def _configure(workspace: Path, models: Path, entrez: dict[str, str]) -> None:
     defaults = {
+        **entrez,
         "MEDQA_EAGER": "1",
         "MEDQA_DATA_DIR": str(workspace),
         "MEDQA_MODEL_CACHE_DIR": str(models),
@@ -50,7 +54,7 @@ def _configure(workspace: Path, models: Path) -> None:
     }
     for key, value in defaults.items():
         # The demo's own workspace settings always apply; model and training knobs the user set win.
-        if key in ("MEDQA_EAGER", "MEDQA_DATA_DIR", "MEDQA_DATABASE_URL") or key not in os.environ:
+        if key in ("MEDQA_EAGER", "MEDQA_DATA_DIR", "MEDQA_DATABASE_URL", *entrez) or key not in os.environ:
             os.environ[key] = value
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     reset_settings()
@@ -65,9 +69,26 @@ def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> d
     workspace, models = home / "demo", get_settings().models_dir
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
-    _configure(workspace, models)
+    source, label = _corpus(corpus, workspace)
 
     from services.ingest.store import pubmed_files
+
+    files = pubmed_files(source)
+    as_files, via_entrez = files[: (len(files) + 1) // 2], files[(len(files) + 1) // 2:]
+    emulator = EntrezEmulator(via_entrez).start()
+    try:
+        return _loop(workspace, models, label, as_files, emulator, console)
+    finally:
+        emulator.stop()
+
+
+def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emulator: EntrezEmulator,
+          console: Console | None) -> dict:
+    _configure(workspace, models, {
+        "MEDQA_ENTREZ_BASE_URL": emulator.base_url, "MEDQA_NCBI_EMAIL": "demo@localhost",
+        "MEDQA_ENTREZ_SETTLE_DAYS": "0"})
+
+    from services.ingest.entrez import ingest_entrez
     from services.ingest.tasks import ingest_path
     from services.monitor.tasks import monitor_run
     from shared import crud
@@ -77,7 +98,6 @@ def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> d
 
     con = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     s = get_settings()
-    source, label = _corpus(corpus, workspace)
     con.rule("MedQA-CL demo")
     con.print(f"corpus: {label}\nbase model: {s.base_model}\nworkspace: {workspace}", highlight=False)
     t0 = time.perf_counter()
@@ -88,10 +108,26 @@ def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> d
         model_seconds = time.perf_counter() - t_model
 
     loop_t0 = time.perf_counter()
-    for path in pubmed_files(source):
+    for path in as_files:
         result = ingest_path(path)  # eager: a due trigger trains, gates and monitors right here
         con.print(f"ingested {path.name}: +{result.stored} new, {result.updated} revised, "
                   f"{result.deleted} deleted", highlight=False)
+    # Poll new entrez dates from where the files left off, as production polls NCBI. (Old records
+    # revised in update files keep their old entrez dates: they arrive through files, not the poll.)
+    with session_scope() as session:
+        newest = session.exec(select(func.max(Abstract.entrez_date))).one()
+    dates = sorted(d for d in (a.entrez_date for a in emulator.articles) if d and (newest is None or d > newest))
+    polled = None
+    if dates:
+        # About a dozen windows keep the demo short; production polls in 7-day windows.
+        span = (dates[-1] - dates[0]).days + 1
+        os.environ["MEDQA_ENTREZ_WINDOW_DAYS"] = str(min(366, max(7, -(-span // 12))))
+        reset_settings()
+        con.print(f"polling the E-utilities emulator at {emulator.base_url} ({len(emulator)} articles), "
+                  f"{dates[0]} to {dates[-1]} in {get_settings().entrez_window_days}-day windows", highlight=False)
+        polled = ingest_entrez(since=dates[0], until=dates[-1])
+    if polled is not None:
+        con.print(f"ingested through Entrez: +{polled.stored} new, {polled.updated} revised", highlight=False)
     monitor_run()  # beat's periodic check, over whatever has not been trained on yet
     loop_seconds = time.perf_counter() - loop_t0
 
@@ -120,6 +156,9 @@ def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> d
                    "html": d.html_path} for d in session.exec(select(DriftReport).order_by(col(DriftReport.id)))]
         summary = {
             "corpus": label,
+            "sources": {"nlm_files": [p.name for p in as_files], "entrez_emulator": {
+                "url": emulator.base_url, "articles": len(emulator), "requests": len(emulator.requests()),
+                "stored": polled.stored if polled else 0}},
             "abstracts_ingested": session.exec(select(func.count()).select_from(Abstract)).one(),
             "evaluations": session.exec(select(func.count()).select_from(Evaluation)).one(),
             "rounds": rounds,
@@ -139,7 +178,10 @@ def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> d
 def _print_summary(con: Console, summary: dict) -> None:
     con.rule("summary")
     con.print(f"corpus:              {summary['corpus']}", highlight=False)
-    con.print(f"abstracts ingested:  {summary['abstracts_ingested']}")
+    src = summary["sources"]
+    con.print(f"abstracts ingested:  {summary['abstracts_ingested']} ({len(src['nlm_files'])} NLM files; "
+              f"{src['entrez_emulator']['stored']} through Entrez from the local emulator, "
+              f"{src['entrez_emulator']['requests']} requests)", highlight=False)
     for r in summary["rounds"]:
         con.print(f"run {r['run']} ({r['status']}) from {r['started_from']} on {r['new_abstracts']} new abstracts "
                   f"+ replay {r['replay']['replay_pmids']} past / {r['replay']['replay_general']} general",

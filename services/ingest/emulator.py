@@ -191,6 +191,10 @@ class EntrezEmulator:
     def __len__(self) -> int:
         return len(self._articles)
 
+    @property
+    def articles(self) -> list[EmulatorArticle]:
+        return list(self._articles)
+
     # -- test hooks
     def inject(self, kind: str, times: int = 1, endpoint: str | None = None, *, after: int = 0) -> None:
         """The next `times` matching requests (after letting `after` through) get fault `kind`."""
