@@ -91,7 +91,8 @@ def _hub_reachable(repo_id: str) -> bool:
     return True
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Streamed, so a 500 MB weights file never sits in memory whole."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -101,7 +102,7 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(folder: Path, source: str) -> None:
     files = {
-        p.relative_to(folder).as_posix(): _sha256(p)
+        p.relative_to(folder).as_posix(): sha256_file(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_NAME
     }
@@ -119,7 +120,7 @@ def verify_manifest(folder: Path) -> bool:
         return False
     for rel, expected in files.items():
         path = folder / rel
-        if not path.is_file() or _sha256(path) != expected:
+        if not path.is_file() or sha256_file(path) != expected:
             logger.warning("checksum mismatch in %s: %s", folder, rel)
             return False
     return True

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, insert, select, update
 
 from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError, iter_records
 from shared.db import session_scope
+from shared.model_store import sha256_file
 from shared.models import Abstract, IngestCursor, utcnow
 
 log = logging.getLogger("medqa.ingest")
@@ -50,14 +51,6 @@ class IngestResult:
 def keep(record: ArticleRecord) -> bool:
     return (len(record.abstract) >= MIN_ABSTRACT_CHARS and record.language in LANGUAGES
             and not EXCLUDED_TYPES.intersection(record.publication_types))
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def store_records(session: Session, records: list[ArticleRecord | DeleteRecord], *, source: str) -> IngestResult:
@@ -133,7 +126,7 @@ def ingest_file(path: Path) -> IngestResult:
     path = path.resolve()
     query = _cursor_query(path)
     try:
-        digest = _file_sha256(path)
+        digest = sha256_file(path)
         with session_scope() as session:
             cursor = session.exec(select(IngestCursor).where(
                 IngestCursor.source == "file", IngestCursor.query == query)).first()
