@@ -395,14 +395,16 @@ def resolve_base_model(spec: str, models_dir: Path) -> str:
 
 
 def load_base_model(
-    spec: str, models_dir: Path, *, torch_dtype: Any = None
+    spec: str, models_dir: Path, *, torch_dtype: Any = None, quantization_config: Any = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Resolve ``spec`` and load (model, tokenizer) with the Auto classes; the tokenizer always pads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_base_model(spec, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
+    if quantization_config is not None:  # bitsandbytes k-bit weights: loaded straight onto the GPU
+        kwargs.update(quantization_config=quantization_config, device_map={"": 0})
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if tokenizer.pad_token is None:  # e.g. distilgpt2 from the hub ships none; batching needs one
         tokenizer.pad_token = tokenizer.eos_token

@@ -85,3 +85,28 @@ def test_config_validation_names_the_field():
     assert TrainConfig().targets_for("gpt2") == ["c_attn"]
     with pytest.raises(ValueError, match="no default LoRA targets"):
         TrainConfig().targets_for("bert")
+
+
+def test_gradient_checkpointing_trains_and_kbit_needs_cuda(model_cache, tmp_path):
+    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS,
+                     cfg=_cfg(gradient_checkpointing=True, max_steps=3), out_dir=tmp_path / "a", work_dir=tmp_path / "w")
+    assert res.steps == 3 and res.skipped_steps == 0
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingFailed, match="needs CUDA"):
+            train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(quantization="4bit"),
+                       out_dir=tmp_path / "b", work_dir=tmp_path / "w2")
+
+
+def test_a_non_finite_gradient_is_skipped_not_applied(model_cache, tmp_path, monkeypatch):
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def flaky_clip(params, max_norm):
+        calls["n"] += 1
+        norm = real_clip(params, max_norm)
+        return torch.tensor(float("inf")) if calls["n"] == 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", flaky_clip)
+    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(max_steps=4),
+                     out_dir=tmp_path / "a", work_dir=tmp_path / "w")
+    assert res.skipped_steps == 1 and res.final_loss == res.final_loss  # finite, not NaN

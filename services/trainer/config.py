@@ -36,6 +36,8 @@ class TrainConfig:
     lora_dropout: float = _f(0.05, "Dropout on the LoRA path.")
     target_modules: list[str] | None = _f(None, "Modules to adapt; None picks by architecture (LORA_TARGETS).")
     precision: str = _f("auto", "fp32, bf16 (autocast), or auto: bf16 where the device runs it natively.")
+    quantization: str = _f("none", "none, 4bit (QLoRA, NF4) or 8bit base weights through bitsandbytes; CUDA only.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, ~30% more compute.")
     checkpoint_every: int = _f(10, "Steps between resumable checkpoints.")
     seed: int = _f(0, "Seeds data order, LoRA init and dropout.")
 
@@ -49,6 +51,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"TrainConfig.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.quantization not in ("none", "4bit", "8bit"):
+            raise ValueError(f"TrainConfig.quantization must be none, 4bit or 8bit, got {self.quantization!r}")
         if not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("TrainConfig.lora_dropout and warmup_ratio must be in [0, 1)")
 

@@ -42,6 +42,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     resumed_from: int
+    skipped_steps: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -86,7 +87,17 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 def build_model(base_spec: str, models_dir: Path, cfg: TrainConfig, parent_adapter: Path | None):  # type: ignore[no-untyped-def]
     model: Any
-    model, tokenizer = load_base_model(base_spec, models_dir)
+    if cfg.quantization != "none":
+        model, tokenizer = load_base_model(base_spec, models_dir, quantization_config=_kbit_config(cfg))
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32 and enables input grads, so LoRA trains stably over frozen k-bit weights.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    else:
+        model, tokenizer = load_base_model(base_spec, models_dir, torch_dtype=_base_dtype(cfg))
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
     if parent_adapter is not None:
         # Warm start: the champion's adapter continues training, it is not re-initialised.
         model = PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True)
@@ -95,7 +106,29 @@ def build_model(base_spec: str, models_dir: Path, cfg: TrainConfig, parent_adapt
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=cfg.targets_for(model.config.model_type), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # AdamW state on bf16 LoRA weights underflows; train them in fp32
     return model, tokenizer
+
+
+def _base_dtype(cfg: TrainConfig) -> torch.dtype:
+    """Frozen base weights: bf16 on a GPU that autocasts to bf16 anyway (half the memory), else fp32.
+    Explicit, because transformers 5 otherwise keeps whatever dtype the checkpoint was saved in."""
+    if torch.cuda.is_available() and use_bf16(cfg.precision, torch.device("cuda")):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _kbit_config(cfg: TrainConfig):  # type: ignore[no-untyped-def]
+    if not torch.cuda.is_available():
+        raise TrainingFailed(f"quantization={cfg.quantization} (QLoRA) needs CUDA; use quantization=none on CPU")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def _save_checkpoint(model, opt, sched, step: int, path: Path, cfg: TrainConfig) -> None:  # type: ignore[no-untyped-def]
@@ -116,7 +149,8 @@ def train_lora(
     ckpt_path = work_dir / "checkpoint.pt"
     model, tokenizer = build_model(base_spec, models_dir, cfg, parent_adapter)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    if cfg.quantization == "none":  # k-bit models were placed on the GPU as they loaded
+        model.to(device)
     blocks = pack(tokenizer, texts, cfg.max_length)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -136,7 +170,7 @@ def train_lora(
         torch.manual_seed(cfg.seed)
 
     model.train()
-    tokens, t0, loss_value = 0, time.perf_counter(), float("nan")
+    tokens, t0, loss_value, skipped = 0, time.perf_counter(), float("nan"), 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
     try:
         for step in range(start, cfg.max_steps):
@@ -144,8 +178,15 @@ def train_lora(
             with autocast:
                 loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if torch.isfinite(norm):
+                opt.step()
+            else:
+                # Clipping an inf gradient multiplies it by 0 (= NaN) and would poison every weight:
+                # skip the step, as AMP's grad scaler does, and fail the run if it keeps happening.
+                skipped += 1
+                if skipped > max(2, cfg.max_steps // 10):
+                    raise TrainingFailed(f"non-finite gradients in {skipped} steps (last at step {step + 1})")
             sched.step()
             opt.zero_grad(set_to_none=True)
             tokens += batch.numel()
@@ -167,7 +208,8 @@ def train_lora(
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_out, out_dir)
     return TrainResult(adapter_dir=out_dir, sha256=adapter_sha256(out_dir), steps=cfg.max_steps - start,
-                       tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start)
+                       tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start,
+                       skipped_steps=skipped)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
