@@ -8,6 +8,7 @@ fixed, seeded stand-in, so the loop still runs on a bare machine.
 from __future__ import annotations
 
 import functools
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from lxml import etree
 @dataclass(frozen=True, slots=True)
 class GeneralText:
     item_id: str  # stable id recorded in training manifests
-    text: str
+    text: str  # the whole item as plain text (perplexity slices, drift)
+    question: str = ""  # set for QA items: the trainer then takes the loss on the answer only
+    answer: str = ""
+    context: str | None = None
 
 
 def load_medquad(folder: Path) -> list[GeneralText]:
@@ -32,8 +36,42 @@ def load_medquad(folder: Path) -> list[GeneralText]:
             a = " ".join((pair.findtext("Answer") or "").split())
             if q and len(a) > 80:
                 qid = pair.find("Question").get("qid") or f"{path.stem}-{pair.get('pid')}"
-                items.append(GeneralText(item_id=f"medquad:{qid}", text=f"{q}\n{a}"))
+                items.append(GeneralText(item_id=f"medquad:{qid}", text=f"{q}\n{a}", question=q, answer=a))
     return items
+
+
+def load_pubmedqa(source: str | Path) -> list[GeneralText]:
+    """PubMedQA items from a local JSON file in the original format ({pmid: {QUESTION, CONTEXTS,
+    LONG_ANSWER, final_decision, ...}}), or a hub id such as qiaojin/PubMedQA when a hub is reachable."""
+    path = Path(source)
+    if path.is_file():
+        raw = json.loads(path.read_text())
+        rows = [{"pmid": k, **v} for k, v in raw.items()]
+    else:
+        from datasets import load_dataset  # hub only; offline this raises and names the id
+
+        rows = [{"pmid": r["pubid"], "QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
+                 "LONG_ANSWER": r["long_answer"], "final_decision": r["final_decision"]}
+                for r in load_dataset(str(source), "pqa_labeled", split="train")]
+    items = []
+    for r in sorted(rows, key=lambda r: str(r["pmid"])):
+        context = " ".join(r["CONTEXTS"])
+        answer = f"{r['LONG_ANSWER']}\nAnswer: {r['final_decision']}"
+        items.append(GeneralText(item_id=f"pubmedqa:{r['pmid']}", text=f"{r['QUESTION']}\n{context}\n{answer}",
+                                 question=r["QUESTION"], answer=answer, context=context))
+    return items
+
+
+@functools.cache
+def pubmedqa_split(source: str | None, *, seed: int = 1234, train_share: float = 0.8,
+                   ) -> tuple[tuple[GeneralText, ...], tuple[GeneralText, ...]]:
+    """(train, held-out) PubMedQA items, fixed by seed: replay uses the first, evaluation the second."""
+    if not source:
+        return (), ()
+    items = load_pubmedqa(source)
+    random.Random(seed).shuffle(items)
+    cut = int(len(items) * train_share)
+    return tuple(items[:cut]), tuple(items[cut:])
 
 
 @functools.cache

@@ -48,6 +48,10 @@ def _configure(workspace: Path, models: Path, entrez: dict[str, str]) -> None:
         "MEDQA_DATABASE_URL": "",
         "MEDQA_TRIGGER_MIN_NEW": "110",
         "MEDQA_TRAIN_MAX_STEPS": "16",
+        # One 135M model on 2 CPU cores: small effective batch keeps the whole loop inside minutes.
+        "MEDQA_TRAIN_BATCH_SIZE": "4",
+        "MEDQA_TRAIN_GRAD_ACCUM": "1",
+        "MEDQA_TRAIN_MAX_LENGTH": "256",
         "MEDQA_TRAIN_LR": "5e-4",
         "MEDQA_CHECKPOINT_EVERY": "8",
         "MEDQA_EVAL_MAX_TEXTS": "32",

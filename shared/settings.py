@@ -60,9 +60,13 @@ class Settings(BaseSettings):
 
     # -- training
     train_max_steps: int = Field(60, ge=1, description="Optimizer steps per increment.")
-    train_batch_size: int = Field(4, ge=1)
-    train_max_length: int = Field(256, ge=16, le=4096, description="Tokens per training sequence.")
+    # Unset (None): TrainConfig's documented defaults (batch 8 x grad accum 4, 512 tokens).
+    train_batch_size: int | None = Field(None, ge=1, description="Packed sequences per micro-batch.")
+    train_grad_accum: int | None = Field(None, ge=1, description="Micro-batches per optimizer step.")
+    train_max_length: int | None = Field(None, ge=16, le=8192, description="Tokens per packed sequence.")
     train_lr: float = Field(2e-4, gt=0, lt=1)
+    train_quantization: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA base weights (CUDA).")
+    train_gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
     replay_ratio: float = Field(0.3, ge=0, lt=1, description="Share of each run's examples drawn from replay.")
@@ -75,6 +79,10 @@ class Settings(BaseSettings):
     auto_promote: bool = Field(True, description="Promote a blessed candidate without an operator.")
     retention_corpus: Path | None = Field(
         None, description="Folder of general-medical text (MedQuAD XML) for replay and retention.")
+    pubmedqa_source: str | None = Field(
+        None, description="PubMedQA items: a local JSON file in the original format, or a hub id; its train "
+        "share joins the replay set. Default ../shared/data/pubmedqa/pqal_trainval.json when present.")
+    eval_max_length: int = Field(256, ge=16, le=8192, description="Tokens per text in perplexity slices.")
     eval_max_texts: int = Field(48, ge=4, description="Texts per perplexity slice.")
 
     # -- monitoring
@@ -138,6 +146,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'medqa.db'}"
         if self.policy_file is None:
             self.policy_file = Path(__file__).resolve().parents[1] / "services" / "evaluator" / "policy.toml"
+        if self.pubmedqa_source is None and (SHARED_DATA / "pubmedqa" / "pqal_trainval.json").is_file():
+            self.pubmedqa_source = str(SHARED_DATA / "pubmedqa" / "pqal_trainval.json")
         if self.retention_corpus is None and (SHARED_DATA / "medquad").is_dir():
             self.retention_corpus = SHARED_DATA / "medquad"
         return self

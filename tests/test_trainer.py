@@ -5,7 +5,8 @@ import torch
 from peft import get_peft_model_state_dict
 
 from services.trainer.config import TrainConfig
-from services.trainer.train import TrainingFailed, batch_indices, build_model, pack, train_lora
+from services.trainer.examples import IGNORE, lm, pack, qa, tokenize
+from services.trainer.train import TrainingFailed, batch_indices, build_model, train_lora
 from shared.model_store import load_base_model
 
 TEXTS = [f"Patient cohort {i} received treatment {i % 7} and showed outcome {i % 5} after follow-up." * 3
@@ -13,14 +14,14 @@ TEXTS = [f"Patient cohort {i} received treatment {i % 7} and showed outcome {i %
 
 
 def _cfg(**kw):
-    return TrainConfig(**{"max_steps": 8, "batch_size": 2, "max_length": 64, "learning_rate": 5e-3,
+    return TrainConfig(**{"max_steps": 8, "batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 5e-3,
                           "checkpoint_every": 3, "precision": "fp32", **kw})
 
 
 def test_lora_weights_change_and_base_weights_do_not(model_cache, tmp_path):
     base, _ = load_base_model("tiny-gpt2", model_cache)
     base_before = {k: v.clone() for k, v in base.state_dict().items()}
-    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(),
+    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(),
                      out_dir=tmp_path / "adapter", work_dir=tmp_path / "work")
     model, _ = build_model("tiny-gpt2", model_cache, _cfg(), res.adapter_dir)
     trained = get_peft_model_state_dict(model)
@@ -33,13 +34,56 @@ def test_lora_weights_change_and_base_weights_do_not(model_cache, tmp_path):
     assert len(res.sha256) == 64 and res.tokens == 8 * 2 * 64
 
 
-def test_packing_has_no_padding(model_cache):
+def test_gradient_accumulation_matches_the_bigger_batch(model_cache, tmp_path):
+    one = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS,
+                     cfg=_cfg(batch_size=4, grad_accum=1, lora_dropout=0.0, max_steps=3),
+                     out_dir=tmp_path / "a", work_dir=tmp_path / "wa")
+    two = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS,
+                     cfg=_cfg(batch_size=2, grad_accum=2, lora_dropout=0.0, max_steps=3),
+                     out_dir=tmp_path / "b", work_dir=tmp_path / "wb")
+    # Same blocks seen (micro-step s*accum+k covers the same positions as step s of the big batch);
+    # weights are not compared exactly: Adam's first steps amplify float-order differences.
+    assert one.tokens == two.tokens == 3 * 4 * 64
+    assert abs(one.final_loss - two.final_loss) / one.final_loss < 0.02
+
+
+def test_packing_has_no_padding_and_restarts_positions(model_cache):
     _, tok = load_base_model("tiny-gpt2", model_cache)
-    blocks = pack(tok, TEXTS, 64)
-    assert blocks.shape[1] == 64
-    n_eos = int((blocks == tok.eos_token_id).sum())
+    packed = pack(tok, [lm(t) for t in TEXTS], 64)
+    ids, pos = packed.input_ids, packed.position_ids
+    assert ids.shape[1] == 64 and pos.shape == ids.shape
+    n_eos = int((ids == tok.eos_token_id).sum())
     assert 0 < n_eos <= len(TEXTS)  # separators only: one per example, no pad runs
-    assert not (blocks.view(-1)[1:] == tok.eos_token_id).logical_and(blocks.view(-1)[:-1] == tok.eos_token_id).any()
+    assert not (ids.view(-1)[1:] == tok.eos_token_id).logical_and(ids.view(-1)[:-1] == tok.eos_token_id).any()
+    flat_ids, flat_pos = ids.view(-1), pos.view(-1)
+    starts = (flat_pos == 0).nonzero().view(-1)[1:]  # every example after the first starts at position 0...
+    assert (flat_ids[starts - 1] == tok.eos_token_id).all()  # ...right after the previous one's EOS
+    assert (packed.labels.view(-1)[starts] == IGNORE).all()  # no loss across the example boundary
+
+
+def test_qa_examples_take_loss_on_the_answer_only(model_cache):
+    _, tok = load_base_model("tiny-gpt2", model_cache)
+    ids, labels = tokenize(tok, qa("Does aspirin help?", "It lowers the risk.\nAnswer: yes", "Trial text."), 256)
+    answer = tok("It lowers the risk.\nAnswer: yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    n_prompt = len(ids) - len(answer)
+    assert labels[:n_prompt] == [IGNORE] * n_prompt and labels[n_prompt:] == answer == ids[n_prompt:]
+    long_ids, long_labels = tokenize(tok, qa("Q?", "short answer", "context " * 500), 64)
+    assert len(long_ids) <= 64 and long_labels[-1] == tok.eos_token_id  # context truncated, answer kept
+
+
+def test_packed_attention_stays_within_an_example(model_cache):
+    """With position ids restarting, transformers masks attention across the example boundary: the
+    second example's logits do not depend on the first example's tokens."""
+    model, tok = load_base_model("tiny-gpt2", model_cache)
+    model.eval()
+    a, b, c = [tok(t, add_special_tokens=False)["input_ids"] for t in ("alpha beta gamma", "delta epsilon",
+                                                                        "totally different words here")]
+    def logits(first):
+        ids = torch.tensor([first + b])
+        pos = torch.tensor([list(range(len(first))) + list(range(len(b)))])
+        with torch.no_grad():
+            return model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, -len(b):]
+    assert torch.allclose(logits(a), logits(c[: len(a)] if len(c) >= len(a) else c), atol=1e-5)
 
 
 def test_batch_order_is_a_function_of_seed_and_step():
@@ -49,7 +93,7 @@ def test_batch_order_is_a_function_of_seed_and_step():
 
 
 def test_resume_matches_uninterrupted_run(model_cache, tmp_path):
-    straight = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(lora_dropout=0.0),
+    straight = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
                           out_dir=tmp_path / "a", work_dir=tmp_path / "wa")
 
     class Killed(Exception):
@@ -60,9 +104,9 @@ def test_resume_matches_uninterrupted_run(model_cache, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(lora_dropout=0.0),
+        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
                    out_dir=tmp_path / "b", work_dir=tmp_path / "wb", progress=die_at_5)
-    resumed = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(lora_dropout=0.0),
+    resumed = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
                          out_dir=tmp_path / "b", work_dir=tmp_path / "wb")
     assert resumed.resumed_from == 3
     a = get_peft_model_state_dict(build_model("tiny-gpt2", model_cache, _cfg(), straight.adapter_dir)[0])
@@ -73,7 +117,7 @@ def test_resume_matches_uninterrupted_run(model_cache, tmp_path):
 
 def test_too_little_text_is_a_clear_failure(model_cache, tmp_path):
     with pytest.raises(TrainingFailed, match="not enough text"):
-        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=["short"], cfg=_cfg(),
+        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=["short"], cfg=_cfg(),
                    out_dir=tmp_path / "a", work_dir=tmp_path / "w")
 
 
@@ -88,12 +132,13 @@ def test_config_validation_names_the_field():
 
 
 def test_gradient_checkpointing_trains_and_kbit_needs_cuda(model_cache, tmp_path):
-    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS,
-                     cfg=_cfg(gradient_checkpointing=True, max_steps=3), out_dir=tmp_path / "a", work_dir=tmp_path / "w")
+    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS,
+                     cfg=_cfg(gradient_checkpointing=True, max_steps=3), out_dir=tmp_path / "a",
+                     work_dir=tmp_path / "w")
     assert res.steps == 3 and res.skipped_steps == 0
     if not torch.cuda.is_available():
         with pytest.raises(TrainingFailed, match="needs CUDA"):
-            train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(quantization="4bit"),
+            train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(quantization="4bit"),
                        out_dir=tmp_path / "b", work_dir=tmp_path / "w2")
 
 
@@ -107,6 +152,6 @@ def test_a_non_finite_gradient_is_skipped_not_applied(model_cache, tmp_path, mon
         return torch.tensor(float("inf")) if calls["n"] == 2 else norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", flaky_clip)
-    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, texts=TEXTS, cfg=_cfg(max_steps=4),
+    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(max_steps=4),
                      out_dir=tmp_path / "a", work_dir=tmp_path / "w")
     assert res.skipped_steps == 1 and res.final_loss == res.final_loss  # finite, not NaN

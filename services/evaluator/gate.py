@@ -66,7 +66,7 @@ def score(base_spec: str, adapters: dict[str, Path | None], slices: dict[str, li
             net = model
         ctx = peft_model.disable_adapter() if (path is None and peft_model is not None) else _Null()
         with ctx:
-            out[name] = {f"ppl_{k}": perplexity(net, tokenizer, v, max_length=s.train_max_length)
+            out[name] = {f"ppl_{k}": perplexity(net, tokenizer, v, max_length=s.eval_max_length)
                          for k, v in slices.items()}
     return out
 

@@ -7,6 +7,7 @@ configuration it started with, even if the operator changed settings in between.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from shared.settings import Settings
 
@@ -26,8 +27,9 @@ def _f(default, help: str):  # type: ignore[no-untyped-def]
 @dataclass
 class TrainConfig:
     max_steps: int = _f(60, "Optimizer steps in this increment.")
-    batch_size: int = _f(4, "Packed sequences per optimizer step.")
-    max_length: int = _f(256, "Tokens per packed sequence.")
+    batch_size: int = _f(8, "Packed sequences per forward pass (micro-batch).")
+    grad_accum: int = _f(4, "Micro-batches per optimizer step: effective batch = batch_size * grad_accum.")
+    max_length: int = _f(512, "Tokens per packed sequence.")
     learning_rate: float = _f(2e-4, "Peak AdamW learning rate.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.1, "Share of steps spent warming the learning rate up; it then decays linearly.")
@@ -42,7 +44,7 @@ class TrainConfig:
     seed: int = _f(0, "Seeds data order, LoRA init and dropout.")
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "lora_r", "lora_alpha", "checkpoint_every"):
+        for name in ("max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 16 <= self.max_length <= 8192:
@@ -58,9 +60,13 @@ class TrainConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> TrainConfig:
-        return cls(max_steps=s.train_max_steps, batch_size=s.train_batch_size, max_length=s.train_max_length,
-                   learning_rate=s.train_lr, precision=s.train_precision,
-                   checkpoint_every=s.checkpoint_every, seed=s.seed)
+        given: dict[str, Any] = {
+                 "max_steps": s.train_max_steps, "batch_size": s.train_batch_size, "grad_accum": s.train_grad_accum,
+                 "max_length": s.train_max_length, "learning_rate": s.train_lr, "precision": s.train_precision,
+                 "quantization": s.train_quantization, "gradient_checkpointing": s.train_gradient_checkpointing,
+                 "checkpoint_every": s.checkpoint_every, "seed": s.seed}
+        # Settings left unset keep the documented defaults above.
+        return cls(**{k: v for k, v in given.items() if v is not None})
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

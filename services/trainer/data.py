@@ -12,7 +12,8 @@ import random
 
 from sqlmodel import Session, col, select
 
-from shared.corpora import general_texts, split_general
+from services.trainer.examples import ExampleSpec, lm, qa
+from shared.corpora import GeneralText, general_texts, pubmedqa_split, split_general
 from shared.models import Abstract, RunStatus, TrainingRun
 from shared.settings import Settings
 
@@ -30,17 +31,34 @@ def unclaimed_pmids(session: Session) -> list[int]:
     ).all())
 
 
-def reservoir(session: Session, *, model_line: str) -> list[int]:
-    """PMIDs earlier successful runs trained on (never their held-out slices), still live."""
+def reservoir(session: Session, *, model_line: str) -> list[tuple[int, int]]:
+    """(PMID, entrez year) of what earlier successful runs trained on (never their held-out
+    slices), still live: neither deleted nor retracted since."""
     trained: set[int] = set()
     for manifest in session.exec(select(TrainingRun.manifest).where(
             TrainingRun.model_line == model_line, TrainingRun.status == RunStatus.succeeded)):
         trained.update(manifest.get("new", []))
     if not trained:
         return []
-    live = session.exec(select(Abstract.pmid).where(
+    live = session.exec(select(col(Abstract.pmid), col(Abstract.entrez_date)).where(
         col(Abstract.pmid).in_(sorted(trained)), col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))
-    return sorted(live.all())
+    return sorted((pmid, d.year if d else 0) for pmid, d in live.all())
+
+
+def stratified_sample(items: list[tuple[int, int]], n: int, rng: random.Random) -> list[int]:
+    """n PMIDs spread evenly over entrez years (round robin over shuffled strata), so replay keeps
+    old literature in view instead of mirroring whichever years were ingested most."""
+    strata: dict[int, list[int]] = {}
+    for pmid, year in items:
+        strata.setdefault(year, []).append(pmid)
+    for pool in strata.values():
+        rng.shuffle(pool)
+    picked: list[int] = []
+    while len(picked) < n and any(strata.values()):
+        for year in sorted(strata):
+            if strata[year] and len(picked) < n:
+                picked.append(strata[year].pop())
+    return picked
 
 
 def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s: Settings) -> dict:
@@ -52,9 +70,9 @@ def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s
     # replay_ratio is the share of replay among all training examples: r = R / (N + R).
     n_replay = round(len(train_new) * s.replay_ratio / (1 - s.replay_ratio))
     past = reservoir(session, model_line=model_line)
-    general, _retention = split_general(general_texts(s.retention_corpus))
+    general = replay_general_pool(s)
     n_past = min(len(past), n_replay // 2 if general else n_replay)
-    replay_pmids = sorted(rng.sample(past, n_past))
+    replay_pmids = sorted(stratified_sample(past, n_past, rng))
     replay_general = [g.item_id for g in rng.sample(general, min(len(general), n_replay - n_past))]
     manifest = {
         "new": train_new, "holdout": holdout, "replay_pmids": replay_pmids, "replay_general": replay_general,
@@ -66,6 +84,12 @@ def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s
     return manifest
 
 
+def replay_general_pool(s: Settings) -> list[GeneralText]:
+    """The fixed general-medical replay set: MedQuAD's replay half plus PubMedQA's train items."""
+    medquad_half, _retention = split_general(general_texts(s.retention_corpus))
+    return medquad_half + list(pubmedqa_split(s.pubmedqa_source)[0])
+
+
 def texts_for(session: Session, pmids: list[int]) -> list[str]:
     rows = session.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(col(Abstract.pmid)))
     # Checked at read time too: a record deleted or retracted after its run was queued (or while a
@@ -73,7 +97,13 @@ def texts_for(session: Session, pmids: list[int]) -> list[str]:
     return [abstract_text(r) for r in rows if not r.deleted and not r.retracted]
 
 
-def training_texts(session: Session, *, manifest: dict, s: Settings) -> list[str]:
-    general = {g.item_id: g.text for g in general_texts(s.retention_corpus)}
-    return (texts_for(session, manifest["new"]) + texts_for(session, manifest["replay_pmids"])
-            + [general[i] for i in manifest["replay_general"] if i in general])
+def training_examples(session: Session, *, manifest: dict, s: Settings) -> list[ExampleSpec]:
+    """New abstracts and replayed abstracts as LM examples; general items as QA examples (loss on
+    the answer) when they have a question, else as LM text."""
+    general = {g.item_id: g for g in replay_general_pool(s)}
+    out = [lm(t) for t in texts_for(session, manifest["new"]) + texts_for(session, manifest["replay_pmids"])]
+    for item_id in manifest["replay_general"]:
+        g = general.get(item_id)
+        if g is not None:
+            out.append(qa(g.question, g.answer, g.context) if g.question else lm(g.text))
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from services.trainer.config import TrainConfig
-from services.trainer.data import training_texts
+from services.trainer.data import training_examples
 from services.trainer.train import TrainingFailed, train_lora
 from shared.celery_app import enqueue, medqa_task
 from shared.db import session_scope
@@ -62,7 +62,7 @@ def train_run(run_id: int) -> int | None:
         session.add(run)
         parent = session.get(ModelVersion, run.parent_version_id) if run.parent_version_id else None
         parent_adapter = Path(parent.adapter_path) if parent else None
-        texts = training_texts(session, manifest=run.manifest, s=s)
+        examples = training_examples(session, manifest=run.manifest, s=s)
         cfg, base_spec, model_line = TrainConfig.from_dict(run.config), run.base_model, run.model_line
 
     last_write = [0.0]
@@ -80,7 +80,7 @@ def train_run(run_id: int) -> int | None:
                 session.add(row)
 
     try:
-        result = train_lora(base_spec=base_spec, models_dir=s.models_dir, texts=texts, cfg=cfg,
+        result = train_lora(base_spec=base_spec, models_dir=s.models_dir, examples=examples, cfg=cfg,
                             out_dir=s.artifacts / "adapters" / f"run-{run_id}", work_dir=work_dir,
                             parent_adapter=parent_adapter, progress=progress)
     except TrainingFailed as exc:

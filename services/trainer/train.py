@@ -22,6 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 from services.trainer.config import TrainConfig
+from services.trainer.examples import ExampleSpec, lm, pack
 from shared.model_store import load_base_model
 
 log = logging.getLogger("medqa.trainer")
@@ -47,19 +48,6 @@ class TrainResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
-
-
-def pack(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Concatenate every example (each closed by EOS) and cut into full blocks: no padding at all."""
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids)
-        stream.append(eos)
-    n_blocks = len(stream) // max_length
-    if n_blocks == 0:
-        raise TrainingFailed(f"not enough text to fill one {max_length}-token block ({len(stream)} tokens)")
-    return torch.tensor(stream[: n_blocks * max_length], dtype=torch.long).view(n_blocks, max_length)
 
 
 def batch_indices(n_blocks: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -142,7 +130,8 @@ def _save_checkpoint(model, opt, sched, step: int, path: Path, cfg: TrainConfig)
 
 
 def train_lora(
-    *, base_spec: str, models_dir: Path, texts: list[str], cfg: TrainConfig, out_dir: Path, work_dir: Path,
+    *, base_spec: str, models_dir: Path, examples: list[ExampleSpec] | list[str], cfg: TrainConfig, out_dir: Path,
+    work_dir: Path,
     parent_adapter: Path | None = None, progress: Progress | None = None,
 ) -> TrainResult:
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +140,8 @@ def train_lora(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.quantization == "none":  # k-bit models were placed on the GPU as they loaded
         model.to(device)
-    blocks = pack(tokenizer, texts, cfg.max_length)
+    specs = [lm(e) if isinstance(e, str) else e for e in examples]
+    blocks = pack(tokenizer, specs, cfg.max_length)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -174,10 +164,15 @@ def train_lora(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
     try:
         for step in range(start, cfg.max_steps):
-            batch = blocks[batch_indices(len(blocks), cfg.batch_size, step, cfg.seed)].to(device)
-            with autocast:
-                loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
+            for micro in range(cfg.grad_accum):
+                # Micro-batch k of step s is global micro-step s*accum+k: a pure function of the
+                # seed, so resume stays exact with accumulation too.
+                index = batch_indices(len(blocks), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+                batch = blocks.batch(index, device)
+                with autocast:
+                    loss = model(**batch, use_cache=False).loss
+                (loss / cfg.grad_accum).backward()
+                tokens += batch["input_ids"].numel()
             norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             if torch.isfinite(norm):
                 opt.step()
@@ -189,7 +184,6 @@ def train_lora(
                     raise TrainingFailed(f"non-finite gradients in {skipped} steps (last at step {step + 1})")
             sched.step()
             opt.zero_grad(set_to_none=True)
-            tokens += batch.numel()
             loss_value = float(loss.detach())
             if not torch.isfinite(loss.detach()):
                 raise TrainingFailed(f"loss became {loss_value} at step {step + 1}")
