@@ -80,10 +80,18 @@ def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> d
     files = pubmed_files(source)
     as_files, via_entrez = files[: (len(files) + 1) // 2], files[(len(files) + 1) // 2:]
     emulator = EntrezEmulator(via_entrez).start()
+    saved_env = dict(os.environ)
     try:
         return _loop(workspace, models, label, as_files, emulator, console)
     finally:
         emulator.stop()
+        # The demo points settings at its own workspace and emulator; leave the caller's as they were.
+        os.environ.clear()
+        os.environ.update(saved_env)
+        reset_settings()
+        from shared.celery_app import reconfigure
+
+        reconfigure()
 
 
 def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emulator: EntrezEmulator,
