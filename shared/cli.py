@@ -227,11 +227,22 @@ def runs(as_json: bool = JsonOpt) -> None:
 
     _store()
     with session_scope() as s:
-        rows = [r.model_dump(exclude={"manifest"}) | {"counts": r.manifest.get("counts", {})}
+        rows = [r.model_dump(exclude={"manifest"}) | {"counts": r.manifest.get("counts", {}), "eta_s": _eta(r)}
                 for r in s.exec(select(TrainingRun).order_by(col(TrainingRun.id)))]
-    _emit(rows, as_json, _table("training runs", ["id", "status", "step", "loss", "tokens/s", "parent", "error"], [
+    _emit(rows, as_json, _table("training runs", ["id", "status", "step", "loss", "tokens/s", "eta", "parent",
+                                                  "error"], [
         [r["id"], r["status"], f"{r['step']}/{r['total_steps']}", _fmt(r["loss"]), _fmt(r["tokens_per_s"]),
-         r["parent_version_id"], (r["error"] or "")[:60]] for r in rows]))
+         "" if r["eta_s"] is None else f"{r['eta_s']:.0f} s", r["parent_version_id"], (r["error"] or "")[:60]]
+        for r in rows]))
+
+
+def _eta(run: Any) -> float | None:
+    """Seconds left for a running run, from its measured tokens/s and its own configured step size."""
+    if run.status != "running" or not run.tokens_per_s or not run.total_steps:
+        return None
+    c = run.config
+    tokens_per_step = c.get("batch_size", 1) * c.get("grad_accum", 1) * c.get("max_length", 1)
+    return (run.total_steps - run.step) * tokens_per_step / run.tokens_per_s
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -381,7 +392,7 @@ def status(as_json: bool = JsonOpt) -> None:
     with session_scope() as s:
         champ = crud.champion(s, model_line=st.model_line)
         active = [r.model_dump(include={"id", "status", "step", "total_steps", "loss", "tokens_per_s",
-                                        "heartbeat_at"})
+                                        "heartbeat_at"}) | {"eta_s": _eta(r)}
                   for r in s.exec(select(TrainingRun).where(
                       col(TrainingRun.status).in_([RunStatus.queued, RunStatus.running])))]
         last_drift = s.exec(select(DriftReport).order_by(col(DriftReport.id).desc())).first()
@@ -405,7 +416,8 @@ def status(as_json: bool = JsonOpt) -> None:
             out.print(f"{k:>12}: {v}", highlight=False)
     for r in active:
         out.print(f"   run {r['id']}: {r['status']} step {r['step']}/{r['total_steps']} loss {_fmt(r['loss'])}"
-                  f" {_fmt(r['tokens_per_s'])} tok/s, heartbeat {r['heartbeat_at']}", highlight=False)
+                  f" {_fmt(r['tokens_per_s'])} tok/s, eta {_fmt(r['eta_s'])} s, heartbeat {r['heartbeat_at']}",
+                  highlight=False)
 
 
 # ------------------------------------------------------------------------------------------ workers

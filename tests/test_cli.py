@@ -70,3 +70,16 @@ def test_ingest_status_counts(medqa_env, synth_dir, tmp_path):
     assert doc["counts"]["stored"] == 50 and doc["counts"]["with_abstract"] == 50
     assert doc["counts"]["bad_documents"] == 1 and "broken.xml" in doc["last_error"]
     assert {c["source"] for c in doc["cursors"]} == {"file"}
+
+
+def test_runs_show_progress_and_eta(medqa_env):
+    from shared.db import session_scope
+    from shared.models import RunStatus, TrainingRun
+
+    with session_scope() as s:
+        s.add(TrainingRun(model_line="default", base_model="m", status=RunStatus.running, step=10, total_steps=60,
+                          tokens_per_s=1000.0, config={"batch_size": 4, "grad_accum": 1, "max_length": 250}))
+    runs = json.loads(invoke("runs", "--json").stdout)
+    assert runs[0]["eta_s"] == pytest.approx(50 * 1000 / 1000.0)
+    status = json.loads(invoke("status", "--json").stdout)
+    assert status["active_runs"][0]["step"] == 10 and status["active_runs"][0]["eta_s"] == pytest.approx(50.0)
