@@ -155,3 +155,31 @@ def test_a_non_finite_gradient_is_skipped_not_applied(model_cache, tmp_path, mon
     res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(max_steps=4),
                      out_dir=tmp_path / "a", work_dir=tmp_path / "w")
     assert res.skipped_steps == 1 and res.final_loss == res.final_loss  # finite, not NaN
+
+
+def test_out_of_memory_fails_the_run_with_a_clear_reason(model_cache, tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", oom)
+    with pytest.raises(TrainingFailed, match="out of memory at batch 2x64"):
+        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(),
+                   out_dir=tmp_path / "a", work_dir=tmp_path / "w")
+
+
+def test_oom_in_the_task_marks_the_run_failed_once(medqa_env, synth_dir, monkeypatch):
+    from sqlmodel import select
+
+    from services.ingest.tasks import ingest_path
+    from shared.db import session_scope
+    from shared.models import ModelVersion, RunStatus, TrainingRun
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", oom)
+    ingest_path(synth_dir)  # eager: trigger -> train -> OOM
+    with session_scope() as s:
+        run = s.exec(select(TrainingRun)).one()
+        assert run.status == RunStatus.failed and "out of memory" in run.error and run.deliveries == 1
+        assert s.exec(select(ModelVersion)).first() is None

@@ -193,6 +193,10 @@ def train_lora(
             if progress is not None:
                 progress(done, cfg.max_steps, loss_value, tokens / (time.perf_counter() - t0))
     except torch.cuda.OutOfMemoryError as exc:
+        # Fail this run (not the worker): free what the failed step held so the next task starts clean.
+        model.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         raise TrainingFailed(f"GPU out of memory at batch {cfg.batch_size}x{cfg.max_length}: {exc}") from None
 
     seconds = time.perf_counter() - t0
