@@ -103,3 +103,18 @@ def test_retractions_are_marked_and_never_trained(store_env):
         assert s.get(Abstract, recs[0].pmid).retracted and s.get(Abstract, recs[1].pmid).retracted
         assert set(unclaimed_pmids(s)) == {recs[2].pmid, recs[3].pmid}
         assert len(texts_for(s, [r.pmid for r in recs])) == 2
+
+
+def test_a_file_streams_in_chunks_inside_one_transaction(store_env, tmp_path, monkeypatch):
+    import services.ingest.store as store
+
+    monkeypatch.setattr(store, "CHUNK", 7)
+    store_env(trigger_min_new="100000")
+    arts = generate_articles(20, seed=31)
+    (tmp_path / "ok.xml").write_bytes(pubmed_xml(arts + [dict(arts[0])]))  # a repeat across chunks
+    res = ingest_file(tmp_path / "ok.xml")
+    assert (res.stored, res.duplicates) == (20, 1)
+    xml = pubmed_xml(generate_articles(20, seed=32, start_pmid=92_000_000))
+    (tmp_path / "cut.xml").write_bytes(xml[: int(len(xml) * 0.9)])  # fails after several chunks
+    assert ingest_file(tmp_path / "cut.xml").errors
+    assert _count() == 20  # the earlier chunks of the broken file were rolled back
