@@ -55,7 +55,7 @@ def measure(name: str, base: Path, texts: list[str], cfg: TrainConfig, work: Pat
         losses.append(round(loss, 3))
 
     try:
-        res = train_lora(base_spec=str(base), models_dir=work / "models", texts=texts, cfg=cfg,
+        res = train_lora(base_spec=str(base), models_dir=work / "models", examples=texts, cfg=cfg,
                          out_dir=work / f"{name}-adapter", work_dir=work / f"{name}-work", progress=progress)
     except TrainingFailed as exc:
         return {"mode": name, "failed": str(exc)[:300], "losses": losses,
