@@ -6,7 +6,7 @@ from peft import get_peft_model_state_dict
 
 from services.trainer.config import TrainConfig
 from services.trainer.examples import IGNORE, lm, pack, qa, tokenize
-from services.trainer.train import TrainingFailed, batch_indices, build_model, train_lora
+from services.trainer.train import LOSS_CHUNK, TrainingFailed, batch_indices, build_model, lm_loss_backward, train_lora
 from shared.model_store import load_base_model
 
 TEXTS = [f"Patient cohort {i} received treatment {i % 7} and showed outcome {i % 5} after follow-up." * 3
@@ -84,6 +84,27 @@ def test_packed_attention_stays_within_an_example(model_cache):
         with torch.no_grad():
             return model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, -len(b):]
     assert torch.allclose(logits(a), logits(c[: len(a)] if len(c) >= len(a) else c), atol=1e-5)
+
+
+def test_chunked_loss_equals_the_full_logits_loss_and_gradients(model_cache):
+    cfg = _cfg(lora_dropout=0.0)
+    model, tok = build_model("tiny-gpt2", model_cache, cfg, None)
+    with torch.no_grad():  # LoRA B starts at zero: give it weights so its gradient path is exercised
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    specs = [lm(t) for t in TEXTS[:20]] + [qa("What was given?", "A treatment.", "Cohort notes.")]
+    batch = pack(tok, specs, 160).batch(list(range(4)), torch.device("cpu"))  # 4x159 tokens > LOSS_CHUNK
+    assert batch["input_ids"].numel() > LOSS_CHUNK
+    params = [p for p in model.parameters() if p.requires_grad]
+    full = model(**batch, use_cache=False).loss
+    (full * 0.5).backward()
+    expected = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    chunked = lm_loss_backward(model, batch, 0.5, torch.autocast("cpu", enabled=False))
+    assert torch.allclose(chunked, full.detach(), rtol=1e-5)
+    for got, want in zip((p.grad for p in params), expected, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
 def test_batch_order_is_a_function_of_seed_and_step():

@@ -101,11 +101,11 @@ def build_model(base_spec: str, models_dir: Path, cfg: TrainConfig, parent_adapt
 
 
 def _base_dtype(cfg: TrainConfig) -> torch.dtype:
-    """Frozen base weights: bf16 on a GPU that autocasts to bf16 anyway (half the memory), else fp32.
-    Explicit, because transformers 5 otherwise keeps whatever dtype the checkpoint was saved in."""
-    if torch.cuda.is_available() and use_bf16(cfg.precision, torch.device("cuda")):
-        return torch.bfloat16
-    return torch.float32
+    """Frozen base weights: bf16 wherever the loop autocasts to bf16 anyway (half the memory, and on
+    CPU no per-step fp32->bf16 weight casts: bench/train.py), else fp32. Explicit, because
+    transformers 5 otherwise keeps whatever dtype the checkpoint was saved in."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.bfloat16 if use_bf16(cfg.precision, device) else torch.float32
 
 
 def _kbit_config(cfg: TrainConfig):  # type: ignore[no-untyped-def]
@@ -169,9 +169,7 @@ def train_lora(
                 # seed, so resume stays exact with accumulation too.
                 index = batch_indices(len(blocks), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
                 batch = blocks.batch(index, device)
-                with autocast:
-                    loss = model(**batch, use_cache=False).loss
-                (loss / cfg.grad_accum).backward()
+                loss = lm_loss_backward(model, batch, 1.0 / cfg.grad_accum, autocast)
                 tokens += batch["input_ids"].numel()
             norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             if torch.isfinite(norm):
@@ -184,8 +182,8 @@ def train_lora(
                     raise TrainingFailed(f"non-finite gradients in {skipped} steps (last at step {step + 1})")
             sched.step()
             opt.zero_grad(set_to_none=True)
-            loss_value = float(loss.detach())
-            if not torch.isfinite(loss.detach()):
+            loss_value = float(loss)
+            if not torch.isfinite(loss):
                 raise TrainingFailed(f"loss became {loss_value} at step {step + 1}")
             done = step + 1
             if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
@@ -208,6 +206,55 @@ def train_lora(
     return TrainResult(adapter_dir=out_dir, sha256=adapter_sha256(out_dir), steps=cfg.max_steps - start,
                        tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start,
                        skipped_steps=skipped)
+
+
+LOSS_CHUNK = 256  # tokens per slice of the LM head: full logits for 8x512 tokens x 49k vocab are 0.8 GB
+
+
+def _body_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(transformer body, LM head) of a causal LM under PEFT, or None for a layout we do not know."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(causal_lm, getattr(causal_lm, "base_model_prefix", ""), None)
+    head = causal_lm.get_output_embeddings() if hasattr(causal_lm, "get_output_embeddings") else None
+    if body is None or head is None or any(p.requires_grad for p in head.parameters()):
+        return None
+    return body, head
+
+
+def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, autocast: Any) -> torch.Tensor:
+    """Backpropagate `scale` x the mean next-token loss of `batch`; return the (detached) loss.
+
+    The vocabulary projection is the largest activation in a small LM. Run the body once, then the
+    frozen head and cross-entropy slice by slice, each slice backpropagated into the hidden states at
+    once, and finally the body from the accumulated hidden-state gradient: the full logits never
+    exist, and the numbers equal model(**batch).loss. Layouts we do not know take that plain path.
+    Forwards run under `autocast`, backwards outside it (as torch.autocast asks).
+    """
+    parts = _body_and_head(model)
+    if parts is None:
+        with autocast:
+            loss = model(**batch, use_cache=False).loss
+        (loss * scale).backward()
+        return loss.detach()
+    body, head = parts
+    targets = batch["labels"][:, 1:].reshape(-1)
+    n_valid = int((targets != -100).sum())
+    if n_valid == 0:  # nothing to learn from (a block of prompt tokens only): contributes no gradient
+        return torch.zeros(())
+    with autocast:
+        hidden = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)[0]
+    hidden_in = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    leaf = hidden_in.detach().requires_grad_(True)
+    total = torch.zeros((), device=hidden.device)
+    for i in range(0, leaf.shape[0], LOSS_CHUNK):
+        with autocast:
+            logits = head(leaf[i:i + LOSS_CHUNK])
+        part = torch.nn.functional.cross_entropy(logits.float(), targets[i:i + LOSS_CHUNK], ignore_index=-100,
+                                                 reduction="sum")
+        (part * (scale / n_valid)).backward()
+        total += part.detach()
+    hidden_in.backward(leaf.grad)
+    return total / n_valid
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
