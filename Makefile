@@ -40,6 +40,8 @@ lint: setup
 BENCHES := bench/ingest.py bench/train.py bench/continual.py bench/loop.py
 bench: setup
 	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@# after bench/loop.py: its demo workspace holds the fine-tuned version the seed table compares
+	@echo "== bench/evaluate.py --seed-table"; $(BIN)/python bench/evaluate.py --seed-table
 
 clean:
 	rm -rf .medqa .pytest_cache .mypy_cache .ruff_cache

@@ -2,12 +2,18 @@
 
 Run: .venv/bin/python bench/continual.py [--model tiny-gpt2] [--steps 8] [--replay-ratio 0.1 0.3 0.5] [--quick]
 
-The stream (K increments, default 4), oldest first, all real text from ../shared/data:
+The stream (K increments, default 4), oldest first, all real text from ../shared/data. With
+--stream years (default):
 
   * PubMedQA contexts (pubmedqa/pqal_trainval.json, the abstract minus its conclusion), split by the
     record's publication YEAR into K//2 slices (records without a year are left out);
   * then the NLM PubMed samples (pubmed_update_samples/*/*.xml, title + abstract as the trainer builds
     them), split by entrez year into the remaining slices.
+
+With --stream domains: MedQuAD NIDDK answers, MedQuAD NINDS answers, PubMedQA contexts, NLM
+abstracts (one slice each, K <= 4). The years stream drifts little (every slice is PubMed prose, and
+no replay forgets nothing there, so it cannot rank replay ratios); the domains stream moves from
+patient-facing answers to research abstracts, a shift a model can forget across.
 
 Within a source, years are cut where the slices come out closest to equal size. Each slice is split
 (seeded) into a held-out eval part (--eval-texts, default 24, at most a third of the slice) and a
@@ -65,6 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 SAMPLES = DATA / "pubmed_update_samples"
 PUBMEDQA = DATA / "pubmedqa" / "pqal_trainval.json"
+MEDQUAD = DATA / "medquad"
 MODELS_DIR = ROOT / ".medqa" / "models"
 OUT = ROOT / "bench" / "out"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -141,7 +148,30 @@ def load_nlm_docs() -> list[Doc]:
             for _, r in sorted(latest.items())]
 
 
-def build_stream(k: int, eval_texts: int, seed: int) -> list[Slice]:
+def load_medquad_docs(collection: str) -> list[Doc]:
+    from shared.corpora import load_medquad
+
+    return [Doc(g.text, 0) for g in load_medquad(MEDQUAD / collection)]
+
+
+def _slice(name: str, source: str, group: list[Doc], eval_texts: int, rng: random.Random) -> Slice:
+    years = (min(d.year for d in group), max(d.year for d in group))
+    rng.shuffle(group)
+    n_eval = min(eval_texts, len(group) // 3)
+    return Slice(name=name, source=source, years=years, train=group[n_eval:], eval=[d.text for d in group[:n_eval]])
+
+
+def build_stream(k: int, eval_texts: int, seed: int, kind: str = "years") -> list[Slice]:
+    rng = random.Random(seed)
+    if kind == "domains":
+        # A shift the model must adapt to and can forget: consumer-health answers from two NIH
+        # institutes, then research abstracts (PubMedQA contexts, then the NLM samples).
+        plan = [("medquad NIDDK", "medquad", lambda: load_medquad_docs("5_NIDDK_QA")),
+                ("medquad NINDS", "medquad", lambda: load_medquad_docs("6_NINDS_QA")),
+                ("pubmedqa", "pubmedqa", load_pubmedqa_docs), ("nlm", "nlm", load_nlm_docs)][:k]
+        if not (MEDQUAD.is_dir() and PUBMEDQA.is_file() and SAMPLES.is_dir()):
+            raise SystemExit(f"--stream domains needs {MEDQUAD}, {PUBMEDQA} and {SAMPLES}")
+        return [_slice(name, source, load(), eval_texts, rng) for name, source, load in plan]
     sources: list[tuple[str, list[Doc]]] = []
     if PUBMEDQA.is_file():
         sources.append(("pubmedqa", load_pubmedqa_docs()))
@@ -150,16 +180,12 @@ def build_stream(k: int, eval_texts: int, seed: int) -> list[Slice]:
     if not sources:
         raise SystemExit(f"no data: neither {PUBMEDQA} nor {SAMPLES} exists")
     counts = [k // 2, k - k // 2] if len(sources) == 2 else [k]
-    rng = random.Random(seed)
     stream: list[Slice] = []
     for (source, docs), n in zip(sources, counts, strict=True):
         for group in year_cuts(docs, n):
             years = (min(d.year for d in group), max(d.year for d in group))
-            rng.shuffle(group)
-            n_eval = min(eval_texts, len(group) // 3)
-            stream.append(Slice(name=f"{source} {years[0]}-{years[1]}" if years[0] != years[1]
-                                else f"{source} {years[0]}", source=source, years=years,
-                                train=group[n_eval:], eval=[d.text for d in group[:n_eval]]))
+            name = f"{source} {years[0]}-{years[1]}" if years[0] != years[1] else f"{source} {years[0]}"
+            stream.append(_slice(name, source, group, eval_texts, rng))
     return stream
 
 
@@ -440,6 +466,9 @@ def main() -> None:
     parser.add_argument("--replay-ratio", type=float, nargs="+", default=[0.3],
                         help="replay share(s) of the training examples; several values run one chain each "
                              "(default 0.3)")
+    parser.add_argument("--stream", choices=("years", "domains"), default="years",
+                        help="years: PubMedQA then NLM samples by year (default); domains: MedQuAD NIDDK, "
+                             "MedQuAD NINDS, PubMedQA, NLM (a real shift, where no replay forgets)")
     parser.add_argument("--strata", choices=("slice", "year"), default="slice",
                         help="time strata for the replay draw: the slice (increment) or the record's year")
     parser.add_argument("--eval-texts", type=int, default=None,
@@ -482,7 +511,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    stream = build_stream(args.k, eval_texts, args.seed)
+    stream = build_stream(args.k, eval_texts, args.seed, args.stream)
     for j, s in enumerate(stream):
         log(f"slice {j}: {s.name}: {len(s.train)} train, {len(s.eval)} held out")
     cfg = TrainConfig(max_steps=steps, checkpoint_every=steps, batch_size=args.batch_size, grad_accum=1,
@@ -536,7 +565,7 @@ def main() -> None:
         "model": args.model,
         "stream": [{"name": s.name, "source": s.source, "years": list(s.years), "train": len(s.train),
                     "eval": len(s.eval)} for s in stream],
-        "config": {"k": len(stream), "steps": steps,
+        "config": {"k": len(stream), "stream": args.stream, "steps": steps,
                    "joint_steps": None if args.no_joint else [steps * (i + 1) for i in range(len(stream))],
                    "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
                    "learning_rate": cfg.learning_rate, "precision": cfg.precision, "lora_r": cfg.lora_r,

@@ -46,7 +46,7 @@ def _main(verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
 def quiet_libraries() -> None:
     """Library chatter (alembic plugin set-up, optional bitsandbytes kernels, HF advisories) would
     bury the lines an operator needs; keep their warnings about real problems."""
-    for noisy in ("httpx", "urllib3", "alembic", "celery.app.trace"):
+    for noisy in ("httpx", "urllib3", "alembic", "celery.app.trace", "absl"):  # absl: rouge_score's tokenizer
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -349,6 +349,25 @@ def history(as_json: bool = JsonOpt) -> None:
     _emit(rows, as_json, _table("alias history", ["#", "at", "actor", "action", "from", "to", "reason"], [
         [r["id"], r["at"], r["actor"], r["action"], r["from_version_id"], r["to_version_id"], r["reason"][:70]]
         for r in rows]))
+
+
+@app.command()
+def report(version: str, out_dir: Path | None = typer.Option(None, "--out", help="Folder (default: artifacts)."),
+           as_json: bool = JsonOpt) -> None:
+    """Write VERSION's evaluation report: markdown, HTML and a PNG per guarded metric across versions."""
+    from services.evaluator.report import write_report
+    from shared.crud import RegistryError, parse_version_id
+
+    _store()
+    try:
+        written = write_report(parse_version_id(version), out_dir)
+    except RegistryError as exc:
+        _die(str(exc))
+        return
+    paths = {"markdown": str(written.markdown), "html": str(written.html), "plots": [str(p) for p in written.plots]}
+    _emit(paths, as_json)
+    if not as_json:
+        out.print(f"{written.markdown}\n{written.html}\n{len(written.plots)} plots", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- monitoring

@@ -40,6 +40,44 @@ def load_medquad(folder: Path) -> list[GeneralText]:
     return items
 
 
+def load_liveqa(source: Path) -> list[GeneralText]:
+    """Consumer-health questions from TREC 2017 LiveQA Medical XML (a file, or every *.xml in a folder).
+
+    Reads both layouts the track published: training files (SUBJECT and MESSAGE under NLM-QUESTION,
+    answers under SUB-QUESTIONS) and test files (Original-Question with SUBJECT/Subject and
+    MESSAGE/Message, answers under ReferenceAnswers). Tags are matched without regard to case. The
+    question is subject + message as the patient wrote them; the answer is the first reference answer.
+    """
+    paths = sorted(source.glob("*.xml")) if source.is_dir() else [source]
+    items: list[GeneralText] = []
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    for path in paths:
+        try:
+            root = etree.parse(str(path), parser).getroot()  # lxml skips the UTF-8 byte-order mark
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"{path}: not LiveQA XML: {exc}") from None
+        for n, q in enumerate(el for el in root.iter() if _tag(el) == "nlm-question"):
+            def first(name: str, q: etree._Element = q) -> str:
+                el = next((e for e in q.iter() if _tag(e) == name), None)
+                return " ".join("".join(el.itertext()).split()) if el is not None else ""
+
+            subject, message = first("subject"), first("message")
+            answers = [" ".join("".join(a.itertext()).split()) for a in q.iter() if _tag(a) == "answer"]
+            answers = [a for a in answers if a]
+            question = ". ".join(x for x in (subject, message) if x)
+            if not question:
+                continue
+            qid = q.get("qid") or q.get("questionid") or f"{path.stem}-{n}"
+            answer = answers[0] if answers else ""
+            items.append(GeneralText(item_id=f"liveqa:{path.stem}:{qid}", text=f"{question}\n{answer}".strip(),
+                                     question=question, answer=answer))
+    return items
+
+
+def _tag(el: etree._Element) -> str:
+    return el.tag.lower() if isinstance(el.tag, str) else ""
+
+
 def load_pubmedqa(source: str | Path) -> list[GeneralText]:
     """PubMedQA items from a local JSON file in the original format ({pmid: {QUESTION, CONTEXTS,
     LONG_ANSWER, final_decision, ...}}), or a hub id such as qiaojin/PubMedQA when a hub is reachable."""

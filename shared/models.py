@@ -130,6 +130,20 @@ class Evaluation(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class SuiteResult(SQLModel, table=True):
+    """One model scored on one suite. The champion's results are reused by suite hash, so a candidate
+    pays only for itself; `subject` is "v<id>" or "base:<spec>" (no version yet)."""
+
+    __table_args__ = (UniqueConstraint("subject", "suite_hash"),)
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = Field(max_length=300)
+    suite: str = Field(max_length=64)
+    suite_hash: str = Field(max_length=64)
+    metrics: dict = _json()
+    seconds: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Alias(SQLModel, table=True):
     model_line: str = Field(primary_key=True, max_length=64)
     name: str = Field(primary_key=True, max_length=32)

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         "share joins the replay set. Default ../shared/data/pubmedqa/pqal_trainval.json when present.")
     eval_max_length: int = Field(256, ge=16, le=8192, description="Tokens per text in perplexity slices.")
     eval_max_texts: int = Field(48, ge=4, description="Texts per perplexity slice.")
+    liveqa_source: Path | None = Field(
+        None, description="TREC LiveQA Medical XML (file or folder) for the consumer-health suite. Default "
+        "../shared/data/liveqa_medical when present; without it the suite uses MedQuAD questions only.")
+    eval_qa_items: int = Field(32, ge=0, description="PubMedQA held-out items in the pubmedqa suite (0 = skip).")
+    eval_consumer_items: int = Field(16, ge=0, description="Questions in the consumer-health suite (0 = skip).")
+    eval_max_new_tokens: int = Field(48, ge=4, le=1024, description="Generated tokens per answer in eval suites.")
+    eval_batch_size: int = Field(16, ge=1, le=256, description="Items per forward pass in eval suites.")
 
     # -- monitoring
     drift_min_rows: int = Field(20, ge=2, description="Fewer rows than this on a side: 'not enough data'.")
@@ -148,6 +155,8 @@ class Settings(BaseSettings):
             self.policy_file = Path(__file__).resolve().parents[1] / "services" / "evaluator" / "policy.toml"
         if self.pubmedqa_source is None and (SHARED_DATA / "pubmedqa" / "pqal_trainval.json").is_file():
             self.pubmedqa_source = str(SHARED_DATA / "pubmedqa" / "pqal_trainval.json")
+        if self.liveqa_source is None and (SHARED_DATA / "liveqa_medical").is_dir():
+            self.liveqa_source = SHARED_DATA / "liveqa_medical"
         if self.retention_corpus is None and (SHARED_DATA / "medquad").is_dir():
             self.retention_corpus = SHARED_DATA / "medquad"
         return self

@@ -90,3 +90,42 @@ def test_one_active_run_per_line_is_enforced_by_the_database(store_env):
     with session_scope() as s:  # a finished run does not count, nor another line
         s.add(TrainingRun(model_line="default", base_model="m", status=RunStatus.failed))
         s.add(TrainingRun(model_line="other", base_model="m", status=RunStatus.queued))
+
+
+@pytest.mark.postgres
+def test_parallel_promote_and_rollback_leave_one_consistent_alias(medqa_env, pg_url):
+    """Eight operators at once on PostgreSQL: row locks serialise them, so the audit rows form one
+    chain (each change starts where the previous one ended) and the alias is where the chain ends."""
+    import threading
+
+    medqa_env(database_url=pg_url)
+    ids = _versions([VersionStatus.blessed] * 4)
+    with session_scope() as s:
+        crud.promote(s, version_id=ids[-1], actor="setup", reason="start")
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def operator(n: int) -> None:
+        barrier.wait()
+        try:
+            with session_scope() as s:
+                if n % 2:
+                    crud.rollback(s, model_line="default", actor=f"op{n}", reason="parallel rollback")
+                else:
+                    crud.promote(s, version_id=ids[n % 4], actor=f"op{n}", reason="parallel promote")
+            outcomes.append("ok")
+        except crud.RegistryError as exc:  # e.g. "already the champion": refused, changes nothing
+            outcomes.append(f"refused: {exc}")
+
+    threads = [threading.Thread(target=operator, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(outcomes) == 8
+    with session_scope() as s:
+        events = s.exec(select(AuditEvent).order_by(AuditEvent.id)).all()
+        assert len(events) == 1 + outcomes.count("ok")
+        for before, after in zip(events, events[1:], strict=False):
+            assert after.from_version_id == before.to_version_id, "an audit row does not start where the last ended"
+        assert s.exec(select(Alias)).one().version_id == events[-1].to_version_id

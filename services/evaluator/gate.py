@@ -1,4 +1,4 @@
-"""Score a candidate against the champion (or the base model) on the same slices, and decide.
+"""Score a candidate against the champion (or the base model) on the same suites, and decide.
 
 The decision, its reasons, the status change and (with auto-promotion) the alias move are written
 in one transaction: a crash leaves either all of them or none.
@@ -6,26 +6,31 @@ in one transaction: a crash leaves either all of them or none.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
+from sqlmodel import Session, col, select
 
-from services.evaluator.perplexity import perplexity
 from services.evaluator.policy import Policy
-from services.trainer.data import texts_for
+from services.evaluator.suites import Suite, sample
+from services.trainer.data import abstract_text
+from services.trainer.train import use_bf16
 from shared import crud
-from shared.corpora import general_texts, split_general
+from shared.corpora import GeneralText, general_texts, load_liveqa, pubmedqa_split, split_general
 from shared.db import session_scope
 from shared.model_store import load_base_model
-from shared.models import Evaluation, ModelVersion, VersionStatus
+from shared.models import Abstract, Evaluation, ModelVersion, SuiteResult, TrainingRun, VersionStatus
 from shared.settings import get_settings
 
 log = logging.getLogger("medqa.evaluator")
-SUITE = "perplexity-v1"
+SUITE = "gate-v2"  # Evaluation.suite: the set of suites below, decided by the policy
 
 
 @dataclass
@@ -39,44 +44,103 @@ class Decision:
     promoted: bool
 
 
-def _suite_hash(slices: dict[str, list[str]]) -> str:
-    h = hashlib.sha256(SUITE.encode())
-    for name in sorted(slices):
-        for text in slices[name]:
-            h.update(name.encode() + b"\0" + text.encode())
-    return h.hexdigest()
+def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
+    """The suites for `run`'s candidate; every suite but `new` is the same for every run of the line."""
+    s = get_settings()
+    cap = s.eval_max_texts
+    ppl = {"max_length": s.eval_max_length}
+    gen = {"max_length": 512, "max_new_tokens": s.eval_max_new_tokens, "batch_size": s.eval_batch_size}
+    new = _abstract_items(session, run.manifest["holdout"])
+    first = session.exec(select(TrainingRun).where(TrainingRun.model_line == run.model_line)
+                         .order_by(col(TrainingRun.id))).first()
+    earlier: list[GeneralText] = []
+    if first is not None and first.id != run.id:
+        earlier = _abstract_items(session, first.manifest.get("holdout", []))[: cap // 2]
+    general = split_general(general_texts(s.retention_corpus))[1]
+    suites = [Suite("new", "perplexity", tuple(new[:cap]), ppl),
+              Suite("retention", "perplexity", tuple(earlier) + tuple(general[: cap - len(earlier)]), ppl)]
+    qa_items = pubmedqa_split(s.pubmedqa_source)[1]
+    if s.eval_qa_items and qa_items:
+        suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, s.eval_qa_items), gen))
+    if s.eval_consumer_items:
+        patients = load_liveqa(s.liveqa_source) if s.liveqa_source else []
+        patients = [p for p in patients if p.answer]
+        medquad = [g for g in general if g.question]
+        half = s.eval_consumer_items // 2 if patients and medquad else s.eval_consumer_items
+        items = sample(patients, half) + sample(medquad, s.eval_consumer_items - len(sample(patients, half)))
+        if items:
+            suites.append(Suite("consumer", "consumer", items, gen))
+    return suites
 
 
-def score(base_spec: str, adapters: dict[str, Path | None], slices: dict[str, list[str]]) -> dict[str, dict]:
-    """Metrics per adapter name (None = the bare base model), loading the base weights only once."""
+def _abstract_items(session: Session, pmids: list[int]) -> list[GeneralText]:
+    """Stored abstracts as suite items, in PMID order; deleted or retracted ones are never scored."""
+    rows = session.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(col(Abstract.pmid)))
+    return [GeneralText(f"pmid:{r.pmid}", abstract_text(r)) for r in rows if not r.deleted and not r.retracted]
+
+
+def score(base_spec: str, adapters: dict[str, Path | None], suites: dict[str, list[Suite]]) -> dict[str, dict]:
+    """Metrics per model (adapter path; None = the bare base) over its suites, loading the base once.
+    Each (model, suite) pair takes its own timing, returned as `<suite>_seconds`."""
     s = get_settings()
     model, tokenizer = load_base_model(base_spec, s.models_dir)
+    device = torch.device("cpu")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16("auto", device))
     peft_model: Any = None
-    net: Any
     out: dict[str, dict] = {}
     for name, path in adapters.items():
+        if not suites.get(name):
+            out[name] = {}
+            continue
         if path is not None:
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
             else:
                 peft_model.load_adapter(str(path), adapter_name=name)
             peft_model.set_adapter(name)
-            net = peft_model
-        else:
-            net = model
-        ctx = peft_model.disable_adapter() if (path is None and peft_model is not None) else _Null()
-        with ctx:
-            out[name] = {f"ppl_{k}": perplexity(net, tokenizer, v, max_length=s.eval_max_length)
-                         for k, v in slices.items()}
+        net = peft_model if path is not None else model
+        ctx = peft_model.disable_adapter() if (path is None and peft_model is not None) else contextlib.nullcontext()
+        out[name] = {}
+        with ctx, autocast:
+            for suite in suites[name]:
+                t0 = time.perf_counter()
+                out[name].update(suite.run(net, tokenizer))
+                out[name][f"{suite.name}_seconds"] = time.perf_counter() - t0
     return out
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
+def _cached(session: Session, subject: str, suites: list[Suite]) -> tuple[dict[str, float], list[Suite]]:
+    """(metrics already stored for `subject` on these exact suites, the suites still to run)."""
+    hashes = {x.hash: x for x in suites}
+    rows = session.exec(select(SuiteResult).where(SuiteResult.subject == subject,
+                                                  col(SuiteResult.suite_hash).in_(list(hashes)))).all()
+    metrics: dict[str, float] = {}
+    for row in rows:
+        metrics.update(row.metrics)
+        hashes.pop(row.suite_hash)
+    return metrics, list(hashes.values())
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+
+def _store_results(session: Session, subject: str, suites: list[Suite], metrics: dict[str, float]) -> None:
+    for suite in suites:
+        if session.exec(select(SuiteResult).where(SuiteResult.subject == subject,
+                                                  SuiteResult.suite_hash == suite.hash)).first():
+            continue  # another evaluator stored the same result meanwhile
+        own = {k: v for k, v in metrics.items() if k in suite_metric_names(suite, metrics)}
+        session.add(SuiteResult(subject=subject, suite=suite.name, suite_hash=suite.hash, metrics=own,
+                                seconds=metrics.get(f"{suite.name}_seconds", 0.0)))
+
+
+def suite_metric_names(suite: Suite, metrics: dict[str, float]) -> list[str]:
+    prefix = {"perplexity": f"ppl_{suite.name}"}.get(suite.kind, f"{suite.name}_")
+    return [k for k in metrics if k.startswith(prefix) or k == f"{suite.name}_seconds"]
+
+
+def _suites_hash(suites: list[Suite]) -> str:
+    h = hashlib.sha256(SUITE.encode())
+    for suite in sorted(suites, key=lambda x: x.name):
+        h.update(suite.hash.encode())
+    return h.hexdigest()
 
 
 def evaluate_version(version_id: int) -> Decision | None:
@@ -88,19 +152,21 @@ def evaluate_version(version_id: int) -> Decision | None:
             return None
         run = crud.run_for_version(session, version=version)
         champ = crud.champion(session, model_line=version.model_line)
-        slices = {
-            "new": texts_for(session, run.manifest["holdout"])[: s.eval_max_texts],
-            "retention": [g.text for g in split_general(general_texts(s.retention_corpus))[1]][: s.eval_max_texts],
-        }
+        suites = build_suites(session, run)
         base_spec = version.base_model
         cand_path = Path(version.adapter_path)
         champ_id = champ.id if champ is not None else None
         champ_path = Path(champ.adapter_path) if champ is not None else None
+        # The champion (or the base, before there is one) is scored only on suites it has not met yet.
+        baseline_subject = f"v{champ_id}" if champ is not None else f"base:{base_spec}"
+        cached, todo = _cached(session, baseline_subject, suites)
     if champ is not None and champ.base_model != base_spec:
         raise ValueError(f"v{version_id} and champion v{champ_id} have different base models")
+    policy = Policy.load(s.policy_file)  # type: ignore[arg-type]  # a bad policy fails before any scoring
 
-    metrics = score(base_spec, {"candidate": cand_path, "baseline": champ_path}, slices)
-    policy = Policy.load(s.policy_file)  # type: ignore[arg-type]
+    metrics = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
+                    {"candidate": suites, "baseline": todo})
+    metrics["baseline"] = {**cached, **metrics["baseline"]}
     passed, reasons = policy.judge(metrics["candidate"], metrics["baseline"], has_champion=champ is not None)
 
     with session_scope() as session:
@@ -109,8 +175,10 @@ def evaluate_version(version_id: int) -> Decision | None:
         version = row
         if version.status != VersionStatus.candidate:  # another worker decided meanwhile
             return None
+        _store_results(session, f"v{version_id}", suites, metrics["candidate"])
+        _store_results(session, baseline_subject, todo, metrics["baseline"])
         session.add(Evaluation(version_id=version_id, baseline_version_id=champ_id, suite=SUITE,
-                               suite_hash=_suite_hash(slices), metrics=metrics["candidate"],
+                               suite_hash=_suites_hash(suites), metrics=metrics["candidate"],
                                baseline_metrics=metrics["baseline"], passed=passed, reasons=reasons))
         version.status = VersionStatus.blessed if passed else VersionStatus.rejected
         version.metrics = {**version.metrics, **metrics["candidate"],

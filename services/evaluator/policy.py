@@ -46,8 +46,11 @@ class Policy:
         ok = True
         for name, rule in self.rules.items():
             if name not in candidate:
-                ok = False
-                reasons.append(f"FAIL {name}: not measured")
+                if baseline is not None and name not in baseline:  # its suite is not configured here
+                    reasons.append(f"skip {name}: not measured (its suite is not configured)")
+                else:
+                    ok = False
+                    reasons.append(f"FAIL {name}: not measured")
                 continue
             value, lower = candidate[name], rule["direction"] == "lower"
             for bound, too_far in (("max", value > rule.get("max", float("inf"))),
@@ -55,18 +58,18 @@ class Policy:
                 if bound in rule:
                     ok &= not too_far
                     reasons.append(f"{'FAIL' if too_far else 'ok'} {name}={value:.4g} {bound} {rule[bound]}")
-            if baseline is None or name not in baseline:
-                continue
+            if not has_champion or baseline is None or name not in baseline:
+                continue  # no champion: only the value bounds apply (the base model's metrics are kept for reference)
             base = baseline[name]
             worse_by = (value - base) if lower else (base - value)  # > 0 means the candidate is worse
             rel = worse_by / abs(base) if base else 0.0
-            if has_champion and "max_rel_regression" in rule:
+            if "max_rel_regression" in rule:
                 bad = rel > rule["max_rel_regression"]
                 ok &= not bad
                 trend = f"regresses {rel:.2%}" if rel > 0 else f"improves {-rel:.2%}"
                 reasons.append(f"{'FAIL' if bad else 'ok'} {name} {trend} vs champion "
                                f"(allowed regression {rule['max_rel_regression']:.2%})")
-            if has_champion and "max_abs_regression" in rule:
+            if "max_abs_regression" in rule:
                 bad = worse_by > rule["max_abs_regression"]
                 ok &= not bad
                 reasons.append(f"{'FAIL' if bad else 'ok'} {name} regression {worse_by:.4g} "
@@ -74,7 +77,6 @@ class Policy:
             if name == self.target and "min_rel_improvement" in rule:
                 bad = -rel <= rule["min_rel_improvement"]
                 ok &= not bad
-                who = "champion" if has_champion else "base model"
-                reasons.append(f"{'FAIL' if bad else 'ok'} target {name} improves {-rel:+.2%} vs {who} "
+                reasons.append(f"{'FAIL' if bad else 'ok'} target {name} improves {-rel:+.2%} vs champion "
                                f"(required > {rule['min_rel_improvement']:.2%})")
         return ok, reasons

@@ -1,0 +1,94 @@
+"""`medqa report V`: the candidate-vs-champion table of a version's last evaluation, its decision
+reasons, and one PNG per guarded metric across the model line's versions, as markdown and HTML."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.evaluator.policy import Policy
+from shared import crud
+from shared.db import session_scope
+from shared.models import ModelVersion
+from shared.settings import get_settings
+
+
+@dataclass
+class Report:
+    markdown: Path
+    html: Path
+    plots: list[Path]
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
+def write_report(version_id: int, out_dir: Path | None = None) -> Report:
+    s = get_settings()
+    policy = Policy.load(s.policy_file)  # type: ignore[arg-type]
+    with session_scope() as session:
+        version = crud.get_version(session, version_id=version_id)
+        evaluation = crud.latest_evaluation(session, version_id=version_id)
+        if evaluation is None:
+            raise crud.RegistryError(f"v{version_id} has not been evaluated yet (`medqa evaluate v{version_id}`)")
+        line: list[ModelVersion] = crud.list_versions(session, model_line=version.model_line)
+        history = [(v.id or 0, v.status.value, dict(v.metrics)) for v in line]
+        champ = crud.champion(session, model_line=version.model_line)
+        cand, base = dict(evaluation.metrics), dict(evaluation.baseline_metrics)
+        against = f"v{evaluation.baseline_version_id}" if evaluation.baseline_version_id else "base model"
+        header = (f"v{version_id} ({version.status.value}; parent "
+                  f"{'v' + str(version.parent_version_id) if version.parent_version_id else 'base'}; "
+                  f"champion now {'v' + str(champ.id) if champ else 'none'})")
+        passed, reasons, at = evaluation.passed, list(evaluation.reasons), evaluation.created_at
+    out = out_dir or s.artifacts / "reports" / f"v{version_id}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    names = [n for n in sorted(cand) if not n.endswith("_seconds")]
+    rows = []
+    for n in names:
+        c, b = cand.get(n), base.get(n)
+        change = "" if b in (None, 0) or c is None else f"{(c - b) / abs(b):+.2%}"
+        rows.append([n, _fmt(c), _fmt(b), change, "guarded" if n in policy.rules else ""])
+    plots = [_plot(out / f"{n}.png", n, history) for n in names if n in policy.rules]
+
+    title = f"Evaluation report: {header}"
+    verdict = f"{'blessed' if passed else 'rejected'} at {at:%Y-%m-%d %H:%M} UTC, against {against}"
+    cols = ["metric", f"v{version_id}", against, "change", "policy"]
+    md = [f"# {title}", "", f"Decision: **{verdict}**", "", "| " + " | ".join(cols) + " |",
+          "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", "## Reasons", ""] + [f"- {r}" for r in reasons] + ["", "## Metrics across versions", ""]
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+    e = html.escape
+    table = "".join(f"<th>{e(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in rows)
+    page = (f"<!doctype html><meta charset='utf-8'><title>{e(title)}</title><h1>{e(title)}</h1>"
+            f"<p>Decision: <b>{e(verdict)}</b></p><table border='1' cellpadding='4'><tr>{table}</tr>{body}</table>"
+            f"<h2>Reasons</h2><ul>{''.join(f'<li>{e(r)}</li>' for r in reasons)}</ul>"
+            f"<h2>Metrics across versions</h2>{''.join(f'<img src={e(p.name)!r}>' for p in plots)}")
+    (out / "report.html").write_text(page)
+    return Report(out / "report.md", out / "report.html", plots)
+
+
+def _plot(path: Path, metric: str, history: list[tuple[int, str, dict]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; workers have no display
+    import matplotlib.pyplot as plt
+
+    points = [(vid, status, m[metric]) for vid, status, m in history if metric in m]
+    colours = {"blessed": "tab:green", "rejected": "tab:red", "candidate": "tab:gray", "retired": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([p[0] for p in points], [p[2] for p in points], color="0.6", zorder=1)
+    for vid, status, value in points:
+        ax.scatter([vid], [value], color=colours.get(status, "black"), zorder=2)
+    ax.set_xlabel("version")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} (green blessed, red rejected)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
