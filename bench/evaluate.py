@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# This file is named evaluate.py: with bench/ first on sys.path, `import evaluate` (Hugging Face's, which
+# the metric modules subclass) would import this script instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -109,7 +112,7 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--models-dir", default=str(ROOT / ".medqa" / "models"))
     parser.add_argument("--items", type=int, default=32, help="PubMedQA items in the batching comparison (default 32)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16, help="items per forward (default 16, the eval_batch_size default)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed-table", action="store_true", help="also print the base vs fine-tuned table")

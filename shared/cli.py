@@ -371,31 +371,104 @@ def report(version: str, out_dir: Path | None = typer.Option(None, "--out", help
 
 
 # ---------------------------------------------------------------------------------------- monitoring
-@app.command()
-def drift(as_json: bool = JsonOpt) -> None:
+drift_app = typer.Typer(help="Drift reports (data and question drift); `show ID` for one.")
+app.add_typer(drift_app, name="drift")
+
+
+@drift_app.callback(invoke_without_command=True)
+def drift(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """Stored drift reports."""
+    if ctx.invoked_subcommand is not None:
+        return
     from shared.db import session_scope
     from shared.models import DriftReport
 
     _store()
     with session_scope() as s:
         rows = [d.model_dump() for d in s.exec(select(DriftReport).order_by(col(DriftReport.id)))]
-    _emit(rows, as_json, _table("drift reports", ["id", "at", "status", "reference", "current", "html"], [
-        [r["id"], r["created_at"], r["status"], r["reference_window"], r["current_window"], r["html_path"]]
+    _emit(rows, as_json, _table("drift reports", ["id", "at", "kind", "status", "reference", "current", "html"], [
+        [r["id"], r["created_at"], r["kind"], r["status"], r["reference_window"], r["current_window"], r["html_path"]]
         for r in rows]))
 
 
-@app.command()
-def alerts(as_json: bool = JsonOpt) -> None:
-    """Alerts raised by the monitor."""
+@drift_app.command("show")
+def drift_show(report_id: int = typer.Argument(..., metavar="ID", help="The report's id (see `medqa drift`)."),
+               as_json: bool = JsonOpt) -> None:
+    """One drift report: its verdict, per-column scores and the path of Evidently's HTML."""
     from shared.db import session_scope
-    from shared.models import Alert
+    from shared.models import DriftReport
 
     _store()
     with session_scope() as s:
-        rows = [a.model_dump() for a in s.exec(select(Alert).order_by(col(Alert.id)))]
-    _emit(rows, as_json, _table("alerts", ["id", "at", "severity", "kind", "ack", "message"], [
-        [r["id"], r["created_at"], r["severity"], r["kind"], r["acknowledged"], r["message"][:90]] for r in rows]))
+        row = s.get(DriftReport, report_id)
+        if row is None:
+            _die(f"no drift report {report_id} (see `medqa drift`)")
+            return
+        doc = row.model_dump()
+    _emit(doc, as_json)
+    if as_json:
+        return
+    sc = doc["scores"]
+    out.print(f"drift report {doc['id']} ({doc['kind']}, {doc['created_at']:%Y-%m-%d %H:%M} UTC): {doc['status']}",
+              highlight=False)
+    out.print(f"  reference: {doc['reference_window']} ({sc.get('n_reference', 0)} rows)", highlight=False)
+    out.print(f"  current:   {doc['current_window']} ({sc.get('n_current', 0)} rows)", highlight=False)
+    out.print(f"  html:      {doc['html_path'] or '(none: not enough data)'}", highlight=False)
+    for column, v in sorted(sc.get("scores", {}).items()):
+        out.print(f"  {'DRIFT' if v['drifted'] else 'ok   '} {column:<16} {v['method']:<24} score {v['score']:.4g} "
+                  f"(threshold {v['threshold']:.4g})", highlight=False)
+
+
+alerts_app = typer.Typer(help="Alerts raised by the monitor, with their delivery per channel; `ack ID`.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.callback(invoke_without_command=True)
+def alerts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """Alerts raised by the monitor, with their delivery status per channel."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from shared.db import session_scope
+    from shared.models import Alert, AlertDelivery
+
+    _store()
+    with session_scope() as s:
+        rows = [a.model_dump() | {"deliveries": []} for a in s.exec(select(Alert).order_by(col(Alert.id)))]
+        by_id = {r["id"]: r for r in rows}
+        for d in s.exec(select(AlertDelivery).order_by(col(AlertDelivery.id))):
+            if d.alert_id in by_id:
+                by_id[d.alert_id]["deliveries"].append(d.model_dump(exclude={"id", "alert_id"}))
+
+    def delivery(r: dict) -> str:
+        return " ".join(f"{d['channel']}:{d['status']}" + (f"({d['attempts']})" if d["status"] != "sent" else "")
+                        for d in r["deliveries"])
+
+    _emit(rows, as_json, _table("alerts", ["id", "at", "severity", "kind", "ack", "delivery", "message"], [
+        [r["id"], r["created_at"], r["severity"], r["kind"], r["acknowledged_by"] or r["acknowledged"], delivery(r),
+         r["message"][:90]] for r in rows]))
+
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: int = typer.Argument(..., metavar="ID", help="The alert's id (see `medqa alerts`)."),
+               actor: str | None = typer.Option(None, help="Who acknowledges; default cli:<user>.")) -> None:
+    """Acknowledge alert ID: it no longer counts as open."""
+    from shared.db import session_scope
+    from shared.models import Alert, utcnow
+
+    _store()
+    with session_scope() as s:
+        alert = s.get(Alert, alert_id)
+        if alert is None:
+            _die(f"unknown alert {alert_id} (see `medqa alerts`)")
+            return
+        if alert.acknowledged:
+            out.print(f"alert {alert_id} was acknowledged already by {alert.acknowledged_by} at "
+                      f"{alert.acknowledged_at}", highlight=False)
+            return
+        alert.acknowledged, alert.acknowledged_at, alert.acknowledged_by = True, utcnow(), _actor(actor)
+        s.add(alert)
+        doc = alert.model_dump()
+    out.print(f"alert {alert_id} acknowledged by {doc['acknowledged_by']}", highlight=False)
 
 
 @app.command()

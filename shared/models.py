@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -56,6 +56,28 @@ class Abstract(SQLModel, table=True):
     # The run that took this abstract as new data. NULL = not yet trained on: the trigger counts these,
     # and claiming them in the run's own transaction is what makes the trigger idempotent.
     train_run_id: int | None = Field(default=None, foreign_key="trainingrun.id", index=True)
+
+
+class AbstractEmbedding(SQLModel, table=True):
+    """all-MiniLM-L6-v2 vector of an abstract (float16 bytes), for embedding drift and retrieval.
+    content_hash ties it to the text it was computed from: a revised abstract is embedded again."""
+
+    pmid: int = Field(primary_key=True, foreign_key="abstract.pmid")
+    model: str = Field(max_length=64)
+    content_hash: str = Field(max_length=64)
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class QuestionLog(SQLModel, table=True):
+    """A question the QA API received, for question drift. `text` is NULL when the deployment keeps
+    descriptors only (no question text stored)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    asked_at: datetime = Field(default_factory=utcnow, index=True)
+    text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    n_chars: int = 0
+    n_words: int = 0
+    version_id: int | None = None
 
 
 class IngestCursor(SQLModel, table=True):
@@ -183,5 +205,29 @@ class Alert(SQLModel, table=True):
     message: str = Field(sa_column=Column(Text, nullable=False))
     channels: list[str] = _json(list)
     created_at: datetime = Field(default_factory=utcnow)
-    sent_at: datetime | None = None
+    sent_at: datetime | None = None  # when every channel had delivered it
     acknowledged: bool = False
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = Field(default=None, max_length=100)
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+
+
+class AlertDelivery(SQLModel, table=True):
+    """One alert on one channel. Stored with the alert, so an alert that cannot go out yet is kept and
+    retried (by the sweeper) until it is sent, or `failed` after the configured number of attempts."""
+
+    __table_args__ = (UniqueConstraint("alert_id", "channel"),)
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(foreign_key="alert.id", index=True)
+    channel: str = Field(max_length=16)
+    # A plain string, not a database enum: a new status needs no type migration on PostgreSQL.
+    status: str = Field(default=DeliveryStatus.pending, max_length=16, index=True)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    next_attempt_at: datetime | None = Field(default_factory=utcnow)
+    sent_at: datetime | None = None

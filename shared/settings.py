@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MEDQA_"
 # ../shared/data beside the repo: real public data for the demo and data tests (absent on user machines).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ALERT_CHANNELS = ("log", "webhook", "email")
+
+
+def _comma_list(v: object) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c'] (a list passed in code is taken as is)."""
+    items = v.split(",") if isinstance(v, str) else list(v) if isinstance(v, list | tuple) else [v]
+    return [str(i).strip() for i in items if str(i).strip()]
 
 
 class SettingsError(RuntimeError):
@@ -96,6 +103,38 @@ class Settings(BaseSettings):
     drift_min_rows: int = Field(20, ge=2, description="Fewer rows than this on a side: 'not enough data'.")
     # 0.25 = one column of four: a change of topic moves the text column alone, and must count.
     drift_share: float = Field(0.25, gt=0, le=1, description="Share of drifted columns that means drift.")
+    drift_max_rows: int = Field(2000, ge=10, description="Rows per side at most (a seeded sample beyond).")
+    drift_embeddings: bool = Field(True, description="Add MiniLM embedding drift (vectors cached in the store).")
+    monitor_after_ingest: int = Field(
+        500, ge=0, description="An ingest batch storing at least this many abstracts triggers a monitor run "
+        "(0 = only beat's schedule).")
+    health_metric_drop: float = Field(
+        0.10, gt=0, description="Alert when a champion's guarded metric is this share worse than the best of "
+        "the previous three champions.")
+    health_stale_days: float = Field(
+        7.0, gt=0, description="Alert when abstracts keep arriving but the champion is older than this.")
+    health_ingest_stall_hours: float = Field(
+        48.0, gt=0, description="Alert when an ingest source has not succeeded for this long.")
+
+    # -- alerts (one row per incident; each configured channel gets a delivery row, retried by the sweeper)
+    alert_channels: Annotated[list[str], NoDecode] = Field(
+        ["log"], description="Comma list of delivery channels: log, webhook, email.")
+    alert_webhook_url: str | None = Field(
+        None, validate_default=True, description="POST target; required when alert_channels has webhook.")
+    alert_webhook_format: Literal["json", "slack"] = Field(
+        "json", description="json: {id, kind, severity, dedup_key, message, created_at}; slack: {text, blocks}.")
+    alert_smtp_host: str = Field("127.0.0.1", min_length=1, description="SMTP relay for e-mail alerts.")
+    alert_smtp_port: int = Field(25, ge=1, le=65535)
+    alert_smtp_user: str | None = Field(None, description="SMTP login (optional; no default secrets).")
+    alert_smtp_password: str | None = Field(None, description="SMTP password (optional).")
+    alert_smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    alert_email_from: str | None = Field(None, description="Sender; default medqa-cl@<hostname>.")
+    alert_email_to: Annotated[list[str], NoDecode] = Field(
+        [], validate_default=True, description="Comma list of recipients; required when alert_channels has email.")
+    alert_cooldown_s: int = Field(21600, ge=0, description="One alert per dedup key within this many seconds.")
+    alert_max_attempts: int = Field(5, ge=1, le=100, description="Tries per channel before a delivery is failed.")
+    alert_retry_backoff_s: float = Field(
+        30.0, ge=0, description="Delay before the second try; it doubles per attempt (capped at one hour).")
 
     # -- NCBI (no default secrets)
     ncbi_email: str | None = None
@@ -141,6 +180,40 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return v if v.endswith("/") else v + "/"  # tool names are appended to it
+
+    @field_validator("alert_channels", mode="before")
+    @classmethod
+    def _alert_channels(cls, v: object) -> list[str]:
+        channels = _comma_list(v)
+        unknown = [c for c in channels if c not in ALERT_CHANNELS]
+        if unknown or not channels:
+            raise ValueError(f"must be a comma list of {', '.join(ALERT_CHANNELS)}"
+                             + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        return list(dict.fromkeys(channels))  # keep order, drop repeats
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        if not v and "webhook" in info.data.get("alert_channels", []):
+            raise ValueError("required when MEDQA_ALERT_CHANNELS includes webhook")
+        return v or None
+
+    @field_validator("alert_email_to", mode="before")
+    @classmethod
+    def _email_to(cls, v: object) -> list[str]:
+        return _comma_list(v)
+
+    @field_validator("alert_email_to")
+    @classmethod
+    def _email_to_needed(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        bad = [a for a in v if "@" not in a]
+        if bad:
+            raise ValueError(f"not an e-mail address: {', '.join(bad)}")
+        if not v and "email" in info.data.get("alert_channels", []):
+            raise ValueError("required when MEDQA_ALERT_CHANNELS includes email")
+        return v
 
     @model_validator(mode="after")
     def _derived_paths(self) -> Settings:

@@ -293,6 +293,9 @@ class _Run:
                  search.count, result.stored, result.updated, result.duplicates, result.filtered)
         if result.stored or result.updated:
             _signal_trigger(self.s.model_line)  # after the commit: the trigger reads committed rows
+        from services.ingest.tasks import signal_monitor
+
+        signal_monitor(result.stored)
         return result
 
     def _failed(self, label: str, exc: EntrezError) -> EntrezError:

@@ -23,7 +23,20 @@ def ingest_path(target: Path, *, progress=None) -> IngestResult:  # type: ignore
             progress(path)
     if total.stored or total.updated:
         signal_trigger(get_settings().model_line)
+    signal_monitor(total.stored)
     return total
+
+
+def signal_monitor(stored: int) -> None:
+    """A batch of at least `monitor_after_ingest` new abstracts gets a drift check now rather than
+    at beat's next round (the monitor reads committed rows; call after the commit)."""
+    from services.monitor.tasks import monitor_run
+    from shared.celery_app import enqueue
+
+    threshold = get_settings().monitor_after_ingest
+    if threshold and stored >= threshold:
+        log.info("%d new abstracts (>= %d): monitor run queued", stored, threshold)
+        enqueue(monitor_run)
 
 
 @medqa_task("ingest.files", queue="ingest", singleton=lambda path: str(path))

@@ -1,33 +1,176 @@
 """Alerts: one row per incident (dedup key + cooldown), delivered to the configured channels.
 
-The log channel is always on. Webhook and e-mail delivery arrive with the monitor issue; a row is
-stored before delivery, so an alert that fails to go out is never lost.
+`raise_alert` stores the alert and one `AlertDelivery` row per channel in the caller's transaction, so
+an alert that cannot go out is never lost. Once that transaction commits, the deliveries are tried
+at once; a channel that fails is retried with exponential backoff by `deliver_pending`, which the
+sweeper calls every minute, and is marked `failed` (and logged as an error) after
+`alert_max_attempts` tries. Delivery problems never raise out of `raise_alert` nor undo the caller's work.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
+from sqlalchemy import event, update
 from sqlmodel import Session, col, select
 
-from shared.models import Alert, utcnow
+from services.monitor.channels import DeliveryError, sender_for
+from shared.models import Alert, AlertDelivery, DeliveryStatus, utcnow
+from shared.settings import get_settings
 
 log = logging.getLogger("medqa.alerts")
-COOLDOWN = timedelta(hours=6)
+CLAIM_S = 120.0  # an attempt in flight holds its delivery this long (longer than a channel's timeout)
+MAX_BACKOFF_S = 3600.0
+_AFTER_COMMIT = "medqa_alert_deliveries"  # session.info key: delivery ids to try once the caller commits
 
 
-def raise_alert(session: Session, *, kind: str, severity: str, dedup_key: str, message: str) -> Alert | None:
-    """Store and deliver an alert, unless the same incident alerted within the cooldown."""
+def raise_alert(session: Session, *, kind: str, severity: str, dedup_key: str, message: str,
+                deliver: bool = True) -> Alert | None:
+    """Store an alert and its deliveries, unless the same incident alerted within the cooldown.
+    With `deliver`, the channels are tried right after the caller's transaction commits."""
+    s = get_settings()
     recent = session.exec(select(Alert).where(
-        Alert.dedup_key == dedup_key, col(Alert.created_at) >= utcnow() - COOLDOWN)).first()
+        Alert.dedup_key == dedup_key,
+        col(Alert.created_at) >= utcnow() - timedelta(seconds=s.alert_cooldown_s))).first()
     if recent is not None:
         return None
-    alert = Alert(kind=kind, severity=severity, dedup_key=dedup_key, message=message, channels=["log"])
-    level = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING}.get(severity,
-                                                                                                    logging.INFO)
-    log.log(level, "ALERT [%s] %s: %s", severity, kind, message)
-    alert.sent_at = utcnow()
+    alert = Alert(kind=kind, severity=severity, dedup_key=dedup_key, message=message,
+                  channels=list(s.alert_channels))
     session.add(alert)
     session.flush()
+    deliveries = [AlertDelivery(alert_id=alert.id, channel=c) for c in s.alert_channels]  # type: ignore[arg-type]
+    session.add_all(deliveries)
+    session.flush()
+    if deliver:
+        _deliver_after_commit(session, [d.id for d in deliveries if d.id is not None])
     return alert
+
+
+def _deliver_after_commit(session: Session, ids: list[int]) -> None:
+    """Deliver once the rows are committed, in new sessions: no network wait inside the caller's
+    transaction, and nothing sent for an alert that the caller then rolled back."""
+    if _AFTER_COMMIT not in session.info:  # first alert in this session: hook it once
+        session.info[_AFTER_COMMIT] = []
+        event.listen(session, "after_commit", _after_commit)
+        event.listen(session, "after_rollback", lambda sess: sess.info[_AFTER_COMMIT].clear())
+    session.info[_AFTER_COMMIT].extend(ids)
+
+
+def _after_commit(session: Session) -> None:
+    ids = list(session.info.get(_AFTER_COMMIT, []))
+    session.info[_AFTER_COMMIT] = []
+    if not ids:
+        return
+    try:
+        deliver_pending(ids=ids)
+    except Exception:  # the caller's commit is done and must not look failed; the sweeper retries
+        log.exception("alert delivery after commit failed; the sweeper will retry deliveries %s", ids)
+
+
+def _due(session: Session, ids: Iterable[int] | None, now: datetime) -> list[int]:
+    q = select(AlertDelivery.id).where(
+        AlertDelivery.status == DeliveryStatus.pending,
+        col(AlertDelivery.attempts) < get_settings().alert_max_attempts,
+        col(AlertDelivery.next_attempt_at) <= now)
+    if ids is not None:
+        q = q.where(col(AlertDelivery.id).in_(list(ids)))
+    return [i for i in session.exec(q.order_by(col(AlertDelivery.id))).all() if i is not None]
+
+
+def _claim(session: Session, delivery_id: int, now: datetime) -> tuple[AlertDelivery, Alert] | None:
+    """Take one attempt at a due delivery: attempts+1 and next_attempt_at pushed ahead, only if it is
+    still due and nobody took it since it was read (two sweepers, or a sweeper and raise_alert's own
+    attempt), so one attempt is in flight at a time."""
+    d = session.get(AlertDelivery, delivery_id)
+    if d is None or d.status != DeliveryStatus.pending:
+        return None
+    claimed = session.execute(
+        update(AlertDelivery)
+        .where(col(AlertDelivery.id) == delivery_id, col(AlertDelivery.status) == DeliveryStatus.pending,
+               col(AlertDelivery.attempts) == d.attempts,
+               col(AlertDelivery.attempts) < get_settings().alert_max_attempts,
+               col(AlertDelivery.next_attempt_at) <= now)
+        .values(attempts=d.attempts + 1, next_attempt_at=utcnow() + timedelta(seconds=CLAIM_S))
+        .execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.refresh(d)
+    alert = session.get(Alert, d.alert_id)
+    assert alert is not None  # foreign key
+    return d, alert
+
+
+def _send(channel: str, alert: Alert) -> str | None:
+    """None when delivered, else why not."""
+    try:
+        sender_for(channel, get_settings())(alert)
+        return None
+    except DeliveryError as exc:
+        return str(exc)
+    except Exception as exc:  # a bug in a channel must not stop the other deliveries
+        log.exception("alert #%s: %s channel crashed", alert.id, channel)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _record(session: Session, delivery_id: int, error: str | None) -> str:
+    s = get_settings()
+    d = session.get(AlertDelivery, delivery_id)
+    assert d is not None
+    now = utcnow()
+    if error is None:
+        d.status, d.sent_at, d.next_attempt_at = DeliveryStatus.sent, now, None
+        outcome = "sent"
+    else:
+        d.last_error = error
+        if d.attempts >= s.alert_max_attempts:
+            d.status, d.next_attempt_at = DeliveryStatus.failed, None
+            outcome = "failed"
+            log.error("alert #%s: %s delivery failed after %d attempts, giving up: %s", d.alert_id, d.channel,
+                      d.attempts, error)
+        else:
+            delay = min(s.alert_retry_backoff_s * 2 ** (d.attempts - 1), MAX_BACKOFF_S)
+            d.next_attempt_at = now + timedelta(seconds=delay)
+            outcome = "retry"
+            log.warning("alert #%s: %s delivery attempt %d/%d failed, retrying in %.0f s: %s", d.alert_id,
+                        d.channel, d.attempts, s.alert_max_attempts, delay, error)
+    session.add(d)
+    session.flush()
+    if outcome == "sent":
+        statuses = session.exec(select(AlertDelivery.status).where(AlertDelivery.alert_id == d.alert_id)).all()
+        alert = session.get(Alert, d.alert_id)
+        if alert is not None and all(st == DeliveryStatus.sent for st in statuses):
+            alert.sent_at = now
+            session.add(alert)
+    return outcome
+
+
+def deliver_pending(session: Session | None = None, *, ids: Iterable[int] | None = None) -> dict[str, int]:
+    """Try each due pending delivery once (or only `ids`). Returns counts of sent / retry / failed.
+
+    Without a session, each attempt is claimed and recorded in its own short transactions and the
+    channel is called between them, so no database lock is held while waiting on the network. With a
+    session, everything happens in it and the caller commits."""
+    from shared.db import session_scope
+
+    counts: Counter[str] = Counter()
+    now = utcnow()
+    if session is not None:
+        for did in _due(session, ids, now):
+            taken = _claim(session, did, now)
+            if taken is not None:
+                counts[_record(session, did, _send(taken[0].channel, taken[1]))] += 1
+        return {k: counts[k] for k in ("sent", "retry", "failed")}
+    with session_scope() as s:
+        due = _due(s, ids, now)
+    for did in due:
+        with session_scope() as s:
+            taken = _claim(s, did, now)
+        if taken is None:
+            continue
+        error = _send(taken[0].channel, taken[1])
+        with session_scope() as s:
+            counts[_record(s, did, error)] += 1
+    return {k: counts[k] for k in ("sent", "retry", "failed")}

@@ -1,8 +1,12 @@
 """Text drift between a reference and a current set of texts (abstracts or questions), with Evidently 0.7.
 
 Columns checked: the text itself (Evidently's TF-IDF domain classifier), three offline descriptors
-(length, word count, sentence count) and any extra columns the caller passes (year, journal, ...).
-The verdict and the per-column scores are read from Evidently's snapshot, never recomputed here.
+(length, word count, sentence count), any extra columns the caller passes (year, journal, ...), and
+optionally sentence embeddings through Evidently's EmbeddingsDrift (a classifier told to separate
+reference from current vectors; drift when its ROC AUC exceeds 0.55).
+The verdict and the per-column scores are read from Evidently's snapshot, never recomputed here:
+drift = Evidently's dataset-drift test fails (share of drifted columns >= drift_share), or its
+embedding drift score passes the method's threshold.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.descriptors import SentenceCount, TextLength, WordCount
+from evidently.metrics import EmbeddingsDrift
+from evidently.metrics.embeddings import ModelDriftMethod
 from evidently.presets import DataDriftPreset
 from sklearn.exceptions import ConvergenceWarning
 
@@ -28,6 +34,9 @@ DESCRIPTOR_COLUMNS = ("text_length", "word_count", "sentence_count")
 HTML_VERDICT = {True: "Dataset Drift is detected", False: "Dataset Drift is NOT detected"}
 
 _VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+_EMBEDDINGS_DRIFT = "evidently:metric_v2:EmbeddingsDrift"
+EMBEDDINGS = "embeddings"  # the name of the embedding block in scores
+EMBEDDING_THRESHOLD = 0.55  # ROC AUC of Evidently's domain classifier over the vectors (its default)
 _DRIFTED_COLUMNS = "evidently:metric_v2:DriftedColumnsCount"
 
 
@@ -62,6 +71,8 @@ def text_drift(
     extra_reference: pd.DataFrame | None = None,
     extra_current: pd.DataFrame | None = None,
     drift_share: float = 0.5,
+    embeddings_reference: np.ndarray | None = None,
+    embeddings_current: np.ndarray | None = None,
 ) -> DriftResult:
     """Run Evidently's DataDriftPreset (with tests) on texts plus descriptors and write its HTML report.
 
@@ -79,7 +90,18 @@ def text_drift(
     cur_df = _frame(current, extra_current)
     if list(ref_df.columns) != list(cur_df.columns):
         raise ValueError(f"extra columns differ: {list(ref_df.columns)} vs {list(cur_df.columns)}")
-    definition = _definition(ref_df)
+    emb_cols: list[str] = []
+    if embeddings_reference is not None and embeddings_current is not None:
+        if (len(embeddings_reference), len(embeddings_current)) != (n_ref, n_cur):
+            raise ValueError("embeddings must have one row per text")
+        emb_cols = [f"emb_{i}" for i in range(embeddings_reference.shape[1])]
+        ref_df = pd.concat([ref_df, pd.DataFrame(embeddings_reference, columns=emb_cols)], axis=1)
+        cur_df = pd.concat([cur_df, pd.DataFrame(embeddings_current, columns=emb_cols)], axis=1)
+    definition = _definition(ref_df, emb_cols)
+    metrics: list[Any] = [DataDriftPreset(drift_share=drift_share)]
+    if emb_cols:
+        metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDINGS,
+                                       drift_method=ModelDriftMethod(threshold=EMBEDDING_THRESHOLD)))
 
     # Results are deterministic because Evidently fixes its own seeds (random_state=42 for the split and
     # the classifier, np.random.seed(42) for the bootstrap). That last one reseeds the global NumPy RNG,
@@ -90,7 +112,7 @@ def text_drift(
             # Evidently's domain classifier is an SGDClassifier fixed at max_iter=50: its
             # ConvergenceWarning is noise we cannot act on.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            snapshot = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True).run(
+            snapshot = Report(metrics, include_tests=True).run(
                 current_data=_dataset(cur_df, definition),  # current first: Evidently's argument order
                 reference_data=_dataset(ref_df, definition),
             )
@@ -116,15 +138,18 @@ def _frame(texts: Sequence[str], extra: pd.DataFrame | None) -> pd.DataFrame:
     return pd.concat([df, extra.reset_index(drop=True)], axis=1)
 
 
-def _definition(df: pd.DataFrame) -> DataDefinition:
+def _definition(df: pd.DataFrame, emb_cols: list[str]) -> DataDefinition:
     # Declare every column's type: Evidently's inference depends on the values (an int year column with
     # few distinct years becomes categorical, a string column with mostly unique values becomes text).
-    extra = [c for c in df.columns if c != TEXT_COLUMN]
+    # Embedding columns are declared only as the embedding block: 384 per-column tests would drown the
+    # share-of-drifted-columns rule.
+    extra = [c for c in df.columns if c != TEXT_COLUMN and c not in set(emb_cols)]
     numeric = [c for c in extra if _is_number(df[c])]
     return DataDefinition(
         text_columns=[TEXT_COLUMN],
         numerical_columns=numeric,
         categorical_columns=[c for c in extra if c not in numeric],
+        embeddings={EMBEDDINGS: emb_cols} if emb_cols else None,
     )
 
 
@@ -150,7 +175,12 @@ def _read_snapshot(snap: dict[str, Any]) -> tuple[bool, float, dict[str, dict[st
     scores: dict[str, dict[str, Any]] = {}
     for metric in snap["metrics"]:
         config = metric["config"]
-        if config["type"] == _DRIFTED_COLUMNS:
+        if config["type"] == _EMBEDDINGS_DRIFT:
+            method = config["drift_method"]
+            score = float(metric["value"])
+            scores[EMBEDDINGS] = {"method": method["type"].rsplit(":", 1)[-1], "score": score,
+                                  "threshold": float(method["threshold"]), "drifted": score > method["threshold"]}
+        elif config["type"] == _DRIFTED_COLUMNS:
             # Its test is "share < drift_share"; failing it is Evidently's dataset drift.
             detected = failed[metric["id"]]
             share = float(metric["value"]["share"])
@@ -163,4 +193,4 @@ def _read_snapshot(snap: dict[str, Any]) -> tuple[bool, float, dict[str, dict[st
             }
     if detected is None:
         raise RuntimeError("Evidently snapshot has no DriftedColumnsCount result")
-    return detected, share, scores
+    return detected or scores.get(EMBEDDINGS, {}).get("drifted", False), share, scores

@@ -1,54 +1,128 @@
-"""Monitor tasks: data drift after each run and on beat, and the sweeper that re-derives lost work."""
+"""Monitor tasks: data and question drift after each run and on beat, pipeline health, and the
+sweeper that re-derives lost work."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
+from typing import Any
 
-from sqlmodel import and_, col, or_, select
+import numpy as np
+from sqlmodel import Session, and_, col, or_, select
 
-from services.monitor.alerts import raise_alert
+from services.monitor.alerts import deliver_pending, raise_alert
 from services.monitor.drift import text_drift
-from services.trainer.data import texts_for, unclaimed_pmids
+from services.monitor.features import abstract_embeddings, live_abstracts, metadata, sample
+from services.monitor.health import check_health
+from services.trainer.data import abstract_text, unclaimed_pmids
 from shared import crud
 from shared.celery_app import enqueue, medqa_task
-from shared.corpora import general_texts
+from shared.corpora import general_texts, load_pubmedqa
 from shared.db import session_scope
-from shared.models import DriftReport, ModelVersion, RunStatus, TrainingRun, VersionStatus, utcnow
+from shared.embeddings import embed
+from shared.models import (
+    Abstract,
+    DriftReport,
+    ModelVersion,
+    QuestionLog,
+    RunStatus,
+    TrainingRun,
+    VersionStatus,
+    utcnow,
+)
 from shared.settings import get_settings
 
 log = logging.getLogger("medqa.monitor")
 
 
-def _reference(session, champ: ModelVersion | None) -> tuple[list[str], str]:  # type: ignore[no-untyped-def]
-    """What the serving model was trained on: the champion's own manifest (new + replay abstracts);
-    before any champion exists, the general-medical set the base model is judged against."""
+def _reference(session: Session, champ: ModelVersion | None) -> tuple[list[Abstract] | list[str], str]:
+    """What the serving model was trained on: the champion's own manifest (new + replay abstracts,
+    a seeded sample of at most drift_max_rows); before any champion exists, the general-medical set
+    the base model is judged against (texts, without metadata)."""
     s = get_settings()
     if champ is None:
         return [g.text for g in general_texts(s.retention_corpus)], "general-medical set (no champion)"
     m = crud.run_for_version(session, version=champ).manifest
-    return texts_for(session, m["new"] + m["replay_pmids"]), f"training data of champion v{champ.id}"
+    pmids = sample(m["new"] + m["replay_pmids"], s.drift_max_rows)
+    return live_abstracts(session, pmids), f"training data of champion v{champ.id}"
 
 
-def record_drift(current: list[str], current_window: str, *, reference_version: ModelVersion | None) -> int:
+def record_drift(current_pmids: list[int], current_window: str, *, reference_version: ModelVersion | None) -> int:
+    """Data drift of the given abstracts against the reference; stores a DriftReport (and an alert)."""
     s = get_settings()
     with session_scope() as session:
         reference, ref_window = _reference(session, reference_version)
+        current = live_abstracts(session, sample(current_pmids, s.drift_max_rows))
+        kwargs: dict[str, Any] = {}
+        enough = min(len(reference), len(current)) >= s.drift_min_rows
+        if enough and reference and isinstance(reference[0], Abstract):
+            kwargs["extra_reference"], kwargs["extra_current"] = metadata(reference, current)  # type: ignore[arg-type]
+        if enough and s.drift_embeddings:
+            kwargs["embeddings_current"] = abstract_embeddings(session, current)
+            kwargs["embeddings_reference"] = (abstract_embeddings(session, reference)  # type: ignore[arg-type]
+                                              if isinstance(reference[0], Abstract) else _general_vectors())
+        ref_texts = [abstract_text(r) if isinstance(r, Abstract) else r for r in reference]
+        cur_texts = [abstract_text(r) for r in current]
+    return _store_report("data", ref_texts, cur_texts, ref_window, current_window, kwargs)
+
+
+def _store_report(kind: str, reference: list[str], current: list[str], ref_window: str, current_window: str,
+                  kwargs: dict[str, Any]) -> int:
+    s = get_settings()
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
-    result = text_drift(reference, current, html_path=s.reports_dir / f"drift-{stamp}.html",
-                        min_rows=s.drift_min_rows, drift_share=s.drift_share)
+    result = text_drift(reference, current, html_path=s.reports_dir / f"{kind}-drift-{stamp}.html",
+                        min_rows=s.drift_min_rows, drift_share=s.drift_share, **kwargs)
     with session_scope() as session:
-        report = DriftReport(kind="data", reference_window=ref_window, current_window=current_window,
+        report = DriftReport(kind=kind, reference_window=ref_window, current_window=current_window,
                              status=result.status, drift_detected=result.detected, scores=result.to_json(),
                              html_path=str(result.html_path) if result.html_path else None)
         session.add(report)
         session.flush()
         if result.detected:
-            raise_alert(session, kind="data_drift", severity="warning",
-                        dedup_key=f"data_drift:{ref_window}",
-                        message=f"data drift: {current_window} vs {ref_window} "
-                                f"({result.share_drifted:.0%} of columns drifted); report {result.html_path}")
+            drifted = sorted(c for c, v in result.scores.items() if v["drifted"])
+            raise_alert(session, kind=f"{kind}_drift", severity="warning",
+                        dedup_key=f"{kind}_drift:{ref_window}",
+                        message=f"{kind} drift: {current_window} vs {ref_window} (drifted: {', '.join(drifted)}); "
+                                f"report {result.html_path}")
         return report.id  # type: ignore[return-value]
+
+
+@functools.cache
+def _general_vectors() -> np.ndarray:
+    return embed([g.text for g in general_texts(get_settings().retention_corpus)])
+
+
+@functools.cache
+def _trained_questions() -> tuple[str, ...]:
+    """The questions the model was trained for: PubMedQA's (every item of the configured source)."""
+    source = get_settings().pubmedqa_source
+    return tuple(i.question for i in load_pubmedqa(source)) if source else ()
+
+
+def record_question_drift(days: float = 7.0) -> int | None:
+    """Questions the QA API received in the last `days` against the PubMedQA questions. Logged
+    questions stored without text (descriptor-only deployments) count only toward row numbers."""
+    s = get_settings()
+    reference = list(_trained_questions())
+    if not reference:
+        log.info("question drift skipped: no PubMedQA source configured")
+        return None
+    with session_scope() as session:
+        rows = session.exec(select(QuestionLog.text).where(
+            col(QuestionLog.asked_at) >= utcnow() - timedelta(days=days), col(QuestionLog.text).is_not(None))
+            .order_by(col(QuestionLog.id).desc()).limit(s.drift_max_rows)).all()
+    current = [t for t in rows if t]
+    kwargs: dict[str, Any] = {}
+    if s.drift_embeddings and min(len(reference), len(current)) >= s.drift_min_rows:
+        kwargs = {"embeddings_reference": _question_vectors(), "embeddings_current": embed(current)}
+    return _store_report("question", reference, current, "PubMedQA questions", f"questions of the last {days:g} days",
+                         kwargs)
+
+
+@functools.cache
+def _question_vectors() -> np.ndarray:
+    return embed(list(_trained_questions()))
 
 
 @medqa_task("monitor.drift_for_run", queue="monitor")
@@ -59,17 +133,22 @@ def drift_for_run(run_id: int) -> int:
         if run is None:
             raise ValueError(f"unknown training run {run_id}")
         parent = session.get(ModelVersion, run.parent_version_id) if run.parent_version_id else None
-        current = texts_for(session, run.manifest["new"] + run.manifest["holdout"])
+        current = run.manifest["new"] + run.manifest["holdout"]
     return record_drift(current, f"new abstracts of run {run_id}", reference_version=parent)
 
 
 @medqa_task("monitor.run", queue="monitor", singleton=lambda: "monitor")
-def monitor_run() -> int:
-    """Beat's periodic check: abstracts stored since the champion's data against that data."""
+def monitor_run() -> dict:
+    """Beat's periodic check (and after a large ingest batch): abstracts stored since the champion's
+    data against that data, received questions against PubMedQA's, and pipeline health."""
     with session_scope() as session:
         champ = crud.champion(session, model_line=get_settings().model_line)
-        current = texts_for(session, unclaimed_pmids(session))
-    return record_drift(current, "abstracts not yet trained on", reference_version=champ)
+        current = unclaimed_pmids(session)
+    out: dict[str, Any] = {"data": record_drift(current, "abstracts not yet trained on", reference_version=champ),
+                           "questions": record_question_drift()}
+    with session_scope() as session:
+        out["health"] = check_health(session)
+    return out
 
 
 @medqa_task("monitor.sweep", queue="monitor", singleton=lambda: "sweep")
@@ -95,6 +174,7 @@ def sweep_now() -> dict:
             ModelVersion.status == VersionStatus.candidate)).all()
     sent = {"runs": [r for r in runs if enqueue(train_run, r)],
             "candidates": [v for v in candidates if enqueue(evaluate, v)]}
+    sent["alerts"] = deliver_pending()  # type: ignore[assignment]  # alert deliveries due for a retry
     if sent["runs"] or sent["candidates"]:
         log.info("sweeper re-sent %s", sent)
     return sent

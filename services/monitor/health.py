@@ -1,0 +1,100 @@
+"""Model and pipeline health: the quiet failures drift does not show.
+
+  metric_trend     the champion's guarded metric is worse than the best of the three champions
+                   before it by more than `health_metric_drop` (a slide one version at a time)
+  champion_stale   abstracts keep arriving, but no promotion for `health_stale_days`
+  ingest_stall     an ingest source has not succeeded for `health_ingest_stall_hours`, or its last
+                   attempt ended in an error
+  train_failed     a training run failed (kind train_oom when it ran out of GPU memory)
+
+Each finding becomes an alert whose dedup key names the incident, so one incident alerts once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlmodel import Session, col, func, select
+
+from services.evaluator.policy import Policy
+from services.monitor.alerts import raise_alert
+from shared import crud
+from shared.models import Abstract, AuditEvent, IngestCursor, ModelVersion, RunStatus, TrainingRun, utcnow
+from shared.settings import get_settings
+
+
+def check_health(session: Session) -> list[str]:
+    """Run every check; return the kinds of the alerts raised (deduplicated ones are not counted)."""
+    raised = []
+    for check in (_metric_trend, _champion_stale, _ingest_stall, _training_failures):
+        for kind, severity, key, message in check(session):
+            if raise_alert(session, kind=kind, severity=severity, dedup_key=key, message=message) is not None:
+                raised.append(kind)
+    return raised
+
+
+def _champions(session: Session, model_line: str) -> list[ModelVersion]:
+    """Versions that held the champion alias, oldest first, each once."""
+    ids = session.exec(select(AuditEvent.to_version_id).where(
+        AuditEvent.subject == f"{model_line}/champion").order_by(col(AuditEvent.id))).all()
+    seen: dict[int, ModelVersion] = {}
+    for vid in ids:
+        if vid is not None and vid not in seen and (v := session.get(ModelVersion, vid)) is not None:
+            seen[vid] = v
+    return list(seen.values())
+
+
+def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
+    s = get_settings()
+    champ = crud.champion(session, model_line=s.model_line)
+    if champ is None:
+        return
+    earlier = [v for v in _champions(session, s.model_line) if v.id != champ.id][-3:]
+    rules = Policy.load(s.policy_file).rules  # type: ignore[arg-type]
+    for name, rule in rules.items():
+        values = [v.metrics[name] for v in earlier if name in v.metrics]
+        if name not in champ.metrics or not values:
+            continue
+        lower = rule["direction"] == "lower"
+        best = min(values) if lower else max(values)
+        worse = (champ.metrics[name] - best) if lower else (best - champ.metrics[name])
+        if best and worse / abs(best) > s.health_metric_drop:
+            yield ("metric_trend", "warning", f"metric_trend:{name}:v{champ.id}",
+                   f"{name} of champion v{champ.id} is {champ.metrics[name]:.4g}, {worse / abs(best):.1%} worse "
+                   f"than the best of the previous champions ({best:.4g})")
+
+
+def _champion_stale(session: Session):  # type: ignore[no-untyped-def]
+    s = get_settings()
+    since = utcnow() - timedelta(days=s.health_stale_days)
+    last = session.exec(select(func.max(AuditEvent.at)).where(AuditEvent.subject == f"{s.model_line}/champion")).one()
+    arriving = session.exec(select(func.count()).select_from(Abstract).where(col(Abstract.ingested_at) >= since)).one()
+    first = session.exec(select(func.min(Abstract.ingested_at))).one()
+    if arriving and first is not None and first < since and (last is None or last < since):
+        when = "never" if last is None else f"last on {last:%Y-%m-%d}"
+        yield ("champion_stale", "warning", f"champion_stale:{s.model_line}:{(last or first):%Y%m%d}",
+               f"{arriving} abstracts arrived in the last {s.health_stale_days:g} days but the champion of "
+               f"{s.model_line} was {when} promoted")
+
+
+def _ingest_stall(session: Session):  # type: ignore[no-untyped-def]
+    s = get_settings()
+    stall = utcnow() - timedelta(hours=s.health_ingest_stall_hours)
+    for cur in session.exec(select(IngestCursor)):
+        ok = cur.last_success
+        if cur.last_error:  # cleared by the next success: set means the latest attempt failed
+            yield ("ingest_error", "error", f"ingest_error:{cur.source}:{cur.query}:{cur.errors}",
+                   f"ingest {cur.source} ({cur.query}) failed: {cur.last_error[:300]}")
+        if ok is not None and ok < stall:
+            yield ("ingest_stall", "error", f"ingest_stall:{cur.source}:{cur.query}:{ok:%Y%m%d%H}",
+                   f"ingest {cur.source} ({cur.query}) has not succeeded since {ok:%Y-%m-%d %H:%M} UTC "
+                   f"(watermark {cur.watermark})")
+
+
+def _training_failures(session: Session):  # type: ignore[no-untyped-def]
+    since = utcnow() - timedelta(days=7)
+    for run in session.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.failed,
+                                                      col(TrainingRun.finished_at) >= since)):
+        oom = "out of memory" in (run.error or "").lower()
+        yield ("train_oom" if oom else "train_failed", "error", f"train_failed:{run.id}",
+               f"training run {run.id} of {run.model_line} failed: {(run.error or '')[:300]}")

@@ -1,0 +1,190 @@
+"""Monitor on a real store: data drift with metadata and embeddings, question drift, pipeline health,
+and the monitor run an ingest batch triggers."""
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from services.ingest.synth import write_corpus
+from services.ingest.tasks import ingest_path
+from services.monitor.drift import EMBEDDINGS, HTML_VERDICT
+from services.monitor.health import check_health
+from services.monitor.tasks import monitor_run, record_drift, record_question_drift
+from shared.corpora import load_liveqa, load_pubmedqa
+from shared.db import session_scope
+from shared.models import (
+    Abstract,
+    AbstractEmbedding,
+    Alert,
+    AuditEvent,
+    DriftReport,
+    IngestCursor,
+    ModelVersion,
+    QuestionLog,
+    RunStatus,
+    TrainingRun,
+    VersionStatus,
+    utcnow,
+)
+from tests.conftest import SHARED_DATA, needs_shared_data
+
+
+def _pmids(**where):
+    with session_scope() as s:
+        return [a.pmid for a in s.exec(select(Abstract)) if all(getattr(a, k) == v for k, v in where.items())]
+
+
+@pytest.fixture
+def two_topics(medqa_env, tmp_path):
+    medqa_env(trigger_min_new="100000", drift_min_rows="20")  # store only: no training here
+    write_corpus(tmp_path / "a", files=1, per_file=60, seed=1, topics=("cardiology",))
+    write_corpus(tmp_path / "b", files=1, per_file=60, seed=2, topics=("oncology",), start_pmid=95_000_000,
+                 entrez_start=date(2024, 6, 1))
+    ingest_path(tmp_path / "a")
+    first = _pmids()
+    ingest_path(tmp_path / "b")
+    second = sorted(set(_pmids()) - set(first))
+    return first, second
+
+
+def _champion_trained_on(pmids):
+    """A champion whose manifest is `pmids` (the drift reference), without training anything."""
+    with session_scope() as s:
+        run = TrainingRun(model_line="default", base_model="tiny-gpt2", status=RunStatus.succeeded,
+                          manifest={"new": pmids, "replay_pmids": [], "holdout": []})
+        s.add(run)
+        s.flush()
+        v = ModelVersion(model_line="default", run_id=run.id, base_model="tiny-gpt2", adapter_path="/x",
+                         sha256="0" * 64, status=VersionStatus.blessed)
+        s.add(v)
+        s.flush()
+        return v
+
+
+@pytest.mark.slow
+def test_data_drift_report_holds_evidently_verdict_metadata_and_embeddings(two_topics):
+    cardio, onco = two_topics
+    champ = _champion_trained_on(cardio)
+    shifted = record_drift(onco, "oncology batch", reference_version=champ)
+    same = record_drift(cardio[:30], "cardiology again", reference_version=champ)
+    with session_scope() as s:
+        shifted_row, same_row = s.get(DriftReport, shifted), s.get(DriftReport, same)
+        assert shifted_row.status == "drift" and shifted_row.drift_detected
+        scores = shifted_row.scores["scores"]
+        assert {"text", "year", "journal", "subjects", EMBEDDINGS} <= set(scores)
+        assert scores[EMBEDDINGS]["drifted"] and scores[EMBEDDINGS]["score"] > scores[EMBEDDINGS]["threshold"]
+        html = Path(shifted_row.html_path).read_text()
+        # The HTML is Evidently's own report: it names the embedding drift metric and the column verdict.
+        assert "Drift in embeddings" in html
+        assert HTML_VERDICT[True] in html or HTML_VERDICT[False] in html
+        assert same_row.status in ("drift", "no_drift") and same_row.scores["scores"][EMBEDDINGS]["score"] < \
+            scores[EMBEDDINGS]["score"]
+        # Vectors are cached: every compared abstract has one, computed once.
+        assert len(s.exec(select(AbstractEmbedding)).all()) == len(set(cardio) | set(onco))
+        alert = s.exec(select(Alert).where(Alert.kind == "data_drift")).one()
+        assert "oncology batch" in alert.message
+
+
+def test_empty_or_tiny_window_is_not_enough_data(medqa_env, tmp_path):
+    medqa_env(drift_min_rows="20")
+    out = monitor_run()  # empty store: no champion, nothing ingested, no questions
+    with session_scope() as s:
+        report = s.get(DriftReport, out["data"])
+        assert report.status == "not_enough_data" and not report.drift_detected and report.html_path is None
+    write_corpus(tmp_path / "c", files=1, per_file=5, seed=4)
+    ingest_path(tmp_path / "c")
+    out = monitor_run()
+    with session_scope() as s:
+        assert s.get(DriftReport, out["data"]).status == "not_enough_data"
+
+
+@needs_shared_data("liveqa_medical")
+@pytest.mark.slow
+def test_patients_questions_drift_from_pubmedqa_questions(medqa_env):
+    medqa_env(drift_min_rows="20", drift_max_rows="150")
+    with session_scope() as s:
+        for item in load_liveqa(SHARED_DATA / "liveqa_medical")[:150]:
+            s.add(QuestionLog(text=item.question, n_chars=len(item.question), n_words=len(item.question.split())))
+        s.add(QuestionLog(text=None, n_chars=40, n_words=8))  # a descriptor-only row is skipped, not an error
+    report_id = record_question_drift()
+    with session_scope() as s:
+        report = s.get(DriftReport, report_id)
+        assert report.kind == "question" and report.status == "drift"
+        assert report.scores["n_current"] == 150
+        assert report.scores["n_reference"] == len(load_pubmedqa(SHARED_DATA / "pubmedqa" / "pqal_trainval.json"))
+        assert s.exec(select(Alert).where(Alert.kind == "question_drift")).one()
+
+
+def test_health_alerts_once_per_incident(medqa_env):
+    medqa_env(health_stale_days="1")
+    old = utcnow() - timedelta(days=3)
+    with session_scope() as s:
+        s.add(TrainingRun(model_line="default", base_model="b", status=RunStatus.failed, finished_at=utcnow(),
+                          error="GPU out of memory at batch 8x512"))
+        s.add(TrainingRun(model_line="other", base_model="b", status=RunStatus.failed, finished_at=utcnow(),
+                          error="loss became nan at step 3"))
+        s.add(IngestCursor(source="entrez", query="q", last_success=old, last_error="HTTP 500 from efetch", errors=4))
+        s.add(Abstract(pmid=1, title="t", text="x", content_hash="h1", source="s", ingested_at=old))
+        s.add(Abstract(pmid=2, title="t", text="y", content_hash="h2", source="s"))
+        versions = []
+        for i, ppl in enumerate([20.0, 19.0, 25.0]):  # the third champion is 31.6% worse than the best
+            run = TrainingRun(model_line="default", base_model="b", status=RunStatus.succeeded)
+            s.add(run)
+            s.flush()
+            v = ModelVersion(model_line="default", run_id=run.id, base_model="b", adapter_path="/x", sha256="0" * 64,
+                             status=VersionStatus.blessed, metrics={"ppl_new": ppl, "ppl_retention": 10.0})
+            s.add(v)
+            s.flush()
+            versions.append(v)
+            s.add(AuditEvent(actor="t", action="promote", subject="default/champion", to_version_id=v.id,
+                             reason="r", at=old + timedelta(minutes=i)))
+        from shared.models import Alias
+
+        s.add(Alias(model_line="default", name="champion", version_id=versions[-1].id))
+    with session_scope() as s:
+        kinds = sorted(check_health(s))
+    assert kinds == sorted(["train_oom", "train_failed", "ingest_error", "ingest_stall", "champion_stale",
+                            "metric_trend"])
+    with session_scope() as s:
+        assert check_health(s) == []  # the same incidents again: deduplicated
+        trend = s.exec(select(Alert).where(Alert.kind == "metric_trend")).one()
+        assert "ppl_new" in trend.message and "v3" in trend.message
+
+
+def test_a_large_ingest_batch_triggers_a_monitor_run(medqa_env, tmp_path):
+    medqa_env(monitor_after_ingest="30", trigger_min_new="100000", drift_embeddings="0")
+    write_corpus(tmp_path / "small", files=1, per_file=10, seed=5)
+    ingest_path(tmp_path / "small")
+    with session_scope() as s:
+        assert s.exec(select(DriftReport)).all() == []
+    write_corpus(tmp_path / "big", files=1, per_file=40, seed=6, start_pmid=96_000_000)
+    ingest_path(tmp_path / "big")
+    with session_scope() as s:
+        reports = s.exec(select(DriftReport)).all()
+        assert [r.current_window for r in reports if r.kind == "data"] == ["abstracts not yet trained on"]
+
+
+def test_drift_show_prints_the_report_and_refuses_an_unknown_id(medqa_env):
+    import json
+
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    medqa_env()
+    with session_scope() as s:
+        text = {"method": "perc_text_content_drift", "score": 0.9, "threshold": 0.55, "drifted": True}
+        s.add(DriftReport(kind="data", status="drift", drift_detected=True, reference_window="ref",
+                          current_window="cur", html_path="/r/x.html",
+                          scores={"n_reference": 40, "n_current": 30, "scores": {"text": text}}))
+    shown = CliRunner().invoke(app, ["drift", "show", "1"])
+    assert shown.exit_code == 0 and "drift" in shown.output and "/r/x.html" in shown.output
+    assert "DRIFT text" in shown.output
+    as_json = CliRunner().invoke(app, ["drift", "show", "1", "--json"])
+    assert json.loads(as_json.output)["scores"]["n_current"] == 30
+    listed = CliRunner().invoke(app, ["drift", "--json"])
+    assert [r["id"] for r in json.loads(listed.output)] == [1]
+    missing = CliRunner().invoke(app, ["drift", "show", "99"])
+    assert missing.exit_code != 0 and "no drift report 99" in missing.output
