@@ -97,7 +97,9 @@ def check(ref: list[str], cur: list[str], vectors: Vectors, out: Path, name: str
     log(f"  {name}: {r.status} ({len(ref)} vs {len(cur)}), drifted {drifted}, "
         f"embeddings score {r.scores[EMBEDDINGS]['score']:.3f}, {took:.1f} s (+{t1 - t0:.1f} s embedding)")
     return {"detected": r.detected, "share_drifted": round(r.share_drifted, 3), "drifted_columns": drifted,
-            "embedding_score": round(r.scores[EMBEDDINGS]["score"], 4), "seconds": round(took, 2)}
+            "embedding_score": round(r.scores[EMBEDDINGS]["score"], 4), "seconds": round(took, 2),
+            "scores": {c: {"score": round(v["score"], 5), "threshold": round(v["threshold"], 4)}
+                       for c, v in r.scores.items()}}
 
 
 def main() -> None:
@@ -139,12 +141,12 @@ def main() -> None:
         log("shifts:")
         result["shifts"] = {name: check(ref, cur, vectors, out, name, share) for name, (ref, cur) in shifts.items()}
         log("same-distribution splits:")
-        alarms = []
+        splits = []
         for i in range(args.splits):
             pool = c["pubmedqa_contexts"] if i % 2 == 0 else c["niddk"] + c["ninds"]
             items = pick(pool, 2 * args.rows)
-            alarms.append(check(items[: len(items) // 2], items[len(items) // 2:], vectors, out, f"split{i}",
-                                share)["detected"])
+            splits.append(check(items[: len(items) // 2], items[len(items) // 2:], vectors, out, f"split{i}", share))
+        alarms = [x["detected"] for x in splits]
         log("speed:")
         pool = c["nlm"] + c["pubmedqa_contexts"] + c["niddk"] + c["ninds"]
         rng.shuffle(pool)
@@ -155,7 +157,7 @@ def main() -> None:
         speed = check(big[: args.speed_rows], big[args.speed_rows:], vectors, out, "speed", share)
     distinct = len(set(big))
     result["false_alarms"] = {"splits": args.splits, "flagged": sum(alarms),
-                              "rate": round(sum(alarms) / max(1, args.splits), 3)}
+                              "rate": round(sum(alarms) / max(1, args.splits), 3), "checks": splits}
     result["speed"] = {"reference_rows": args.speed_rows, "current_rows": args.speed_rows,
                        "drift_check_s": speed["seconds"], "embed_s": round(embed_s, 1),
                        "distinct_texts_embedded": distinct,

@@ -112,7 +112,8 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--models-dir", default=str(ROOT / ".medqa" / "models"))
     parser.add_argument("--items", type=int, default=32, help="PubMedQA items in the batching comparison (default 32)")
-    parser.add_argument("--batch-size", type=int, default=16, help="items per forward (default 16, the eval_batch_size default)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="items per forward (default 16, the eval_batch_size default)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed-table", action="store_true", help="also print the base vs fine-tuned table")
