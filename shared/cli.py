@@ -545,6 +545,19 @@ def beat() -> None:
 
 
 @app.command()
+def serve(host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
+          port: int = typer.Option(8000, min=0, max=65535)) -> None:
+    """Run the QA API (answers with citations; hot-swaps when the champion moves) until Ctrl-C."""
+    import uvicorn
+
+    from services.api.app import create_app
+
+    _store()
+    # One process: the model, the batcher and the alias poller live in it (replicas = more processes).
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@app.command()
 def sweep(as_json: bool = JsonOpt) -> None:
     """Re-derive pending work from the store and send it (what beat does every minute)."""
     from services.monitor.tasks import sweep_now

@@ -20,7 +20,7 @@ class RegistryError(ValueError):
 
 def parse_version_id(text: str | int) -> int:
     raw = str(text).strip().lower().removeprefix("v")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # "²".isdigit() is true, but int() refuses it
         raise RegistryError(f"not a version id: {text!r} (expected a number such as 3 or v3)")
     return int(raw)
 

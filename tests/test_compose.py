@@ -20,7 +20,7 @@ SERVICES = COMPOSE["services"]
 
 def test_expected_services():
     assert {"redis", "postgres", "migrate", "beat", "worker-ingest", "worker-train", "worker-evaluate",
-            "worker-monitor", "flower"} <= set(SERVICES)
+            "worker-monitor", "flower", "api"} <= set(SERVICES)
 
 
 @pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if s.get("command", [""])[0] == "medqa"])
@@ -59,7 +59,7 @@ def test_health_checks_and_start_order():
 
 
 def test_secrets_are_required_not_defaulted():
-    for var in ("POSTGRES_PASSWORD", "FLOWER_PASSWORD", "MEDQA_NCBI_EMAIL"):
+    for var in ("POSTGRES_PASSWORD", "FLOWER_PASSWORD", "MEDQA_NCBI_EMAIL", "MEDQA_API_TOKEN"):
         uses = re.findall(r"\$\{" + var + r"(:[?-])", TEXT)
         assert uses and all(u == ":?" for u in uses), f"{var} must be ${{{var}:?...}}"
 
@@ -68,3 +68,15 @@ def test_flower_app_path_imports():
     cmd = " ".join(SERVICES["flower"]["command"])
     module, attr = re.search(r"--app ([\w.]+):(\w+)", cmd).groups()  # type: ignore[union-attr]
     assert hasattr(importlib.import_module(module), attr)
+
+
+def test_api_serves_on_its_published_port_with_the_store_settings():
+    api = SERVICES["api"]
+    cmd = api["command"]
+    serve = get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    options = {o for p in serve.params for o in p.opts}
+    assert {c for c in cmd[2:] if c.startswith("--")} <= options
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = cmd[cmd.index("--port") + 1]
+    assert any(str(p).endswith(f":{port}") for p in api["ports"]) and port in api["healthcheck"]["test"][1]
+    assert api["environment"]["MEDQA_DATABASE_URL"] == SERVICES["beat"]["environment"]["MEDQA_DATABASE_URL"]

@@ -1,0 +1,142 @@
+"""Retrieval: an in-memory matrix of MiniLM vectors of the live stored abstracts, searched by cosine.
+
+Refresh is incremental in the work that costs: each pass lists (pmid, content_hash) of the live
+abstracts, two narrow columns, and embeds only rows the index lacks or whose text changed. Listing
+the hashes, rather than following a pmid or ingested_at watermark, also catches what a watermark
+misses: a revised abstract (same pmid, new text), an un-deleted one, and drop-outs (deleted,
+retracted). Vectors come from the AbstractEmbedding cache and new ones are stored there, so the
+monitor and every API replica share one embedding per abstract text.
+
+Readers never lock: a refresh builds a new immutable snapshot and swaps the reference. Citations
+are re-checked against the store at answer time, so an abstract retracted since the last refresh
+is dropped before it can be cited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from services.monitor.features import abstract_embeddings
+from shared.db import session_scope
+from shared.embeddings import DIM, MODEL_NAME, embed, from_bytes
+from shared.models import Abstract, AbstractEmbedding
+
+log = logging.getLogger("medqa.api.retrieval")
+
+# The MiniLM tokenizer is a Rust object that raises "Already borrowed" when two threads call it at
+# once; the answer worker (questions) and the refresher (abstracts) share it through this lock.
+EMBED_LOCK = threading.Lock()
+_IN_CHUNK = 5000  # pmids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass(frozen=True)
+class Hit:
+    pmid: int
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    pmids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, DIM), np.float32))
+    hashes: dict[int, str] = field(default_factory=dict)
+
+    def extended(self, pmids: Sequence[int], vectors: np.ndarray, hashes: dict[int, str]) -> _Snapshot:
+        return _Snapshot(np.concatenate([self.pmids, np.asarray(pmids, np.int64)]),
+                         np.concatenate([self.matrix, vectors.astype(np.float32)]),
+                         {**self.hashes, **{p: hashes[p] for p in pmids}})
+
+
+def _live_hashes(session: Session) -> dict[int, str]:
+    rows = session.exec(select(Abstract.pmid, Abstract.content_hash).where(
+        col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))
+    return dict(rows.all())  # type: ignore[arg-type]
+
+
+def _cached_vectors(session: Session, want: dict[int, str]) -> dict[int, np.ndarray]:
+    """Stored vectors that still match the abstract's current text."""
+    out: dict[int, np.ndarray] = {}
+    pmids = sorted(want)
+    for i in range(0, len(pmids), _IN_CHUNK):
+        rows = session.exec(select(AbstractEmbedding).where(
+            col(AbstractEmbedding.pmid).in_(pmids[i:i + _IN_CHUNK]), AbstractEmbedding.model == MODEL_NAME))
+        out.update({e.pmid: from_bytes(e.vector) for e in rows if e.content_hash == want[e.pmid]})
+    return out
+
+
+class RetrievalIndex:
+    def __init__(self, *, embed_chunk: int = 64) -> None:
+        # Small chunks: the refresher holds EMBED_LOCK per chunk, and questions wait behind it.
+        self.embed_chunk = embed_chunk
+        self._snap = _Snapshot()
+        self._refresh_lock = threading.Lock()  # one refresh at a time (periodic vs on demand)
+
+    def __len__(self) -> int:
+        return len(self._snap.pmids)
+
+    def refresh(self, *, embed_missing: bool = True) -> dict[str, int]:
+        """Bring the index in line with the store. `embed_missing=False` takes cached vectors only
+        (fast start-up); the rest then come from the periodic refresh."""
+        with self._refresh_lock:
+            with session_scope() as s:
+                live = _live_hashes(s)
+            snap = self._snap
+            keep = np.array([live.get(int(p)) == snap.hashes[int(p)] for p in snap.pmids], dtype=bool)
+            removed = int((~keep).sum())
+            if removed:
+                kept = snap.pmids[keep]
+                snap = _Snapshot(kept, snap.matrix[keep], {int(p): snap.hashes[int(p)] for p in kept})
+            todo = {p: h for p, h in live.items() if snap.hashes.get(p) != h}
+            with session_scope() as s:
+                cached = _cached_vectors(s, todo)
+            if cached:
+                order = sorted(cached)
+                snap = snap.extended(order, np.stack([cached[p] for p in order]), todo)
+            self._snap = snap
+            added = len(cached)
+            missing = sorted(p for p in todo if p not in cached) if embed_missing else []
+            for i in range(0, len(missing), self.embed_chunk):
+                added += self._embed_chunk(missing[i:i + self.embed_chunk])
+        if removed or added:
+            log.info("retrieval index: +%d -%d, %d abstracts", added, removed, len(self))
+        return {"added": added, "removed": removed, "size": len(self), "pending": len(todo) - added}
+
+    def _embed_chunk(self, pmids: list[int]) -> int:
+        with session_scope() as s:
+            rows = [r for r in s.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(
+                col(Abstract.pmid))) if not r.deleted and not r.retracted]
+            if not rows:
+                return 0
+            with EMBED_LOCK:
+                vectors = abstract_embeddings(s, rows)  # computes and caches in AbstractEmbedding
+            hashes = {r.pmid: r.content_hash for r in rows}
+        # Published per chunk, so a large backlog becomes searchable as it is embedded.
+        self._snap = self._snap.extended([r.pmid for r in rows], vectors, hashes)
+        return len(rows)
+
+    def retrieve(self, questions: Sequence[str], k: int) -> list[list[Hit]]:
+        """Top-k live abstracts per question, best first."""
+        snap = self._snap
+        if k <= 0 or not len(snap.pmids) or not questions:
+            return [[] for _ in questions]
+        with EMBED_LOCK:
+            q = embed(list(questions))
+        scores = q @ snap.matrix.T  # unit vectors: the dot product is the cosine
+        # A few spare candidates replace abstracts deleted or retracted since the last refresh.
+        take = min(len(snap.pmids), 2 * k + 4)
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        ranked = [sorted(((int(snap.pmids[j]), float(scores[i, j])) for j in row), key=lambda t: -t[1])
+                  for i, row in enumerate(top)]
+        with session_scope() as s:
+            rows = {r.pmid: r for r in s.exec(select(Abstract).where(
+                col(Abstract.pmid).in_(sorted({p for cands in ranked for p, _ in cands})),
+                col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))}
+        return [[Hit(p, rows[p].title, rows[p].text, sc) for p, sc in cands if p in rows][:k] for cands in ranked]

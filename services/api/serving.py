@@ -1,0 +1,178 @@
+"""The served model, and its hot swap when the champion alias moves.
+
+The base model is loaded once; each champion is a LoRA adapter on it (peft). On an alias change the
+new adapter is loaded under its own name beside the old one, made active, and the old one deleted.
+All three steps happen under the generation lock, between two batches: a batch that started on
+the old adapter finishes on it, the next one starts on the new one, and no request fails or sees a
+half-loaded model. peft keeps the active adapter as model-wide state, so the lock (not a reference
+swap) is what makes the switch atomic; the pause it costs is the adapter's load time, logged per
+swap. The adapter's files are checked against the version's sha256 before the lock is taken: a
+corrupt or missing adapter is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from services.evaluator import qa  # module, not the function: tests spy on qa.generate
+from services.trainer.train import adapter_sha256, use_bf16
+from shared import crud
+from shared.db import session_scope
+from shared.model_store import load_base_model
+from shared.models import ModelVersion
+from shared.settings import Settings
+
+log = logging.getLogger("medqa.api.serving")
+
+
+@dataclass(frozen=True)
+class Served:
+    version_id: int | None  # None: the bare base model (no champion yet)
+    base_model: str
+    adapter: str | None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the alias points at, read in one short transaction."""
+
+    version_id: int
+    base_model: str
+    adapter_path: Path
+    sha256: str
+
+    @classmethod
+    def of(cls, v: ModelVersion) -> _Target:
+        assert v.id is not None
+        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256)
+
+
+class ModelServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # bf16 wherever the trainer would use it (CUDA, CPUs with native bf16): same numerics, half the memory.
+        self.dtype = torch.bfloat16 if use_bf16("auto", self.device) else torch.float32
+        self._gen_lock = threading.Lock()   # one forward at a time; a swap waits between batches
+        self._swap_lock = threading.Lock()  # one swap at a time: the poller and an operator request
+        self._net: Any = None
+        self._peft: PeftModel | None = None
+        self.tokenizer: Any = None
+        self.max_length = settings.api_max_length
+        self.served: Served | None = None
+        self.last_error: str | None = None
+        self.swaps = 0
+        self.last_swap_pause_ms: float | None = None
+        self._failed: tuple[int, str] | None = None  # (version, error) already logged once
+
+    # ----------------------------------------------------------------------------------- serving
+    def generate(self, items: Sequence[tuple[str, str | None]], max_new_tokens: int) -> tuple[list[str], int | None]:
+        """Greedy answers for a batch, and the version that produced them."""
+        with self._gen_lock:
+            served = self.served
+            assert served is not None, "start() first"
+            # The prompt needs room: an answer may take at most half the window.
+            new = max(1, min(max_new_tokens, self.max_length // 2))
+            answers = qa.generate(self._net, self.tokenizer, items, max_new_tokens=new, batch_size=len(items),
+                                  max_length=self.max_length)
+        return answers, served.version_id
+
+    # ------------------------------------------------------------------------------------- swaps
+    def start(self) -> ModelServer:
+        """Load what the alias names (or the bare base before the first champion); errors here are fatal,
+        since there would be nothing to serve."""
+        target = self._read_champion()
+        with self._swap_lock:
+            if target is None:
+                self._load_base(self.settings.base_model)
+            else:
+                self._switch(target)
+        return self
+
+    def sync_champion(self) -> bool:
+        """Swap to the alias's version if it moved; True when a swap happened. A failed swap keeps
+        the old model serving and is retried on the next poll."""
+        try:
+            target = self._read_champion()
+        except Exception as exc:  # store briefly unreachable: keep serving, try again next poll
+            log.warning("cannot read the champion alias: %s", exc)
+            return False
+        with self._swap_lock:
+            current = self.served.version_id if self.served else None
+            if target is None or target.version_id == current:
+                return False
+            try:
+                self._switch(target)
+            except Exception as exc:
+                self.last_error = f"cannot serve v{target.version_id}: {exc}"
+                if self._failed != (target.version_id, str(exc)):  # once per cause, not every poll
+                    log.error("%s; still serving v%s", self.last_error, current)
+                self._failed = (target.version_id, str(exc))
+                return False
+            self.last_error, self._failed = None, None
+            return True
+
+    def _read_champion(self) -> _Target | None:
+        with session_scope() as s:
+            v = crud.champion(s, model_line=self.settings.model_line)
+            return _Target.of(v) if v is not None else None
+
+    def _build(self, spec: str) -> tuple[Any, Any, int]:
+        model: Any
+        model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=self.dtype)
+        model = model.to(self.device).eval()
+        cfg = model.config
+        positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        return model, tokenizer, min(self.settings.api_max_length, positions or self.settings.api_max_length)
+
+    def _load_base(self, spec: str) -> None:
+        model, tokenizer, max_length = self._build(spec)
+        with self._gen_lock:
+            self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
+            self.served = Served(None, spec, None)
+
+    def _switch(self, t: _Target) -> None:
+        if not (t.adapter_path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no adapter at {t.adapter_path}")
+        if adapter_sha256(t.adapter_path) != t.sha256:
+            raise ValueError(f"adapter files at {t.adapter_path} do not match the version's sha256")
+        name = f"v{t.version_id}"
+        if self.served is None or self.served.base_model != t.base_model:
+            # A new base (first load, or a line moved to another base model) is built whole beside the
+            # old model, then swapped in by reference; memory holds both for a moment.
+            model, tokenizer, max_length = self._build(t.base_model)
+            peft = PeftModel.from_pretrained(model, str(t.adapter_path), adapter_name=name).to(self.device).eval()
+            with self._gen_lock:
+                self._net, self._peft, self.tokenizer, self.max_length = peft, peft, tokenizer, max_length
+                self.served = Served(t.version_id, t.base_model, name)
+            self.swaps += 1
+            log.info("serving v%d on a freshly loaded %s", t.version_id, t.base_model)
+            return
+        started = time.perf_counter()
+        with self._gen_lock:
+            old = self.served.adapter
+            if self._peft is None:  # the bare base until now: wrap it in place
+                self._peft = PeftModel.from_pretrained(self._net, str(t.adapter_path), adapter_name=name)
+                self._peft.to(self.device).eval()
+            else:
+                if name in self._peft.peft_config:  # left over from a failed swap: load it afresh
+                    self._peft.delete_adapter(name)
+                self._peft.load_adapter(str(t.adapter_path), adapter_name=name)
+            self._peft.set_adapter(name, inference_mode=True)
+            if old is not None and old != name:
+                self._peft.delete_adapter(old)
+            self._net = self._peft
+            self.served = Served(t.version_id, t.base_model, name)
+        self.last_swap_pause_ms = (time.perf_counter() - started) * 1000
+        self.swaps += 1
+        log.info("serving v%d (%s); generation paused %.0f ms for the swap", t.version_id, t.base_model,
+                 self.last_swap_pause_ms)
