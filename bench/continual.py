@@ -3,14 +3,14 @@
 Run: .venv/bin/python bench/continual.py [--model tiny-gpt2] [--steps 8] [--replay-ratio 0.1 0.3 0.5] [--quick]
 
 The stream (K increments, default 4), oldest first, all real text from ../shared/data. With
---stream years (default):
+--stream years:
 
   * PubMedQA contexts (pubmedqa/pqal_trainval.json, the abstract minus its conclusion), split by the
     record's publication YEAR into K//2 slices (records without a year are left out);
   * then the NLM PubMed samples (pubmed_update_samples/*/*.xml, title + abstract as the trainer builds
     them), split by entrez year into the remaining slices.
 
-With --stream domains: MedQuAD NIDDK answers, MedQuAD NINDS answers, PubMedQA contexts, NLM
+With --stream domains (the default): MedQuAD NIDDK answers, MedQuAD NINDS answers, PubMedQA contexts, NLM
 abstracts (one slice each, K <= 4). The years stream drifts little (every slice is PubMed prose, and
 no replay forgets nothing there, so it cannot rank replay ratios); the domains stream moves from
 patient-facing answers to research abstracts, a shift a model can forget across.
@@ -466,9 +466,9 @@ def main() -> None:
     parser.add_argument("--replay-ratio", type=float, nargs="+", default=[0.3],
                         help="replay share(s) of the training examples; several values run one chain each "
                              "(default 0.3)")
-    parser.add_argument("--stream", choices=("years", "domains"), default="years",
-                        help="years: PubMedQA then NLM samples by year (default); domains: MedQuAD NIDDK, "
-                             "MedQuAD NINDS, PubMedQA, NLM (a real shift, where no replay forgets)")
+    parser.add_argument("--stream", choices=("years", "domains"), default="domains",
+                        help="domains (default): MedQuAD NIDDK, MedQuAD NINDS, PubMedQA, NLM, a real shift; "
+                             "years: PubMedQA then NLM samples by year (little shift: nothing is forgotten)")
     parser.add_argument("--strata", choices=("slice", "year"), default="slice",
                         help="time strata for the replay draw: the slice (increment) or the record's year")
     parser.add_argument("--eval-texts", type=int, default=None,
