@@ -17,7 +17,7 @@ all-MiniLM-L6-v2 embedding drift, with the monitor's drift_share (0.25).
 3. Speed: --speed-rows reference rows against as many current rows (NLM abstracts, PubMedQA contexts and
    MedQuAD answers pooled and repeated to size), embeddings included, wall time of the drift check with
    the vectors already cached (as the monitor keeps them in the store). Goal: <= 15 s on this box.
-   The time to embed those rows from scratch is reported beside it (embed_s).
+   The embedding rate over the run (embed_texts_per_s) says what a cold cache adds.
 
 Embeddings of each distinct text are computed once per bench run (the store's cache plays that part in
 the monitor). Progress goes to stderr.
@@ -151,17 +151,16 @@ def main() -> None:
         pool = c["nlm"] + c["pubmedqa_contexts"] + c["niddk"] + c["ninds"]
         rng.shuffle(pool)
         big = (pool * (2 * args.speed_rows // len(pool) + 1))[: 2 * args.speed_rows]
-        before = vectors.seconds
         vectors(big)  # cached beforehand, as the monitor's store holds them
-        embed_s = vectors.seconds - before
         speed = check(big[: args.speed_rows], big[args.speed_rows:], vectors, out, "speed", share)
-    distinct = len(set(big))
     result["false_alarms"] = {"splits": args.splits, "flagged": sum(alarms),
                               "rate": round(sum(alarms) / max(1, args.splits), 3), "checks": splits}
+    # Embedding cost over the whole run (every distinct text once; the speed rows were mostly embedded
+    # by the earlier checks already): what a cold cache would add per text.
     result["speed"] = {"reference_rows": args.speed_rows, "current_rows": args.speed_rows,
-                       "drift_check_s": speed["seconds"], "embed_s": round(embed_s, 1),
-                       "distinct_texts_embedded": distinct,
-                       "embed_texts_per_s": round(distinct / embed_s, 1) if embed_s else None}
+                       "drift_check_s": speed["seconds"], "texts_embedded_in_run": len(vectors.cache),
+                       "embed_s_in_run": round(vectors.seconds, 1),
+                       "embed_texts_per_s": round(len(vectors.cache) / vectors.seconds, 1) if vectors.seconds else None}
     result["goal"] = {**GOAL,
                       "detected_met": all(v["detected"] for v in result["shifts"].values()),
                       "false_alarm_met": result["false_alarms"]["rate"] <= GOAL["false_alarm_rate_max"],
