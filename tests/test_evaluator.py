@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared_data
 from sqlmodel import select
 
 from services.evaluator import gate
@@ -22,7 +23,6 @@ from shared.db import session_scope
 from shared.model_store import load_base_model
 from shared.models import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
 from shared.settings import get_settings
-from tests.conftest import needs_shared_data
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "services" / "evaluator" / "policy.toml"
 
@@ -69,7 +69,7 @@ def test_policy_skips_metrics_whose_suite_is_not_configured():
 
 @needs_shared_data("liveqa_medical")
 def test_liveqa_loader_reads_training_and_test_layouts(tmp_path):
-    from tests.conftest import SHARED_DATA
+    from conftest import SHARED_DATA
 
     train = load_liveqa(SHARED_DATA / "liveqa_medical")
     assert len(train) == 446 and all(i.question and i.answer for i in train)

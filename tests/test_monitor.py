@@ -5,6 +5,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 from sqlmodel import select
 
 from services.ingest.synth import write_corpus
@@ -28,7 +29,6 @@ from shared.models import (
     VersionStatus,
     utcnow,
 )
-from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 def _pmids(**where):
