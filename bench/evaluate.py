@@ -53,14 +53,14 @@ def answer_ppl(net, tok, items, max_length: int = 512) -> float:  # type: ignore
     """Perplexity of each reference long answer given its question + context prompt, token-weighted."""
     import torch
 
-    from services.evaluator.qa import _prompt_ids
+    from services.evaluator.qa import prompt_ids
     from services.evaluator.suites import long_answer_of
 
     nll, n = 0.0, 0
     with torch.no_grad():
         for item in items:
             answer = tok(" " + long_answer_of(item), add_special_tokens=False)["input_ids"][:200]
-            prompt = _prompt_ids(tok, item.question, item.context, max_length - len(answer))
+            prompt = prompt_ids(tok, item.question, item.context, max_length - len(answer))
             ids = torch.tensor([prompt + answer])
             logits = net(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
             nll += float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt):], reduction="sum"))

@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     # chance drift of the text column alone (one of four) raised 2 false alarms in 3 same-distribution
     # splits (bench/drift.py).
     drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted columns that means drift.")
+    question_drift_days: float = Field(7.0, gt=0, description="Window of logged questions the question drift checks.")
     drift_max_rows: int = Field(2000, ge=10, description="Rows per side at most (a seeded sample beyond).")
     drift_embeddings: bool = Field(True, description="Add MiniLM embedding drift (vectors cached in the store).")
     monitor_after_ingest: int = Field(

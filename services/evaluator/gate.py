@@ -67,7 +67,8 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
         patients = [p for p in patients if p.answer]
         medquad = [g for g in general if g.question]
         half = s.eval_consumer_items // 2 if patients and medquad else s.eval_consumer_items
-        items = sample(patients, half) + sample(medquad, s.eval_consumer_items - len(sample(patients, half)))
+        chosen = sample(patients, half)
+        items = chosen + sample(medquad, s.eval_consumer_items - len(chosen))
         if items:
             suites.append(Suite("consumer", "consumer", items, gen))
     return suites

@@ -17,7 +17,7 @@ DECISIONS = ("yes", "no", "maybe")
 DECISION_CUE = "Answer:"  # the trainer's QA answers end "...\nAnswer: <decision>"
 
 
-def _prompt_ids(tokenizer: Any, question: str, context: str | None, max_prompt: int) -> list[int]:
+def prompt_ids(tokenizer: Any, question: str, context: str | None, max_prompt: int) -> list[int]:
     """Prompt token ids within `max_prompt`: an over-long context loses its tail, never the question."""
     ids: list[int] = tokenizer(chat_prompt(tokenizer, question, context), add_special_tokens=False)["input_ids"]
     if len(ids) > max_prompt and context:
@@ -49,7 +49,7 @@ def decision_scores(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | N
     single = all(len(o) == 1 for o in options)
     cue = tokenizer(DECISION_CUE, add_special_tokens=False)["input_ids"]
     longest = max(len(o) for o in options)
-    prompts = [_prompt_ids(tokenizer, q, c, max_length - len(cue) - longest) + cue for q, c in items]
+    prompts = [prompt_ids(tokenizer, q, c, max_length - len(cue) - longest) + cue for q, c in items]
     rows = [(i, p, []) for i, p in enumerate(prompts)] if single else \
         [(i, p + o, o) for i, p in enumerate(prompts) for o in options]
     scores = [[0.0] * len(DECISIONS) for _ in items]
@@ -83,7 +83,7 @@ def decision_scores(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | N
 def generate(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | None]], *, max_new_tokens: int = 48,
              batch_size: int = 8, max_length: int = 512) -> list[str]:
     """Greedy answers, left-padded batches (a decoder continues from the right edge)."""
-    prompts = [_prompt_ids(tokenizer, q, c, max_length - max_new_tokens) for q, c in items]
+    prompts = [prompt_ids(tokenizer, q, c, max_length - max_new_tokens) for q, c in items]
     out = [""] * len(items)
     pad, device = tokenizer.pad_token_id, _device(net)
     was_training = net.training

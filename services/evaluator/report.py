@@ -1,5 +1,5 @@
 """`medqa report V`: the candidate-vs-champion table of a version's last evaluation, its decision
-reasons, and one PNG per guarded metric across the model line's versions, as markdown and HTML."""
+reasons, and one PNG per metric across the model line's versions, as markdown and HTML."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
         c, b = cand.get(n), base.get(n)
         change = "" if b in (None, 0) or c is None else f"{(c - b) / abs(b):+.2%}"
         rows.append([n, _fmt(c), _fmt(b), change, "guarded" if n in policy.rules else ""])
-    plots = [_plot(out / f"{n}.png", n, history) for n in names if n in policy.rules]
+    plots = [_plot(out / f"{n}.png", n, history) for n in names]
 
     title = f"Evaluation report: {header}"
     verdict = f"{'blessed' if passed else 'rejected'} at {at:%Y-%m-%d %H:%M} UTC, against {against}"

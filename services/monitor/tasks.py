@@ -88,22 +88,34 @@ def _store_report(kind: str, reference: list[str], current: list[str], ref_windo
         return report.id  # type: ignore[return-value]
 
 
-@functools.cache
 def _general_vectors() -> np.ndarray:
-    return embed([g.text for g in general_texts(get_settings().retention_corpus)])
+    return _vectors_of(tuple(g.text for g in general_texts(get_settings().retention_corpus)))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4)
+def _vectors_of(texts: tuple[str, ...]) -> np.ndarray:
+    """Embeddings of a fixed text set (general corpus, PubMedQA questions), kept per process: keyed by
+    the texts themselves, so a changed setting never gets another corpus's vectors."""
+    return embed(list(texts))
+
+
 def _trained_questions() -> tuple[str, ...]:
     """The questions the model was trained for: PubMedQA's (every item of the configured source)."""
     source = get_settings().pubmedqa_source
-    return tuple(i.question for i in load_pubmedqa(source)) if source else ()
+    return _questions_of(source) if source else ()
 
 
-def record_question_drift(days: float = 7.0) -> int | None:
-    """Questions the QA API received in the last `days` against the PubMedQA questions. Logged
+@functools.lru_cache(maxsize=4)
+def _questions_of(source: str) -> tuple[str, ...]:
+    return tuple(i.question for i in load_pubmedqa(source))
+
+
+def record_question_drift(days: float | None = None) -> int | None:
+    """Questions the QA API received in the last `days` (default: the question_drift_days setting)
+    against the PubMedQA questions. Logged
     questions stored without text (descriptor-only deployments) count only toward row numbers."""
     s = get_settings()
+    days = s.question_drift_days if days is None else days
     reference = list(_trained_questions())
     if not reference:
         log.info("question drift skipped: no PubMedQA source configured")
@@ -120,9 +132,8 @@ def record_question_drift(days: float = 7.0) -> int | None:
                          kwargs)
 
 
-@functools.cache
 def _question_vectors() -> np.ndarray:
-    return embed(list(_trained_questions()))
+    return _vectors_of(_trained_questions())
 
 
 @medqa_task("monitor.drift_for_run", queue="monitor")
