@@ -9,6 +9,16 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+# Real public data beside the repo on our development machines (never on a user's): the demo and the
+# tests are pointed at it here, explicitly. Without it the reference corpora keep their hub ids.
+SHARED_DATA ?= $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/pubmedqa),)
+export MEDQA_PUBMEDQA_SOURCE ?= $(SHARED_DATA)/pubmedqa/pqal_trainval.json
+export MEDQA_MEDQUAD_SOURCE ?= $(SHARED_DATA)/medquad
+export MEDQA_LIVEQA_SOURCE ?= $(SHARED_DATA)/liveqa_medical
+export MEDQA_DEMO_CORPUS ?= $(SHARED_DATA)/pubmed_update_samples
+export MEDQA_TEST_SHARED_DATA ?= $(SHARED_DATA)
+endif
 
 .PHONY: setup demo test test-fast lint bench clean
 setup: $(STAMP)
@@ -23,10 +33,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/medqa demo
+	$(BIN)/python -m services.devkit demo
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-fast: setup
@@ -34,6 +45,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy shared services
 
 # CPU benchmarks; each prints one JSON line last. bench/gpu_check.py needs CUDA (run it on a GPU host).

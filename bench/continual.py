@@ -224,7 +224,7 @@ class Runner:
     def _load(self) -> None:
         import torch
 
-        from shared.model_store import load_base_model
+        from shared.lm.base_model import load_base_model
 
         if self._base is None:
             self._base, self._tokenizer = load_base_model(self.model, self.models_dir, torch_dtype=torch.float32)
@@ -235,7 +235,7 @@ class Runner:
         from peft import PeftModel
 
         from services.evaluator.perplexity import perplexity
-        from services.trainer.train import use_bf16
+        from shared.lm.generation import use_bf16
 
         self._load()
         t0 = time.perf_counter()
@@ -504,7 +504,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from services.trainer.config import TrainConfig
-    from services.trainer.train import use_bf16
+    from shared.lm.generation import use_bf16
 
     hf_logging.set_verbosity_error()  # per-load progress bars and the pre-truncation length warning
     hf_logging.disable_progress_bar()

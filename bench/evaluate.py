@@ -53,8 +53,8 @@ def answer_ppl(net, tok, items, max_length: int = 512) -> float:  # type: ignore
     """Perplexity of each reference long answer given its question + context prompt, token-weighted."""
     import torch
 
-    from services.evaluator.qa import prompt_ids
     from services.evaluator.suites import long_answer_of
+    from shared.lm.prompts import prompt_ids
 
     nll, n = 0.0, 0
     with torch.no_grad():
@@ -73,11 +73,11 @@ def seed_table(base_spec: str, models_dir: Path, items, batch_size: int, max_new
     from sqlmodel import col, select
 
     from services.evaluator.metrics import text_scores
-    from services.evaluator.qa import generate
     from services.evaluator.suites import long_answer_of
     from shared.db import session_scope
-    from shared.model_store import load_base_model
-    from shared.models import ModelVersion
+    from shared.lm.base_model import load_base_model
+    from shared.lm.generation import generate
+    from shared.tables import ModelVersion
 
     with session_scope() as s:
         latest = s.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
@@ -123,12 +123,12 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from services.evaluator.qa import decision_scores, generate
+    from services.evaluator.qa import decision_scores
     from services.evaluator.suites import Suite, sample
     from services.ingest.parser import ArticleRecord, iter_pubmed
-    from services.trainer.train import use_bf16
     from shared.corpora import GeneralText, general_texts, load_liveqa, pubmedqa_split, split_general
-    from shared.model_store import load_base_model
+    from shared.lm.base_model import load_base_model
+    from shared.lm.generation import generate, use_bf16
     from shared.settings import get_settings
 
     hf_logging.set_verbosity_error()

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.ingest.synth import generate_articles  # noqa: E402
+from services.devkit.synth import generate_articles  # noqa: E402
 from services.trainer.config import TrainConfig  # noqa: E402
 from services.trainer.train import TrainingFailed, train_lora  # noqa: E402
 

@@ -28,8 +28,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from services.devkit.synth import generate_articles, pubmed_xml
 from services.ingest.parser import ArticleRecord, DeleteRecord, iter_pubmed, parse_pubmed_bytes
-from services.ingest.synth import generate_articles, pubmed_xml
 
 UPDATES = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmed_update_samples"
 PG_ADMIN_URL = os.environ.get("MEDQA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.demo import run_demo
+from services.devkit.demo import run_demo
 
 TARGET_S = 300.0
 

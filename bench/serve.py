@@ -54,14 +54,14 @@ def prepare_store(data_dir: Path, base: str, models_dir: Path) -> list[str]:
     from sqlmodel import select
 
     from services.api.retrieval import RetrievalIndex
-    from services.ingest.synth import write_corpus
+    from services.devkit.synth import write_corpus
     from services.ingest.tasks import ingest_path
     from services.trainer.config import LORA_TARGETS
-    from services.trainer.train import adapter_sha256
-    from shared import crud
+    from shared import registry
+    from shared.checksums import sha256_folder
     from shared.db import migrate, session_scope
-    from shared.model_store import load_base_model
-    from shared.models import Abstract, ModelVersion, RunStatus, TrainingRun, VersionStatus
+    from shared.lm.base_model import load_base_model
+    from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun, VersionStatus
 
     migrate()
     for path in write_corpus(data_dir / "corpus", files=2, per_file=30, seed=9):
@@ -78,10 +78,10 @@ def prepare_store(data_dir: Path, base: str, models_dir: Path) -> list[str]:
         s.add(run)
         s.flush()
         v = ModelVersion(model_line="default", run_id=run.id, base_model=base, adapter_path=str(adapter),  # type: ignore[arg-type]
-                         sha256=adapter_sha256(adapter), status=VersionStatus.blessed)
+                         sha256=sha256_folder(adapter), status=VersionStatus.blessed)
         s.add(v)
         s.flush()
-        crud.set_champion(s, model_line="default", version=v, actor="bench", action="promote", reason="bench")
+        registry.set_champion(s, model_line="default", version=v, actor="bench", action="promote", reason="bench")
         titles = [a.title for a in s.exec(select(Abstract))]
     return [f"What did this study find: {t.rstrip('.')}?" for t in titles]
 

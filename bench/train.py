@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/train.py [--steps 12] [--precision auto|bf16|fp32]
 
 Both sides train the same base model (SmolLM2-135M-Instruct, the offline copy in .medqa/models), on the
 same texts (title + abstract of every record with an abstract in ../shared/data/pubmed_update_samples,
-read by our parser; synthetic articles from services.ingest.synth when that folder is absent), with the
+read by our parser; synthetic articles from services.devkit.synth when that folder is absent), with the
 same LoRA config (TrainConfig's r, alpha, dropout, target modules), the same effective batch
 (--batch-size sequences of at most --max-length tokens per forward, --grad-accum forwards per optimizer
 step; defaults 4 x 512 x 1: TrainConfig's sequence length, with a quarter of its 8 x 4 batch, which
@@ -76,11 +76,11 @@ def load_texts() -> tuple[list[str], str]:
         texts = [text(r) for p in files for r in iter_pubmed(p)
                  if isinstance(r, ArticleRecord) and r.abstract.strip()]
         return texts, f"real: {len(files)} NLM sample files in {SAMPLES}"
-    from services.ingest.synth import generate_articles, pubmed_xml
+    from services.devkit.synth import generate_articles, pubmed_xml
 
     records = parse_pubmed_bytes(pubmed_xml(generate_articles(300, seed=0)), name="synthetic")
     texts = [text(r) for r in records if isinstance(r, ArticleRecord) and r.abstract.strip()]
-    return texts, f"synthetic: {SAMPLES} is absent, so services.ingest.synth generated the articles"
+    return texts, f"synthetic: {SAMPLES} is absent, so services.devkit.synth generated the articles"
 
 
 # --- children -----------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def child_baseline(job: dict, tmp: Path) -> dict:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from services.trainer.config import TrainConfig
-    from shared.model_store import load_base_model
+    from shared.lm.base_model import load_base_model
 
     rss_imports = _status_mb("VmRSS")
     cfg = TrainConfig.from_dict(job["cfg"])
@@ -277,7 +277,7 @@ def main() -> None:
     import torch
 
     from services.trainer.config import TrainConfig
-    from services.trainer.train import use_bf16
+    from shared.lm.generation import use_bf16
 
     cfg = TrainConfig(max_steps=args.steps, checkpoint_every=args.steps, precision=args.precision,
                       batch_size=args.batch_size, max_length=args.max_length, grad_accum=args.grad_accum)

@@ -1,6 +1,7 @@
 """The Celery app, its queues, and the one decorator every task is declared with.
 
-Messages only carry row ids; the store is the truth. Three settings work together so a GPU run of
+Messages only carry row ids; the store is the truth. Services hand work on through the events of
+shared/pipeline.py, never by calling another service's task. Three settings work together so a GPU run of
 hours and a 30 s recovery after a killed worker can both hold:
 - acks_late + prefetch 1: a message stays unacknowledged (in Redis's unacked index) while it runs;
 - a short visibility timeout, with low unacked-restore intervals: a message whose worker died is
@@ -23,7 +24,6 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from kombu import Queue
-from kombu.exceptions import OperationalError
 
 from shared.settings import get_settings
 
@@ -63,14 +63,10 @@ def _configure(app: Celery) -> None:
         beat_schedule={
             "ingest-poll": {"task": "ingest.poll", "schedule": float(s.ingest_poll_s)},
             "monitor-run": {"task": "monitor.run", "schedule": float(s.monitor_every_s)},
-            "sweep": {"task": "monitor.sweep", "schedule": float(s.sweep_every_s)},
+            "sweep": {"task": "pipeline.sweep", "schedule": float(s.sweep_every_s)},
         },
-        include=[
-            "services.ingest.tasks",
-            "services.trainer.tasks",
-            "services.evaluator.tasks",
-            "services.monitor.tasks",
-        ],
+        # Which task modules a worker loads is the composition root's choice (services/cli/workers.py):
+        # the foundation names no service.
     )
 
 
@@ -195,14 +191,3 @@ def _delivered_too_often(task: Task) -> bool:
     n = r.incr(key)
     r.expire(key, 7 * 24 * 3600)
     return n > get_settings().max_deliveries
-
-
-def enqueue(task: Task, *args: Any) -> bool:
-    """Send a task after the caller's transaction has committed. A dead broker is logged, not
-    raised: the row is already stored and the sweeper derives the message again later."""
-    try:
-        task.apply_async(args=args)
-        return True
-    except (OperationalError, redis.exceptions.ConnectionError, OSError) as exc:
-        log.warning("broker unreachable, %s%s left for the sweeper: %s", task.name, args, exc)
-        return False

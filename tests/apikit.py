@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import TINY_GPT2
 from sqlmodel import col, select
 
-from shared import crud
+from shared import registry
 from shared.db import session_scope
-from shared.models import Abstract, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
+from shared.tables import Abstract, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -19,7 +20,7 @@ API_ENV = dict(api_token=TOKEN, api_champion_poll_s="3600", api_refresh_s="3600"
 
 
 def ingest_synth(folder: Path, **kwargs: object) -> None:
-    from services.ingest.synth import write_corpus
+    from services.devkit.synth import write_corpus
     from services.ingest.tasks import ingest_path
 
     for path in write_corpus(folder, **kwargs):  # type: ignore[arg-type]
@@ -32,34 +33,34 @@ def make_version(tmp_path: Path, *, seed: int, status: VersionStatus = VersionSt
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from services.trainer.train import adapter_sha256
-    from shared.model_store import load_base_model
+    from shared.checksums import sha256_folder
+    from shared.lm.base_model import load_base_model
     from shared.settings import get_settings
 
-    model, _ = load_base_model("tiny-gpt2", get_settings().models_dir)
+    model, _ = load_base_model(TINY_GPT2, get_settings().models_dir)
     torch.manual_seed(seed)
     lora = LoraConfig(r=4, lora_alpha=32, target_modules=["c_attn"], init_lora_weights=False, task_type="CAUSAL_LM")
     out = tmp_path / f"adapter-{seed}"
     get_peft_model(model, lora).save_pretrained(out)
     with session_scope() as s:
-        run = TrainingRun(model_line="default", status=RunStatus.succeeded, base_model="tiny-gpt2")
+        run = TrainingRun(model_line="default", status=RunStatus.succeeded, base_model=TINY_GPT2)
         s.add(run)
         s.flush()
         assert run.id is not None
-        v = ModelVersion(model_line="default", run_id=run.id, base_model="tiny-gpt2", adapter_path=str(out),
-                         sha256=adapter_sha256(out), status=status)
+        v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path=str(out),
+                         sha256=sha256_folder(out), status=status)
         s.add(v)
         s.flush()
         assert v.id is not None
         if champion:
-            crud.set_champion(s, model_line="default", version=v, actor="test", action="promote", reason="setup")
+            registry.set_champion(s, model_line="default", version=v, actor="test", action="promote", reason="setup")
         return v.id
 
 
 def registry_state() -> tuple[int | None, list[tuple]]:
     """(champion id, audit rows) to compare before and after a refused request."""
     with session_scope() as s:
-        champ = crud.champion(s, model_line="default")
+        champ = registry.champion(s, model_line="default")
         audit = [(e.id, e.actor, e.action, e.to_version_id) for e in s.exec(select(AuditEvent).order_by(
             col(AuditEvent.id)))]
         return (champ.id if champ else None), audit

@@ -1,16 +1,28 @@
-"""Fixtures: a fresh store per test (SQLite, or a throw-away PostgreSQL database), the tiny GPT-2
-built once per session, eager Celery for unit flows, and a clean Redis database for real workers."""
+"""Fixtures: a fresh store per test (SQLite, or a throw-away PostgreSQL database), the dev kit's
+tiny GPT-2 built once, eager Celery for unit flows, and a clean Redis database for real workers.
+
+The reference corpora are pointed at ../shared/data explicitly here (MEDQA_TEST_SHARED_DATA, which
+the Makefile sets, or the folder beside the repo). Where it is absent, tests that need it skip and
+the store tests get a synthetic MedQuAD collection from the dev kit, asked for by name.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from services.cli.tasks import load_task_modules
+
+SHARED_DATA = Path(os.environ.get("MEDQA_TEST_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2] / "shared" / "data")
+# The tiny model is a folder named by path, like any local base model; built once per machine user.
+TINY_GPT2 = str(Path(tempfile.gettempdir()) / f"medqa-test-models-{os.getuid()}" / "tiny-gpt2")
+load_task_modules()  # eager flows run every consumer in the test process
 PG_ADMIN_URL = os.environ.get("MEDQA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_REDIS = os.environ.get("MEDQA_TEST_REDIS", "redis://127.0.0.1:6379/14")
 LOOSE_POLICY = """
@@ -36,6 +48,26 @@ def needs_shared_data(sub: str = "") -> pytest.MarkDecorator:
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_gpt2() -> str:
+    from services.devkit.tiny_model import tiny_gpt2 as build
+
+    assert build(Path(TINY_GPT2).parent) == TINY_GPT2
+    return TINY_GPT2
+
+
+def corpus_settings(tmp_path: Path) -> dict[str, str]:
+    """The reference corpora for a test: the real ones beside the repo, else a synthetic MedQuAD."""
+    if (SHARED_DATA / "pubmedqa").is_dir():
+        return {"pubmedqa_source": str(SHARED_DATA / "pubmedqa" / "pqal_trainval.json"),
+                "medquad_source": str(SHARED_DATA / "medquad"),
+                "liveqa_source": str(SHARED_DATA / "liveqa_medical")}
+    from services.devkit.synth import write_medquad
+
+    write_medquad(tmp_path / "synthetic-medquad")
+    return {"pubmedqa_source": "none", "medquad_source": str(tmp_path / "synthetic-medquad"), "liveqa_source": "none"}
 
 
 def _pg_available() -> bool:
@@ -89,7 +121,8 @@ def medqa_env(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
             monkeypatch.delenv(key)
     policy = tmp_path / "policy.toml"
     policy.write_text(LOOSE_POLICY)
-    base = dict(data_dir=str(tmp_path / "medqa"), model_cache_dir=str(model_cache), base_model="tiny-gpt2",
+    base = dict(data_dir=str(tmp_path / "medqa"), model_cache_dir=str(model_cache), base_model=TINY_GPT2,
+                **corpus_settings(tmp_path),
                 eager="1", broker_url=TEST_REDIS, policy_file=str(policy), train_max_steps="6",
                 train_batch_size="2", train_grad_accum="1", train_max_length="64", trigger_min_new="30",
                 eval_max_texts="12", eval_qa_items="8", eval_consumer_items="4", eval_max_new_tokens="8",
@@ -120,7 +153,7 @@ def store_env(request: pytest.FixtureRequest, medqa_env):  # type: ignore[no-unt
 
 @pytest.fixture
 def synth_dir(tmp_path: Path) -> Path:
-    from services.ingest.synth import write_corpus
+    from services.devkit.synth import write_corpus
 
     folder = tmp_path / "corpus"
     write_corpus(folder, files=2, per_file=25, seed=3)

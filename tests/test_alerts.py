@@ -14,13 +14,13 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from services.cli import app
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from services.monitor.alerts import _claim, deliver_pending, raise_alert
-from shared.cli import app
 from shared.db import session_scope
-from shared.models import Alert, AlertDelivery, DriftReport, utcnow
+from shared.tables import Alert, AlertDelivery, DriftReport, utcnow
 
 runner = CliRunner()
 # Tests taking `store_env` run on SQLite and on PostgreSQL (their settings calls keep its database_url).

@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from services.api.app import create_app
 from services.api.schemas import DISCLAIMER
 from shared.db import session_scope
-from shared.models import Abstract, AuditEvent, QuestionLog, VersionStatus, utcnow
+from shared.tables import Abstract, AuditEvent, QuestionLog, VersionStatus, utcnow
 
 
 @pytest.fixture
@@ -143,12 +143,12 @@ def test_the_poller_follows_an_alias_moved_elsewhere(api_env, tmp_path):
     api_env(api_champion_poll_s="0.2")
     v1 = make_version(tmp_path, seed=1, champion=True)
     v2 = make_version(tmp_path, seed=2)
-    from shared import crud
+    from shared import registry
 
     with client() as c:
         assert ask(c, "Is aspirin safe?")["model_version"] == v1
         with session_scope() as s:  # as `medqa promote` in another process would
-            crud.promote(s, version_id=v2, actor="cli:test", reason="elsewhere")
+            registry.promote(s, version_id=v2, actor="cli:test", reason="elsewhere")
         deadline = time.monotonic() + 10
         while c.get("/healthz").json()["serving_version"] != v2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -300,7 +300,7 @@ def test_a_fresh_index_takes_cached_vectors_and_embeds_only_the_rest(api_env):
 
 
 def _spy_generate(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list, list]]:
-    from services.evaluator import qa
+    from shared.lm import generation as qa
 
     calls: list[tuple[list, list]] = []
     real = qa.generate

@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
 from services.api.app import create_app
-from services.ingest.synth import write_corpus
+from services.devkit.synth import write_corpus
 from services.ingest.tasks import ingest_path
-from shared import crud
+from shared import registry
 from shared.db import session_scope
-from shared.models import Abstract, AuditEvent, ModelVersion, VersionStatus
+from shared.tables import Abstract, AuditEvent, ModelVersion, VersionStatus
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_answers_follow_the_loop_and_a_rollback_under_load(medqa_env, tmp_path):
         v1, v2 = (v.id for v in s.exec(select(ModelVersion).order_by(col(ModelVersion.id))).all())
         assert s.get(ModelVersion, v1).status == VersionStatus.blessed
         v2_blessed = s.get(ModelVersion, v2).status == VersionStatus.blessed
-        champion = crud.champion(s, model_line="default").id
+        champion = registry.champion(s, model_line="default").id
         stored = {a.pmid for a in s.exec(select(Abstract)) if not a.deleted and not a.retracted}
 
     question = "Does adjuvant chemotherapy improve survival in older adults with colorectal cancer?"

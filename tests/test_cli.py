@@ -3,9 +3,8 @@
 import json
 
 import pytest
+from services.cli import app
 from typer.testing import CliRunner
-
-from shared.cli import app
 
 runner = CliRunner()
 
@@ -74,7 +73,7 @@ def test_ingest_status_counts(medqa_env, synth_dir, tmp_path):
 
 def test_runs_show_progress_and_eta(medqa_env):
     from shared.db import session_scope
-    from shared.models import RunStatus, TrainingRun
+    from shared.tables import RunStatus, TrainingRun
 
     with session_scope() as s:
         s.add(TrainingRun(model_line="default", base_model="m", status=RunStatus.running, step=10, total_steps=60,

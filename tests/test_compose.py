@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from services.cli import app
 from typer.main import get_command
 
 from shared.celery_app import QUEUES
-from shared.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "docker-compose.yml").read_text()

@@ -17,9 +17,9 @@ import pytest
 from Bio import Entrez
 from lxml import etree
 
-from services.ingest.emulator import EntrezEmulator, load_corpus
+from services.devkit.emulator import EntrezEmulator, load_corpus
+from services.devkit.synth import generate_articles, pubmed_xml, write_corpus
 from services.ingest.parser import PubmedParseError, parse_pubmed_bytes
-from services.ingest.synth import generate_articles, pubmed_xml, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 START = date(2024, 1, 1)
@@ -243,7 +243,7 @@ def test_loads_gzip_files_and_skips_deletions(tmp_path, articles):
 def test_medqa_emulator_command(tmp_path):
     write_corpus(tmp_path / "corpus", files=2, per_file=5, seed=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDQA_")} | {"MEDQA_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "emulator", "--corpus", str(tmp_path / "corpus"),
+    proc = subprocess.Popen([sys.executable, "-m", "services.devkit", "emulator", "--corpus", str(tmp_path / "corpus"),
                              "--port", "0"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -23,17 +23,17 @@ from Bio import Entrez
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from services.devkit.emulator import EntrezEmulator
+from services.devkit.synth import generate_articles, pubmed_xml
 from services.ingest import entrez
-from services.ingest.emulator import EntrezEmulator
 from services.ingest.entrez import NCBI_EUTILS, EntrezError, configure_entrez, default_query, ingest_entrez
 from services.ingest.parser import ArticleRecord, parse_pubmed_bytes
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.store import keep
-from services.ingest.synth import generate_articles, pubmed_xml
-from services.trainer import trigger as trainer_trigger
+from shared import pipeline
 from shared.db import session_scope
-from shared.models import Abstract, IngestCursor
 from shared.settings import get_settings, load_settings
+from shared.tables import Abstract, IngestCursor
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS = os.environ.get("MEDQA_TEST_REDIS", "redis://127.0.0.1:6379/14")
@@ -41,7 +41,7 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 START = date(2024, 1, 1)
 LAST = START + timedelta(days=34)  # five 7-day windows
 QUERY = "hasabstract[text] AND english[lang]"
-REAL_SIGNAL_TRIGGER = trainer_trigger.signal_trigger
+REAL_SEND = pipeline.send
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,16 @@ def clean_redis():
 
 @pytest.fixture
 def signals(monkeypatch) -> list[int]:
-    """Stands in for the training trigger (whose real import pulls in torch and peft, seconds);
-    records how many abstracts were committed when it was signalled."""
+    """Stands in for the consumers of pipeline events (the trainer's trigger would train); records
+    how many abstracts were committed each time abstracts.stored reached the training trigger."""
     seen: list[int] = []
-    monkeypatch.setattr(trainer_trigger, "signal_trigger", lambda line: seen.append(len(stored_pmids())))
+
+    def record(consumer: pipeline.Consumer, *args: object) -> bool:
+        if consumer.task == "train.trigger":
+            seen.append(len(stored_pmids()))
+        return True
+
+    monkeypatch.setattr(pipeline, "send", record)
     return seen
 
 
@@ -263,7 +269,7 @@ def test_a_killed_process_is_resumed_exactly_once(env, emu, records):
     env(entrez_batch_size="100")  # one efetch per window
     emu.slow_s = 30
     emu.inject("slow", endpoint="efetch", after=2)  # the third window's fetch hangs ...
-    code = ("import services.trainer.trigger as t; t.signal_trigger = lambda line: None; "  # spare torch's import
+    code = ("import shared.pipeline as p; p.send = lambda consumer, *args: True; "  # no consumers in this process
             f"from datetime import date; from services.ingest.entrez import ingest_entrez; "
             f"ingest_entrez(since=date({START.year}, {START.month}, {START.day}), "
             f"until=date({LAST.year}, {LAST.month}, {LAST.day}))")
@@ -362,7 +368,7 @@ def test_redis_down_falls_back_to_an_in_process_limit(emu, caplog):
 
 
 def test_ingest_goes_on_with_the_broker_down(env, emu, records, monkeypatch):
-    monkeypatch.setattr(trainer_trigger, "signal_trigger", REAL_SIGNAL_TRIGGER)  # the real check this time
+    monkeypatch.setattr(pipeline, "send", REAL_SEND)  # the real consumers this time
     env(broker_url=DEAD_REDIS)
     result = ingest_entrez(since=START, until=START + timedelta(days=13))
     assert result.stored == len(expected(records, START, START + timedelta(days=13))) > 0
@@ -389,7 +395,7 @@ def test_real_ncbi_needs_an_email():
 
 # ------------------------------------------------------------------------------- CLI and beat
 def test_cli_ingest_entrez_and_status(env, emu, records):
-    from shared.cli import app
+    from services.cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["ingest", "entrez", "--since", "2024-01-01", "--until", "2024-01-14", "--json"])

@@ -5,26 +5,27 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import needs_shared_data
+from conftest import TINY_GPT2, needs_shared_data
 from sqlmodel import select
 
+from services.devkit.synth import write_corpus
 from services.evaluator import gate
 from services.evaluator.metrics import fk_grade, text_scores
-from services.evaluator.policy import Policy
-from services.evaluator.qa import decision_scores, generate, macro_f1
-from services.ingest.synth import write_corpus
+from services.evaluator.qa import decision_scores, macro_f1
 from services.ingest.tasks import ingest_path
 from services.trainer.config import TrainConfig
-from services.trainer.data import texts_for
+from shared.queries import live_texts as texts_for
 from services.trainer.train import train_lora
-from shared import crud
+from shared import registry
 from shared.corpora import load_liveqa
 from shared.db import session_scope
-from shared.model_store import load_base_model
-from shared.models import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
+from shared.lm.base_model import load_base_model
+from shared.lm.generation import generate
+from shared.policy import Policy
 from shared.settings import get_settings
+from shared.tables import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
 
-DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "services" / "evaluator" / "policy.toml"
+DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "shared" / "policy.toml"
 
 
 # --- metrics and policy (no model) -------------------------------------------------------------------
@@ -91,7 +92,7 @@ def test_liveqa_loader_reads_training_and_test_layouts(tmp_path):
 
 
 def test_batched_scoring_equals_one_item_at_a_time(model_cache):
-    model, tok = load_base_model("tiny-gpt2", model_cache)
+    model, tok = load_base_model(TINY_GPT2, model_cache)
     items = [(f"Does drug {i} lower pressure?", "A trial of drug " + "x " * (i * 7) + "found lower pressure.")
              for i in range(6)]
     batched = decision_scores(model, tok, items, batch_size=4)
@@ -121,15 +122,15 @@ def line(medqa_env, tmp_path):
         cfg = TrainConfig(max_steps=steps, batch_size=2, grad_accum=1, max_length=64, learning_rate=lr,
                           checkpoint_every=steps, precision="fp32")
         s_ = get_settings()
-        res = train_lora(base_spec="tiny-gpt2", models_dir=s_.models_dir, examples=train_texts, cfg=cfg,
+        res = train_lora(base_spec=TINY_GPT2, models_dir=s_.models_dir, examples=train_texts, cfg=cfg,
                          out_dir=tmp_path / name, work_dir=tmp_path / f"{name}-work", parent_adapter=info["adapter"])
         with session_scope() as s:
-            run = TrainingRun(model_line="default", base_model="tiny-gpt2", status=RunStatus.succeeded,
+            run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded,
                               parent_version_id=info["v1"], manifest=info["manifest"])
             s.add(run)
             s.flush()
             v = ModelVersion(model_line="default", run_id=run.id, parent_version_id=info["v1"],
-                             base_model="tiny-gpt2", adapter_path=str(res.adapter_dir), sha256=res.sha256)
+                             base_model=TINY_GPT2, adapter_path=str(res.adapter_dir), sha256=res.sha256)
             s.add(v)
             s.flush()
             return v.id
@@ -141,7 +142,7 @@ def line(medqa_env, tmp_path):
 def _shuffled(texts: list[str], model_cache: Path, seed: int = 0) -> list[str]:
     """Shuffled tokens: every token id mapped through one random permutation of the vocabulary, so
     the texts keep their length and repetition but no longer look like the language."""
-    _, tok = load_base_model("tiny-gpt2", model_cache)
+    _, tok = load_base_model(TINY_GPT2, model_cache)
     perm = list(range(len(tok)))
     random.Random(seed).shuffle(perm)
     return [tok.decode([perm[i] for i in tok(t)["input_ids"]]) for t in texts]
@@ -176,12 +177,12 @@ def test_planted_bad_candidate_is_rejected_and_a_good_one_blessed(line, medqa_en
     with session_scope() as s:
         assert s.get(ModelVersion, bad).status == VersionStatus.rejected
         assert s.get(ModelVersion, good).status == VersionStatus.blessed
-        stored = crud.latest_evaluation(s, version_id=bad)
+        stored = registry.latest_evaluation(s, version_id=bad)
         assert stored.reasons == bad_decision.reasons and not stored.passed
         assert stored.baseline_version_id == line.info["v1"]
         champ_rows = s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{line.info['v1']}")).all()
         assert {"new", "retention"} <= {r.suite for r in champ_rows}
-        assert crud.champion(s, model_line="default").id == line.info["v1"]  # auto-promotion is off
+        assert registry.champion(s, model_line="default").id == line.info["v1"]  # auto-promotion is off
 
 
 def test_rouge_regression_with_better_perplexity_is_rejected_and_the_reason_stored(line, medqa_env, monkeypatch):
@@ -202,13 +203,12 @@ def test_rouge_regression_with_better_perplexity_is_rejected_and_the_reason_stor
         assert any(r.startswith("FAIL pubmedqa_rouge1") for r in ev.reasons)
         assert any(r.startswith("ok target ppl_new") for r in ev.reasons)
         assert s.get(ModelVersion, cand).status == VersionStatus.rejected
-        assert crud.champion(s, model_line="default").id == line.info["v1"]
+        assert registry.champion(s, model_line="default").id == line.info["v1"]
 
 
 def test_report_writes_markdown_html_and_plots(line, medqa_env, tmp_path):
+    from services.cli import app
     from typer.testing import CliRunner
-
-    from shared.cli import app
 
     v1 = line.info["v1"]
     result = CliRunner().invoke(app, ["report", f"v{v1}", "--out", str(tmp_path / "rep"), "--json"])

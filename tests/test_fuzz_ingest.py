@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import func, select
 
+from services.devkit.synth import generate_articles, medline_text, pubmed_xml, retraction_notice
 from services.ingest.parser import PubmedParseError, iter_pubmed, iter_records, parse_pubmed_bytes
 from services.ingest.store import ingest_file
-from services.ingest.synth import generate_articles, medline_text, pubmed_xml, retraction_notice
 from shared.db import session_scope
-from shared.models import Abstract, IngestCursor
+from shared.tables import Abstract, IngestCursor
 
 pytestmark = pytest.mark.timeout(120)  # a hang fails the module instead of stalling CI
 

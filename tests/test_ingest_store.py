@@ -4,12 +4,12 @@ import dataclasses
 
 from sqlmodel import func, select
 
+from services.devkit.synth import generate_articles, pubmed_xml
 from services.ingest.parser import parse_pubmed_bytes
 from services.ingest.store import ingest_file, store_records
-from services.ingest.synth import generate_articles, pubmed_xml
 from services.ingest.tasks import ingest_path
 from shared.db import session_scope
-from shared.models import Abstract, IngestCursor, TrainingRun
+from shared.tables import Abstract, IngestCursor, TrainingRun
 
 
 def _count(**where):
@@ -88,7 +88,8 @@ def test_trigger_waits_below_threshold(store_env, synth_dir):
 
 
 def test_retractions_are_marked_and_never_trained(store_env):
-    from services.trainer.data import texts_for, unclaimed_pmids
+    from shared.queries import live_texts as texts_for
+    from shared.queries import unclaimed_pmids
 
     recs = [r for r in parse_pubmed_bytes(pubmed_xml(generate_articles(4, seed=21)))]
     with session_scope() as s:

@@ -22,7 +22,7 @@ from sqlmodel import func, select
 
 from services.ingest.tasks import ingest_path
 from shared.db import session_scope
-from shared.models import DriftReport, ModelVersion, RunStatus, TrainingRun, VersionStatus
+from shared.tables import DriftReport, ModelVersion, RunStatus, TrainingRun, VersionStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MEDQA = str(Path(sys.executable).with_name("medqa"))

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from services.ingest.synth import write_corpus
+from services.devkit.synth import write_corpus
 from services.ingest.tasks import ingest_path
-from shared import crud
+from shared import registry
 from shared.db import session_scope
-from shared.models import Alert, AuditEvent, DriftReport, Evaluation, ModelVersion, TrainingRun, VersionStatus
+from shared.tables import Alert, AuditEvent, DriftReport, Evaluation, ModelVersion, TrainingRun, VersionStatus
 
 
 @pytest.mark.slow
@@ -25,9 +25,9 @@ def test_two_increments_end_to_end(store_env, tmp_path):
     ingest_path(first[0])
     with session_scope() as s:
         v1 = s.exec(select(ModelVersion)).one()
-        assert v1.status == VersionStatus.blessed, crud.latest_evaluation(s, version_id=v1.id).reasons
-        assert crud.champion(s, model_line="default").id == v1.id
-        ev = crud.latest_evaluation(s, version_id=v1.id)
+        assert v1.status == VersionStatus.blessed, registry.latest_evaluation(s, version_id=v1.id).reasons
+        assert registry.champion(s, model_line="default").id == v1.id
+        ev = registry.latest_evaluation(s, version_id=v1.id)
         assert ev.baseline_version_id is None and ev.metrics["ppl_new"] < ev.baseline_metrics["ppl_new"]
         assert s.exec(select(AuditEvent)).one().actor == "policy"
 
@@ -43,7 +43,7 @@ def test_two_increments_end_to_end(store_env, tmp_path):
         assert set(runs[1].manifest["replay_pmids"]) <= set(runs[0].manifest["new"])
         v2 = s.exec(select(ModelVersion).where(ModelVersion.run_id == runs[1].id)).one()
         assert v2.parent_version_id == v1.id and v2.status != VersionStatus.candidate
-        ev2 = crud.latest_evaluation(s, version_id=v2.id)
+        ev2 = registry.latest_evaluation(s, version_id=v2.id)
         assert ev2.baseline_version_id == v1.id and ev2.reasons
         assert s.exec(select(Evaluation)).all().__len__() == 2
         reports = s.exec(select(DriftReport).order_by(DriftReport.id)).all()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from services.devkit.synth import generate_articles, medline_text, pubmed_xml, retract, retraction_notice
 from services.ingest.medline import parse_medline, parse_medline_bytes
 from services.ingest.parser import (
     ArticleRecord,
@@ -24,7 +25,6 @@ from services.ingest.parser import (
     iter_records,
     parse_pubmed_bytes,
 )
-from services.ingest.synth import generate_articles, medline_text, pubmed_xml, retract, retraction_notice
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MEDLINE = DATA / "biopython_entrez" / "Medline"

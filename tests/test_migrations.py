@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import shared.models  # noqa: F401
+import shared.tables  # noqa: F401
 from shared.db import get_engine, migrate
 
 

@@ -15,18 +15,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shared import model_store
-from shared.model_store import (
+from services.devkit import tiny_model
+from services.devkit.tiny_model import NAME as TINY_NAME
+from services.devkit.tiny_model import build_tiny_gpt2, tiny_gpt2
+from shared.lm import base_model as model_store
+from shared.lm.base_model import (
     MANIFEST_NAME,
     SMOLLM2_HUB_ID,
-    TINY_GPT2,
     BaseModelUnavailable,
-    build_tiny_gpt2,
-    chat_prompt,
     load_base_model,
     resolve_base_model,
     verify_manifest,
 )
+from shared.lm.prompts import chat_prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,8 @@ def _flip_byte(path: Path) -> None:
 
 
 def test_tiny_gpt2_builds_loads_and_trains_a_step(tmp_path: Path) -> None:
-    path = Path(resolve_base_model(TINY_GPT2, tmp_path))
-    assert path == tmp_path / TINY_GPT2
+    path = Path(tiny_gpt2(tmp_path))
+    assert path == tmp_path / TINY_NAME
     assert verify_manifest(path)
 
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -65,15 +66,15 @@ def test_tiny_gpt2_builds_loads_and_trains_a_step(tmp_path: Path) -> None:
 
 
 def test_tiny_gpt2_second_resolve_reuses_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = Path(resolve_base_model(TINY_GPT2, tmp_path))
+    path = Path(tiny_gpt2(tmp_path))
     weights = path / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
 
     def no_rebuild(dest: Path, *, seed: int = 0) -> Path:
         raise AssertionError("rebuilt a verified tiny-gpt2")
 
-    monkeypatch.setattr(model_store, "build_tiny_gpt2", no_rebuild)
-    assert Path(resolve_base_model(TINY_GPT2, tmp_path)) == path
+    monkeypatch.setattr(tiny_model, "build_tiny_gpt2", no_rebuild)
+    assert Path(tiny_gpt2(tmp_path)) == path
     assert weights.stat().st_mtime_ns == mtime
 
 
@@ -86,18 +87,18 @@ def test_tiny_gpt2_is_deterministic_by_seed(tmp_path: Path) -> None:
 
 
 def test_tiny_gpt2_corrupted_file_is_rebuilt(tmp_path: Path) -> None:
-    path = Path(resolve_base_model(TINY_GPT2, tmp_path))
+    path = Path(tiny_gpt2(tmp_path))
     good = _file_hashes(path)
     _flip_byte(path / "model.safetensors")
     assert not verify_manifest(path)
 
-    assert Path(resolve_base_model(TINY_GPT2, tmp_path)) == path
+    assert Path(tiny_gpt2(tmp_path)) == path
     assert verify_manifest(path) and _file_hashes(path) == good
     assert not list(tmp_path.glob(".tiny-gpt2.*")), "temp folders left behind"
 
 
 def test_chat_prompt_tiny_matches_plain_format(tmp_path: Path) -> None:
-    _, tokenizer = load_base_model(TINY_GPT2, tmp_path)
+    _, tokenizer = load_base_model(tiny_gpt2(tmp_path), tmp_path)
     expected = "Question: Does metformin lower HbA1c?\nContext: A trial of 40 adults.\nAnswer:"
     assert chat_prompt(tokenizer, "Does metformin lower HbA1c?", "A trial of 40 adults.") == expected
     assert chat_prompt(tokenizer, "Is gout hereditary?") == "Question: Is gout hereditary?\nAnswer:"
@@ -113,8 +114,8 @@ def test_two_processes_build_tiny_gpt2_once(tmp_path: Path) -> None:
         import logging, sys
         from pathlib import Path
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-        from shared.model_store import resolve_base_model
-        print("PATH", resolve_base_model("tiny-gpt2", Path({str(tmp_path)!r})))
+        from shared.lm.base_model import resolve_base_model
+        print("PATH", tiny_gpt2(Path({str(tmp_path)!r})))
         """
     )
     procs = [
@@ -127,14 +128,14 @@ def test_two_processes_build_tiny_gpt2_once(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs), outputs
     joined = "\n".join(outputs)
     assert joined.count("built ") == 1, joined
-    assert joined.count(f"PATH {tmp_path / TINY_GPT2}") == 2, joined
+    assert joined.count(f"PATH {tmp_path / TINY_NAME}") == 2, joined
 
 
 # ----------------------------------------------------------------------------------- resolution errors
 
 
 def test_local_model_folder_is_used_as_is(tmp_path: Path) -> None:
-    built = resolve_base_model(TINY_GPT2, tmp_path / "models")
+    built = tiny_gpt2(tmp_path / "models")
     assert resolve_base_model(built, tmp_path / "elsewhere") == built
     assert not (tmp_path / "elsewhere").exists()
 

@@ -5,17 +5,17 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, needs_shared_data
+from conftest import SHARED_DATA, TINY_GPT2, needs_shared_data
 from sqlmodel import select
 
-from services.ingest.synth import write_corpus
+from services.devkit.synth import write_corpus
 from services.ingest.tasks import ingest_path
 from services.monitor.drift import EMBEDDINGS, HTML_VERDICT
 from services.monitor.health import check_health
 from services.monitor.tasks import monitor_run, record_drift, record_question_drift
 from shared.corpora import load_liveqa, load_pubmedqa
 from shared.db import session_scope
-from shared.models import (
+from shared.tables import (
     Abstract,
     AbstractEmbedding,
     Alert,
@@ -52,11 +52,11 @@ def two_topics(medqa_env, tmp_path):
 def _champion_trained_on(pmids):
     """A champion whose manifest is `pmids` (the drift reference), without training anything."""
     with session_scope() as s:
-        run = TrainingRun(model_line="default", base_model="tiny-gpt2", status=RunStatus.succeeded,
+        run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded,
                           manifest={"new": pmids, "replay_pmids": [], "holdout": []})
         s.add(run)
         s.flush()
-        v = ModelVersion(model_line="default", run_id=run.id, base_model="tiny-gpt2", adapter_path="/x",
+        v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path="/x",
                          sha256="0" * 64, status=VersionStatus.blessed)
         s.add(v)
         s.flush()
@@ -140,7 +140,7 @@ def test_health_alerts_once_per_incident(medqa_env):
             versions.append(v)
             s.add(AuditEvent(actor="t", action="promote", subject="default/champion", to_version_id=v.id,
                              reason="r", at=old + timedelta(minutes=i)))
-        from shared.models import Alias
+        from shared.tables import Alias
 
         s.add(Alias(model_line="default", name="champion", version_id=versions[-1].id))
     with session_scope() as s:
@@ -169,9 +169,8 @@ def test_a_large_ingest_batch_triggers_a_monitor_run(medqa_env, tmp_path):
 def test_drift_show_prints_the_report_and_refuses_an_unknown_id(medqa_env):
     import json
 
+    from services.cli import app
     from typer.testing import CliRunner
-
-    from shared.cli import app
 
     medqa_env()
     with session_scope() as s:

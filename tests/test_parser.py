@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from services.devkit.synth import generate_articles, pubmed_xml
 from services.ingest.parser import (
     ArticleRecord,
     DeleteRecord,
@@ -23,7 +24,6 @@ from services.ingest.parser import (
     iter_pubmed,
     parse_pubmed_bytes,
 )
-from services.ingest.synth import generate_articles, pubmed_xml
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 UPDATES = DATA / "pubmed_update_samples"

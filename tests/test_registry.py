@@ -1,21 +1,22 @@
 """Registry rules on SQLite and PostgreSQL: promote, rollback, audit, and refusals that change nothing."""
 
 import pytest
+from conftest import TINY_GPT2
 from sqlmodel import func, select
 
-from shared import crud
+from shared import registry
 from shared.db import session_scope
-from shared.models import Alias, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
+from shared.tables import Alias, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
 
 
 def _versions(statuses):
     ids = []
     with session_scope() as s:
         for st in statuses:
-            run = TrainingRun(model_line="default", base_model="tiny-gpt2", status=RunStatus.succeeded)
+            run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded)
             s.add(run)
             s.flush()
-            v = ModelVersion(model_line="default", run_id=run.id, base_model="tiny-gpt2", adapter_path="/x",
+            v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path="/x",
                              sha256="0" * 64, status=st, metrics={"ppl_new": 10.0})
             s.add(v)
             s.flush()
@@ -32,14 +33,14 @@ def _snapshot():
 def test_promote_and_rollback_write_alias_and_audit(store_env):
     v1, v2 = _versions([VersionStatus.blessed, VersionStatus.blessed])
     with session_scope() as s:
-        crud.promote(s, version_id=v1, actor="alice", reason="first")
+        registry.promote(s, version_id=v1, actor="alice", reason="first")
     with session_scope() as s:
-        crud.promote(s, version_id=v2, actor="bob", reason="better")
+        registry.promote(s, version_id=v2, actor="bob", reason="better")
     with session_scope() as s:
-        ev = crud.rollback(s, model_line="default", actor="carol", reason="regression seen")
+        ev = registry.rollback(s, model_line="default", actor="carol", reason="regression seen")
         assert (ev.from_version_id, ev.to_version_id, ev.action) == (v2, v1, "rollback")
     with session_scope() as s:
-        assert crud.champion(s, model_line="default").id == v1
+        assert registry.champion(s, model_line="default").id == v1
         events = s.exec(select(AuditEvent).order_by(AuditEvent.id)).all()
         assert [(e.actor, e.from_version_id, e.to_version_id) for e in events] == [
             ("alice", None, v1), ("bob", v1, v2), ("carol", v2, v1)]
@@ -50,19 +51,19 @@ def test_promote_and_rollback_write_alias_and_audit(store_env):
 def test_refusals_change_nothing(store_env, case):
     (good, bad) = _versions([VersionStatus.blessed, VersionStatus.rejected])
     with session_scope() as s:
-        crud.promote(s, version_id=good, actor="a", reason="r")
+        registry.promote(s, version_id=good, actor="a", reason="r")
     before = _snapshot()
-    with pytest.raises(crud.RegistryError) as err, session_scope() as s:
+    with pytest.raises(registry.RegistryError) as err, session_scope() as s:
         if case == "unknown":
-            crud.promote(s, version_id=999, actor="a", reason="r")
+            registry.promote(s, version_id=999, actor="a", reason="r")
         elif case == "rejected":
-            crud.promote(s, version_id=bad, actor="a", reason="r")
+            registry.promote(s, version_id=bad, actor="a", reason="r")
         elif case == "no-earlier":
-            crud.rollback(s, model_line="default", actor="a", reason="r")
+            registry.rollback(s, model_line="default", actor="a", reason="r")
         elif case == "rollback-unknown":
-            crud.rollback(s, model_line="default", actor="a", reason="r", to=12345)
+            registry.rollback(s, model_line="default", actor="a", reason="r", to=12345)
         else:
-            crud.promote(s, version_id=bad, actor="a", reason="  ", force=True)
+            registry.promote(s, version_id=bad, actor="a", reason="  ", force=True)
     assert str(err.value)
     assert _snapshot() == before
 
@@ -70,14 +71,14 @@ def test_refusals_change_nothing(store_env, case):
 def test_force_promote_is_recorded(store_env):
     (bad,) = _versions([VersionStatus.rejected])
     with session_scope() as s:
-        ev = crud.promote(s, version_id=bad, actor="ops", reason="hotfix", force=True)
+        ev = registry.promote(s, version_id=bad, actor="ops", reason="hotfix", force=True)
         assert ev.action == "force-promote"
 
 
 def test_parse_version_id():
-    assert crud.parse_version_id("v12") == 12 and crud.parse_version_id(3) == 3
-    with pytest.raises(crud.RegistryError):
-        crud.parse_version_id("latest")
+    assert registry.parse_version_id("v12") == 12 and registry.parse_version_id(3) == 3
+    with pytest.raises(registry.RegistryError):
+        registry.parse_version_id("latest")
 
 
 def test_one_active_run_per_line_is_enforced_by_the_database(store_env):
@@ -101,7 +102,7 @@ def test_parallel_promote_and_rollback_leave_one_consistent_alias(medqa_env, pg_
     medqa_env(database_url=pg_url)
     ids = _versions([VersionStatus.blessed] * 4)
     with session_scope() as s:
-        crud.promote(s, version_id=ids[-1], actor="setup", reason="start")
+        registry.promote(s, version_id=ids[-1], actor="setup", reason="start")
     barrier = threading.Barrier(8)
     outcomes: list[str] = []
 
@@ -110,11 +111,11 @@ def test_parallel_promote_and_rollback_leave_one_consistent_alias(medqa_env, pg_
         try:
             with session_scope() as s:
                 if n % 2:
-                    crud.rollback(s, model_line="default", actor=f"op{n}", reason="parallel rollback")
+                    registry.rollback(s, model_line="default", actor=f"op{n}", reason="parallel rollback")
                 else:
-                    crud.promote(s, version_id=ids[n % 4], actor=f"op{n}", reason="parallel promote")
+                    registry.promote(s, version_id=ids[n % 4], actor=f"op{n}", reason="parallel promote")
             outcomes.append("ok")
-        except crud.RegistryError as exc:  # e.g. "already the champion": refused, changes nothing
+        except registry.RegistryError as exc:  # e.g. "already the champion": refused, changes nothing
             outcomes.append(f"refused: {exc}")
 
     threads = [threading.Thread(target=operator, args=(n,)) for n in range(8)]

@@ -1,4 +1,4 @@
-"""services.ingest.synth: deterministic, NLM-shaped, topic-specific synthetic PubMed XML."""
+"""services.devkit.synth: deterministic, NLM-shaped, topic-specific synthetic PubMed XML."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import date, timedelta
 import pytest
 from lxml import etree
 
+from services.devkit.synth import TOPICS, generate_articles, pubmed_xml, write_corpus
 from services.ingest.parser import ArticleRecord, iter_pubmed, parse_pubmed_bytes
-from services.ingest.synth import TOPICS, generate_articles, pubmed_xml, write_corpus
 
 _PARSER = etree.XMLParser(load_dtd=False, no_network=True, resolve_entities=False)
 _LABELS = ["BACKGROUND", "METHODS", "RESULTS", "CONCLUSIONS"]

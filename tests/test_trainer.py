@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from conftest import TINY_GPT2
 from peft import get_peft_model_state_dict
 
 from services.trainer.config import TrainConfig
 from services.trainer.examples import IGNORE, lm, pack, qa, tokenize
 from services.trainer.train import LOSS_CHUNK, TrainingFailed, batch_indices, build_model, lm_loss_backward, train_lora
-from shared.model_store import load_base_model
+from shared.lm.base_model import load_base_model
 
 TEXTS = [f"Patient cohort {i} received treatment {i % 7} and showed outcome {i % 5} after follow-up." * 3
          for i in range(60)]
@@ -19,13 +20,13 @@ def _cfg(**kw):
 
 
 def test_lora_weights_change_and_base_weights_do_not(model_cache, tmp_path):
-    base, _ = load_base_model("tiny-gpt2", model_cache)
+    base, _ = load_base_model(TINY_GPT2, model_cache)
     base_before = {k: v.clone() for k, v in base.state_dict().items()}
-    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(),
+    res = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(),
                      out_dir=tmp_path / "adapter", work_dir=tmp_path / "work")
-    model, _ = build_model("tiny-gpt2", model_cache, _cfg(), res.adapter_dir)
+    model, _ = build_model(TINY_GPT2, model_cache, _cfg(), res.adapter_dir)
     trained = get_peft_model_state_dict(model)
-    fresh = get_peft_model_state_dict(build_model("tiny-gpt2", model_cache, _cfg(), None)[0])
+    fresh = get_peft_model_state_dict(build_model(TINY_GPT2, model_cache, _cfg(), None)[0])
     assert any(not torch.allclose(trained[k], fresh[k]) for k in trained if "lora_B" in k)
     merged_base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
                    for k, v in model.state_dict().items() if "lora_" not in k}
@@ -35,10 +36,10 @@ def test_lora_weights_change_and_base_weights_do_not(model_cache, tmp_path):
 
 
 def test_gradient_accumulation_matches_the_bigger_batch(model_cache, tmp_path):
-    one = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS,
+    one = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS,
                      cfg=_cfg(batch_size=4, grad_accum=1, lora_dropout=0.0, max_steps=3),
                      out_dir=tmp_path / "a", work_dir=tmp_path / "wa")
-    two = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS,
+    two = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS,
                      cfg=_cfg(batch_size=2, grad_accum=2, lora_dropout=0.0, max_steps=3),
                      out_dir=tmp_path / "b", work_dir=tmp_path / "wb")
     # Same blocks seen (micro-step s*accum+k covers the same positions as step s of the big batch);
@@ -48,7 +49,7 @@ def test_gradient_accumulation_matches_the_bigger_batch(model_cache, tmp_path):
 
 
 def test_packing_has_no_padding_and_restarts_positions(model_cache):
-    _, tok = load_base_model("tiny-gpt2", model_cache)
+    _, tok = load_base_model(TINY_GPT2, model_cache)
     packed = pack(tok, [lm(t) for t in TEXTS], 64)
     ids, pos = packed.input_ids, packed.position_ids
     assert ids.shape[1] == 64 and pos.shape == ids.shape
@@ -62,7 +63,7 @@ def test_packing_has_no_padding_and_restarts_positions(model_cache):
 
 
 def test_qa_examples_take_loss_on_the_answer_only(model_cache):
-    _, tok = load_base_model("tiny-gpt2", model_cache)
+    _, tok = load_base_model(TINY_GPT2, model_cache)
     ids, labels = tokenize(tok, qa("Does aspirin help?", "It lowers the risk.\nAnswer: yes", "Trial text."), 256)
     answer = tok("It lowers the risk.\nAnswer: yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     n_prompt = len(ids) - len(answer)
@@ -74,7 +75,7 @@ def test_qa_examples_take_loss_on_the_answer_only(model_cache):
 def test_packed_attention_stays_within_an_example(model_cache):
     """With position ids restarting, transformers masks attention across the example boundary: the
     second example's logits do not depend on the first example's tokens."""
-    model, tok = load_base_model("tiny-gpt2", model_cache)
+    model, tok = load_base_model(TINY_GPT2, model_cache)
     model.eval()
     a, b, c = [tok(t, add_special_tokens=False)["input_ids"] for t in ("alpha beta gamma", "delta epsilon",
                                                                         "totally different words here")]
@@ -88,7 +89,7 @@ def test_packed_attention_stays_within_an_example(model_cache):
 
 def test_chunked_loss_equals_the_full_logits_loss_and_gradients(model_cache):
     cfg = _cfg(lora_dropout=0.0)
-    model, tok = build_model("tiny-gpt2", model_cache, cfg, None)
+    model, tok = build_model(TINY_GPT2, model_cache, cfg, None)
     with torch.no_grad():  # LoRA B starts at zero: give it weights so its gradient path is exercised
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -114,7 +115,7 @@ def test_batch_order_is_a_function_of_seed_and_step():
 
 
 def test_resume_matches_uninterrupted_run(model_cache, tmp_path):
-    straight = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
+    straight = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
                           out_dir=tmp_path / "a", work_dir=tmp_path / "wa")
 
     class Killed(Exception):
@@ -125,20 +126,20 @@ def test_resume_matches_uninterrupted_run(model_cache, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
+        train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
                    out_dir=tmp_path / "b", work_dir=tmp_path / "wb", progress=die_at_5)
-    resumed = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
+    resumed = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(lora_dropout=0.0),
                          out_dir=tmp_path / "b", work_dir=tmp_path / "wb")
     assert resumed.resumed_from == 3
-    a = get_peft_model_state_dict(build_model("tiny-gpt2", model_cache, _cfg(), straight.adapter_dir)[0])
-    b = get_peft_model_state_dict(build_model("tiny-gpt2", model_cache, _cfg(), resumed.adapter_dir)[0])
+    a = get_peft_model_state_dict(build_model(TINY_GPT2, model_cache, _cfg(), straight.adapter_dir)[0])
+    b = get_peft_model_state_dict(build_model(TINY_GPT2, model_cache, _cfg(), resumed.adapter_dir)[0])
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
 def test_too_little_text_is_a_clear_failure(model_cache, tmp_path):
     with pytest.raises(TrainingFailed, match="not enough text"):
-        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=["short"], cfg=_cfg(),
+        train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=["short"], cfg=_cfg(),
                    out_dir=tmp_path / "a", work_dir=tmp_path / "w")
 
 
@@ -153,13 +154,13 @@ def test_config_validation_names_the_field():
 
 
 def test_gradient_checkpointing_trains_and_kbit_needs_cuda(model_cache, tmp_path):
-    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS,
+    res = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS,
                      cfg=_cfg(gradient_checkpointing=True, max_steps=3), out_dir=tmp_path / "a",
                      work_dir=tmp_path / "w")
     assert res.steps == 3 and res.skipped_steps == 0
     if not torch.cuda.is_available():
         with pytest.raises(TrainingFailed, match="needs CUDA"):
-            train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(quantization="4bit"),
+            train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(quantization="4bit"),
                        out_dir=tmp_path / "b", work_dir=tmp_path / "w2")
 
 
@@ -173,7 +174,7 @@ def test_a_non_finite_gradient_is_skipped_not_applied(model_cache, tmp_path, mon
         return torch.tensor(float("inf")) if calls["n"] == 2 else norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", flaky_clip)
-    res = train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(max_steps=4),
+    res = train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(max_steps=4),
                      out_dir=tmp_path / "a", work_dir=tmp_path / "w")
     assert res.skipped_steps == 1 and res.final_loss == res.final_loss  # finite, not NaN
 
@@ -184,7 +185,7 @@ def test_out_of_memory_fails_the_run_with_a_clear_reason(model_cache, tmp_path, 
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", oom)
     with pytest.raises(TrainingFailed, match="out of memory at batch 2x64"):
-        train_lora(base_spec="tiny-gpt2", models_dir=model_cache, examples=TEXTS, cfg=_cfg(),
+        train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=_cfg(),
                    out_dir=tmp_path / "a", work_dir=tmp_path / "w")
 
 
@@ -193,7 +194,7 @@ def test_oom_in_the_task_marks_the_run_failed_once(medqa_env, synth_dir, monkeyp
 
     from services.ingest.tasks import ingest_path
     from shared.db import session_scope
-    from shared.models import ModelVersion, RunStatus, TrainingRun
+    from shared.tables import ModelVersion, RunStatus, TrainingRun
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

@@ -44,10 +44,10 @@ from services.api.schemas import (
     answer_request_model,
 )
 from services.api.serving import ModelServer
-from shared import crud
+from shared import registry
 from shared.db import session_scope
-from shared.models import ModelVersion
 from shared.settings import Settings, get_settings
+from shared.tables import ModelVersion
 
 log = logging.getLogger("medqa.api")
 # Which setting bounds a field, named in the 422 message so a client knows what limit it hit.
@@ -143,9 +143,9 @@ def _version_out(v: ModelVersion, champion_id: int | None) -> VersionOut:
 
 def _version_id(ref: str | int) -> int:
     try:
-        vid = crud.parse_version_id(ref)
+        vid = registry.parse_version_id(ref)
     except ValueError as exc:  # RegistryError, or int() refusing a digit-like character such as "²"
-        detail = str(exc) if isinstance(exc, crud.RegistryError) else f"not a version id: {ref!r}"
+        detail = str(exc) if isinstance(exc, registry.RegistryError) else f"not a version id: {ref!r}"
         raise HTTPException(422, detail) from None
     if vid > MAX_VERSION_ID:
         raise HTTPException(404, f"unknown version v{vid}")
@@ -200,14 +200,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/versions", response_model=list[VersionOut], summary="Model versions of this model line")
     def versions() -> list[VersionOut]:
         with session_scope() as ss:
-            champ = crud.champion(ss, model_line=s.model_line)
+            champ = registry.champion(ss, model_line=s.model_line)
             return [_version_out(v, champ.id if champ else None)
-                    for v in crud.list_versions(ss, model_line=s.model_line)]
+                    for v in registry.list_versions(ss, model_line=s.model_line)]
 
     @app.get("/v1/champion", response_model=ChampionOut, summary="The champion version, and what is serving")
     def champion(request: Request) -> ChampionOut:
         with session_scope() as ss:
-            champ = crud.champion(ss, model_line=s.model_line)
+            champ = registry.champion(ss, model_line=s.model_line)
             if champ is None:
                 raise HTTPException(404, f"model line {s.model_line!r} has no champion yet; the bare base model "
                                          "is serving")
@@ -240,9 +240,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     vid = kwargs.get(key)
                     if vid is not None and ss.get(ModelVersion, vid) is None:
                         raise HTTPException(404, f"unknown version v{vid}")
-                event = getattr(crud, action)(ss, actor=actor, reason=reason, **kwargs)
+                event = getattr(registry, action)(ss, actor=actor, reason=reason, **kwargs)
                 doc = event.model_dump()
-        except crud.RegistryError as exc:
+        except registry.RegistryError as exc:
             raise HTTPException(409, str(exc)) from None
         except (IntegrityError, OperationalError) as exc:  # a concurrent change won the race (or the lock wait)
             raise HTTPException(409, f"the alias changed concurrently; try again ({type(exc).__name__})") from None

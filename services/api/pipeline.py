@@ -17,8 +17,8 @@ from services.api.metrics import ApiMetrics
 from services.api.retrieval import Hit, RetrievalIndex
 from services.api.serving import ModelServer
 from shared.db import session_scope
-from shared.models import QuestionLog, utcnow
 from shared.settings import Settings
+from shared.tables import QuestionLog, utcnow
 
 log = logging.getLogger("medqa.api.pipeline")
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlmodel import Session, col, select
 
-from services.monitor.features import abstract_embeddings
 from shared.db import session_scope
-from shared.embeddings import DIM, MODEL_NAME, embed, from_bytes
-from shared.models import Abstract, AbstractEmbedding
+from shared.embeddings import DIM, MODEL_NAME, abstract_vectors, embed, from_bytes
+from shared.queries import is_live, live_abstracts
+from shared.tables import Abstract, AbstractEmbedding
 
 log = logging.getLogger("medqa.api.retrieval")
 
@@ -56,8 +56,7 @@ class _Snapshot:
 
 
 def _live_hashes(session: Session) -> dict[int, str]:
-    rows = session.exec(select(Abstract.pmid, Abstract.content_hash).where(
-        col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))
+    rows = session.exec(select(Abstract.pmid, Abstract.content_hash).where(is_live()))
     return dict(rows.all())  # type: ignore[arg-type]
 
 
@@ -111,12 +110,11 @@ class RetrievalIndex:
 
     def _embed_chunk(self, pmids: list[int]) -> int:
         with session_scope() as s:
-            rows = [r for r in s.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(
-                col(Abstract.pmid))) if not r.deleted and not r.retracted]
+            rows = live_abstracts(s, pmids)
             if not rows:
                 return 0
             with EMBED_LOCK:
-                vectors = abstract_embeddings(s, rows)  # computes and caches in AbstractEmbedding
+                vectors = abstract_vectors(s, rows)  # computes and caches in AbstractEmbedding
             hashes = {r.pmid: r.content_hash for r in rows}
         # Published per chunk, so a large backlog becomes searchable as it is embedded.
         self._snap = self._snap.extended([r.pmid for r in rows], vectors, hashes)
@@ -136,7 +134,5 @@ class RetrievalIndex:
         ranked = [sorted(((int(snap.pmids[j]), float(scores[i, j])) for j in row), key=lambda t: -t[1])
                   for i, row in enumerate(top)]
         with session_scope() as s:
-            rows = {r.pmid: r for r in s.exec(select(Abstract).where(
-                col(Abstract.pmid).in_(sorted({p for cands in ranked for p, _ in cands})),
-                col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))}
+            rows = {r.pmid: r for r in live_abstracts(s, sorted({p for cands in ranked for p, _ in cands}))}
         return [[Hit(p, rows[p].title, rows[p].text, sc) for p, sc in cands if p in rows][:k] for cands in ranked]

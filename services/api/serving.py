@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from services.evaluator import qa  # module, not the function: tests spy on qa.generate
-from services.trainer.train import adapter_sha256, use_bf16
-from shared import crud
+from shared import registry
+from shared.checksums import sha256_folder
 from shared.db import session_scope
-from shared.model_store import load_base_model
-from shared.models import ModelVersion
+from shared.lm import generation  # the module, not the function: tests spy on generation.generate
+from shared.lm.base_model import load_base_model
+from shared.lm.generation import use_bf16
 from shared.settings import Settings
+from shared.tables import ModelVersion
 
 log = logging.getLogger("medqa.api.serving")
 
@@ -82,7 +83,7 @@ class ModelServer:
             assert served is not None, "start() first"
             # The prompt needs room: an answer may take at most half the window.
             new = max(1, min(max_new_tokens, self.max_length // 2))
-            answers = qa.generate(self._net, self.tokenizer, items, max_new_tokens=new, batch_size=len(items),
+            answers = generation.generate(self._net, self.tokenizer, items, max_new_tokens=new, batch_size=len(items),
                                   max_length=self.max_length)
         return answers, served.version_id
 
@@ -123,7 +124,7 @@ class ModelServer:
 
     def _read_champion(self) -> _Target | None:
         with session_scope() as s:
-            v = crud.champion(s, model_line=self.settings.model_line)
+            v = registry.champion(s, model_line=self.settings.model_line)
             return _Target.of(v) if v is not None else None
 
     def _build(self, spec: str) -> tuple[Any, Any, int]:
@@ -143,7 +144,7 @@ class ModelServer:
     def _switch(self, t: _Target) -> None:
         if not (t.adapter_path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"no adapter at {t.adapter_path}")
-        if adapter_sha256(t.adapter_path) != t.sha256:
+        if sha256_folder(t.adapter_path) != t.sha256:
             raise ValueError(f"adapter files at {t.adapter_path} do not match the version's sha256")
         name = f"v{t.version_id}"
         if self.served is None or self.served.base_model != t.base_model:

@@ -18,16 +18,18 @@ import torch
 from peft import PeftModel
 from sqlmodel import Session, col, select
 
-from services.evaluator.policy import Policy
 from services.evaluator.suites import Suite, sample
-from services.trainer.data import abstract_text
-from services.trainer.train import use_bf16
-from shared import crud
-from shared.corpora import GeneralText, general_texts, load_liveqa, pubmedqa_split, split_general
+from shared import registry
+from shared.corpora import GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope
-from shared.model_store import load_base_model
-from shared.models import Abstract, Evaluation, ModelVersion, SuiteResult, TrainingRun, VersionStatus
+from shared.lm.base_model import load_base_model
+from shared.lm.generation import use_bf16
+from shared.manifest import RunManifest
+from shared.pipeline import Event, emit
+from shared.policy import Policy
+from shared.queries import abstract_text, live_abstracts
 from shared.settings import get_settings
+from shared.tables import Evaluation, ModelVersion, SuiteResult, TrainingRun, VersionStatus
 
 log = logging.getLogger("medqa.evaluator")
 SUITE = "gate-v2"  # Evaluation.suite: the set of suites below, decided by the policy
@@ -50,20 +52,20 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     cap = s.eval_max_texts
     ppl = {"max_length": s.eval_max_length}
     gen = {"max_length": 512, "max_new_tokens": s.eval_max_new_tokens, "batch_size": s.eval_batch_size}
-    new = _abstract_items(session, run.manifest["holdout"])
+    new = _abstract_items(session, RunManifest.from_json(run.manifest).holdout)
     first = session.exec(select(TrainingRun).where(TrainingRun.model_line == run.model_line)
                          .order_by(col(TrainingRun.id))).first()
     earlier: list[GeneralText] = []
     if first is not None and first.id != run.id:
-        earlier = _abstract_items(session, first.manifest.get("holdout", []))[: cap // 2]
-    general = split_general(general_texts(s.retention_corpus))[1]
+        earlier = _abstract_items(session, RunManifest.from_json(first.manifest).holdout)[: cap // 2]
+    general = split_general(general_texts())[1]
     suites = [Suite("new", "perplexity", tuple(new[:cap]), ppl),
               Suite("retention", "perplexity", tuple(earlier) + tuple(general[: cap - len(earlier)]), ppl)]
-    qa_items = pubmedqa_split(s.pubmedqa_source)[1]
+    qa_items = pubmedqa_split()[1]
     if s.eval_qa_items and qa_items:
         suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, s.eval_qa_items), gen))
     if s.eval_consumer_items:
-        patients = load_liveqa(s.liveqa_source) if s.liveqa_source else []
+        patients = list(corpus_items("liveqa"))
         patients = [p for p in patients if p.answer]
         medquad = [g for g in general if g.question]
         half = s.eval_consumer_items // 2 if patients and medquad else s.eval_consumer_items
@@ -76,8 +78,7 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
 
 def _abstract_items(session: Session, pmids: list[int]) -> list[GeneralText]:
     """Stored abstracts as suite items, in PMID order; deleted or retracted ones are never scored."""
-    rows = session.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(col(Abstract.pmid)))
-    return [GeneralText(f"pmid:{r.pmid}", abstract_text(r)) for r in rows if not r.deleted and not r.retracted]
+    return [GeneralText(f"pmid:{r.pmid}", abstract_text(r)) for r in live_abstracts(session, pmids)]
 
 
 def score(base_spec: str, adapters: dict[str, Path | None], suites: dict[str, list[Suite]]) -> dict[str, dict]:
@@ -147,12 +148,12 @@ def _suites_hash(suites: list[Suite]) -> str:
 def evaluate_version(version_id: int) -> Decision | None:
     s = get_settings()
     with session_scope() as session:
-        version = crud.get_version(session, version_id=version_id)
+        version = registry.get_version(session, version_id=version_id)
         if version.status != VersionStatus.candidate:
             log.info("v%d is %s already; nothing to evaluate", version_id, version.status.value)
             return None
-        run = crud.run_for_version(session, version=version)
-        champ = crud.champion(session, model_line=version.model_line)
+        run = registry.run_for_version(session, version=version)
+        champ = registry.champion(session, model_line=version.model_line)
         suites = build_suites(session, run)
         base_spec = version.base_model
         cand_path = Path(version.adapter_path)
@@ -187,11 +188,12 @@ def evaluate_version(version_id: int) -> Decision | None:
         session.add(version)
         promoted = False
         if passed and s.auto_promote:
-            current = crud.champion(session, model_line=version.model_line, for_update=True)
+            current = registry.champion(session, model_line=version.model_line, for_update=True)
             if current is None or current.id == champ_id:  # nobody moved the alias since we measured
-                crud.set_champion(session, model_line=version.model_line, version=version, actor="policy",
+                registry.set_champion(session, model_line=version.model_line, version=version, actor="policy",
                                   action="auto-promote", reason="; ".join(r for r in reasons if r.startswith("ok")))
                 promoted = True
+        emit(session, Event.VERSION_DECIDED, version_id)
     log.info("v%d %s%s: %s", version_id, "blessed" if passed else "rejected",
              " and promoted" if promoted else "", "; ".join(reasons))
     return Decision(version_id, champ_id, metrics["candidate"], metrics["baseline"], passed, reasons, promoted)

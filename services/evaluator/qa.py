@@ -1,7 +1,7 @@
-"""Question answering with a causal LM, batched: yes/no/maybe by answer likelihood, and greedy answers.
+"""PubMedQA-style scoring with a causal LM, batched: yes/no/maybe by answer likelihood, and macro-F1.
 
-Both batch across items (the bench compares this with one item at a time: bench/evaluate.py). Items
-are sorted by length before batching, so a batch pads little.
+Scoring batches across items (the bench compares this with one item at a time: bench/evaluate.py).
+Generation and the prompt format are the shared LM runtime's (shared/lm).
 """
 
 from __future__ import annotations
@@ -11,30 +11,11 @@ from typing import Any
 
 import torch
 
-from shared.model_store import chat_prompt
+from shared.lm.generation import length_batches, model_device
+from shared.lm.prompts import prompt_ids
 
 DECISIONS = ("yes", "no", "maybe")
 DECISION_CUE = "Answer:"  # the trainer's QA answers end "...\nAnswer: <decision>"
-
-
-def prompt_ids(tokenizer: Any, question: str, context: str | None, max_prompt: int) -> list[int]:
-    """Prompt token ids within `max_prompt`: an over-long context loses its tail, never the question."""
-    ids: list[int] = tokenizer(chat_prompt(tokenizer, question, context), add_special_tokens=False)["input_ids"]
-    if len(ids) > max_prompt and context:
-        over = len(ids) - max_prompt
-        ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-        context = tokenizer.decode(ctx_ids[: max(0, len(ctx_ids) - over - 8)])
-        ids = tokenizer(chat_prompt(tokenizer, question, context), add_special_tokens=False)["input_ids"]
-    return ids[-max_prompt:]
-
-
-def _order(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _device(net: Any) -> torch.device:
-    return next(net.parameters()).device
 
 
 @torch.no_grad()
@@ -53,10 +34,10 @@ def decision_scores(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | N
     rows = [(i, p, []) for i, p in enumerate(prompts)] if single else \
         [(i, p + o, o) for i, p in enumerate(prompts) for o in options]
     scores = [[0.0] * len(DECISIONS) for _ in items]
-    pad, device = tokenizer.pad_token_id, _device(net)
+    pad, device = tokenizer.pad_token_id, model_device(net)
     was_training = net.training
     net.eval()
-    for group in _order([len(r[1]) for r in rows], batch_size):
+    for group in length_batches([len(r[1]) for r in rows], batch_size):
         width = max(len(rows[g][1]) for g in group)
         ids = torch.full((len(group), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -77,31 +58,6 @@ def decision_scores(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | N
     if was_training:
         net.train()
     return scores
-
-
-@torch.no_grad()
-def generate(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | None]], *, max_new_tokens: int = 48,
-             batch_size: int = 8, max_length: int = 512) -> list[str]:
-    """Greedy answers, left-padded batches (a decoder continues from the right edge)."""
-    prompts = [prompt_ids(tokenizer, q, c, max_length - max_new_tokens) for q, c in items]
-    out = [""] * len(items)
-    pad, device = tokenizer.pad_token_id, _device(net)
-    was_training = net.training
-    net.eval()
-    for group in _order([len(p) for p in prompts], batch_size):
-        width = max(len(prompts[g]) for g in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, g in enumerate(group):
-            ids[row, width - len(prompts[g]):] = torch.tensor(prompts[g])
-            mask[row, width - len(prompts[g]):] = 1
-        gen = net.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                           do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        for row, g in enumerate(group):
-            out[g] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()
-    if was_training:
-        net.train()
-    return out
 
 
 def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:

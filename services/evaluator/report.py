@@ -7,11 +7,11 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.evaluator.policy import Policy
-from shared import crud
+from shared import registry
 from shared.db import session_scope
-from shared.models import ModelVersion
+from shared.policy import Policy
 from shared.settings import get_settings
+from shared.tables import ModelVersion
 
 
 @dataclass
@@ -29,13 +29,13 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
     s = get_settings()
     policy = Policy.load(s.policy_file)  # type: ignore[arg-type]
     with session_scope() as session:
-        version = crud.get_version(session, version_id=version_id)
-        evaluation = crud.latest_evaluation(session, version_id=version_id)
+        version = registry.get_version(session, version_id=version_id)
+        evaluation = registry.latest_evaluation(session, version_id=version_id)
         if evaluation is None:
-            raise crud.RegistryError(f"v{version_id} has not been evaluated yet (`medqa evaluate v{version_id}`)")
-        line: list[ModelVersion] = crud.list_versions(session, model_line=version.model_line)
+            raise registry.RegistryError(f"v{version_id} has not been evaluated yet (`medqa evaluate v{version_id}`)")
+        line: list[ModelVersion] = registry.list_versions(session, model_line=version.model_line)
         history = [(v.id or 0, v.status.value, dict(v.metrics)) for v in line]
-        champ = crud.champion(session, model_line=version.model_line)
+        champ = registry.champion(session, model_line=version.model_line)
         cand, base = dict(evaluation.metrics), dict(evaluation.baseline_metrics)
         against = f"v{evaluation.baseline_version_id}" if evaluation.baseline_version_id else "base model"
         header = (f"v{version_id} ({version.status.value}; parent "

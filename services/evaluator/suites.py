@@ -22,8 +22,9 @@ from typing import Any
 
 from services.evaluator.metrics import text_scores
 from services.evaluator.perplexity import perplexity
-from services.evaluator.qa import DECISIONS, decision_scores, generate, macro_f1
+from services.evaluator.qa import DECISIONS, decision_scores, macro_f1
 from shared.corpora import GeneralText
+from shared.lm.generation import generate
 
 SCORER_VERSIONS = {"perplexity": 1, "pubmedqa": 1, "consumer": 1}
 

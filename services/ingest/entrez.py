@@ -37,8 +37,9 @@ from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError
 from services.ingest.ratelimit import RateLimiter, ncbi_limiter
 from services.ingest.store import IngestResult, store_records
 from shared.db import session_scope
-from shared.models import IngestCursor, utcnow
+from shared.pipeline import Event, emit
 from shared.settings import Settings, get_settings
+from shared.tables import IngestCursor, utcnow
 
 __all__ = ["ESEARCH_LIMIT", "NCBI_EUTILS", "EntrezClient", "EntrezError", "default_query", "ingest_entrez"]
 
@@ -291,11 +292,6 @@ class _Run:
         result = self._commit(records, hi)
         log.info("entrez window %s: %d matched, %d stored, %d updated, %d duplicates, %d filtered", label,
                  search.count, result.stored, result.updated, result.duplicates, result.filtered)
-        if result.stored or result.updated:
-            _signal_trigger(self.s.model_line)  # after the commit: the trigger reads committed rows
-        from services.ingest.tasks import signal_monitor
-
-        signal_monitor(result.stored)
         return result
 
     def _failed(self, label: str, exc: EntrezError) -> EntrezError:
@@ -328,6 +324,8 @@ class _Run:
             cursor.stored += result.stored + result.updated
             cursor.skipped += result.duplicates + result.filtered
             session.add(cursor)
+            if result.stored or result.updated:
+                emit(session, Event.ABSTRACTS_STORED)
         return result
 
 
@@ -348,14 +346,3 @@ def _record_error(query: str, message: str) -> None:
         cursor = _cursor(session, query)
         cursor.last_error = message
         session.add(cursor)
-
-
-def _signal_trigger(model_line: str) -> None:
-    from services.trainer.trigger import signal_trigger
-
-    try:
-        signal_trigger(model_line)
-    except Exception:
-        # The window is committed; a failed trigger check must not stop the next window. The
-        # sweeper re-derives the trigger from the store.
-        log.exception("training trigger check failed after an entrez window; the sweeper will retry it")

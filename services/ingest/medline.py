@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from datetime import date
 
-from services.ingest.parser import RETRACTED_TYPE, ArticleRecord, PubmedParseError, date_from_text, pmid_or_none
+from services.ingest.records import RETRACTED_TYPE, ArticleRecord, PubmedParseError, date_from_text, pmid_or_none
 
 __all__ = ["looks_like_medline", "parse_medline", "parse_medline_bytes"]
 

@@ -12,18 +12,29 @@ by its first bytes. Whatever the input, the only exception callers see is Pubmed
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date
 from typing import BinaryIO, Protocol
 
 from lxml import etree
+
+from services.ingest.medline import looks_like_medline, parse_medline
+from services.ingest.records import (
+    RETRACTED_TYPE,
+    ArticleRecord,
+    DeleteRecord,
+    PubmedParseError,
+    Record,
+    date_from_text,
+    make_date,
+    normalise,
+    pmid_or_none,
+)
 
 __all__ = ["ArticleRecord", "DeleteRecord", "PubmedParseError", "iter_pubmed", "iter_records", "parse_pubmed_bytes"]
 
@@ -41,59 +52,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _MATHML = "{http://www.w3.org/1998/Math/MathML}"
 
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
-# PubDate may carry a Season instead of a Month; map it to the season's first month so that
-# ordering by pub_date stays roughly right.
-_SEASONS = {"spring": 3, "summer": 6, "fall": 9, "autumn": 9, "winter": 12}
-# MedlineDate is free text: '1998 Dec-1999 Jan', '2019 May - Jun', '2000 Spring', '1975-1976'.
-_MEDLINE_DATE = re.compile(r"(\d{4})(?:\s+([A-Za-z]+)(?:\s+(\d{1,2})\b)?)?")
-# PMIDs are 8 digits today; the store keeps them in a 32-bit integer column, so anything outside
-# that range is a corrupt record, not a future PMID.
-MAX_PMID = 2**31 - 1
-RETRACTED_TYPE = "Retracted Publication"
-
-
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-class PubmedParseError(ValueError):
-    """The input is not a readable PubMed article set; the message names the source."""
-
-
-@dataclass(frozen=True, slots=True)
-class ArticleRecord:
-    pmid: int
-    title: str
-    abstract: str  # AbstractText sections joined by "\n"; labelled ones as "LABEL: text"
-    journal: str
-    pub_date: date | None
-    entrez_date: date | None
-    revised_date: date | None
-    mesh_terms: tuple[str, ...]
-    keywords: tuple[str, ...]
-    language: str
-    publication_types: tuple[str, ...]
-    # NLM flags a retracted article both by publication type and by a RetractionIn link to the
-    # notice; either one is enough, since the two are not always updated in the same file.
-    retracted: bool = False
-    retraction_of: tuple[int, ...] = ()  # a "Retraction of Publication" notice: the PMIDs it retracts
-
-    @property
-    def content_hash(self) -> str:
-        # Lower-cased and whitespace-normalised so that a revision that only reflows text or
-        # changes case does not count as new content.
-        text = _normalise(self.title).lower() + "\n" + _normalise(self.abstract).lower()
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteRecord:
-    pmids: tuple[int, ...]
-
-
-Record = ArticleRecord | DeleteRecord
 
 
 def iter_pubmed(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Record]:
@@ -121,9 +81,6 @@ def _iter_source(source: str | os.PathLike[str] | BinaryIO, *, medline: bool) ->
         if first.startswith(b"<"):
             yield from _iter_xml(stream, head, name)
             return
-        # Imported here because medline builds on this module's records and errors.
-        from services.ingest.medline import looks_like_medline, parse_medline
-
         if looks_like_medline(first):
             if not medline:
                 raise PubmedParseError(f"{name}: MEDLINE text, not PubMed XML (read it with iter_records)")
@@ -307,31 +264,13 @@ def _pmid(elem: etree._Element | None, name: str) -> int:
     return pmid
 
 
-def pmid_or_none(text: str | None) -> int | None:
-    value = _ascii_int(text, 10)
-    return value if value is not None and 0 < value <= MAX_PMID else None
-
-
-def _ascii_int(text: str | None, max_digits: int) -> int | None:
-    """int() of plain ASCII digits only: str.isdigit() also accepts '²', which int() refuses, and
-    int() of thousands of digits raises instead of returning."""
-    text = (text or "").strip()
-    if not text or len(text) > max_digits or not (text.isascii() and text.isdigit()):
-        return None
-    return int(text)
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _text(elem: etree._Element | None) -> str:
     """Plain text of an element: inline HTML (<i>, <sup>, ...) and MathML are flattened away."""
     if elem is None:
         return ""
     parts: list[str] = []
     _collect_text(elem, parts)
-    return _normalise("".join(parts))
+    return normalise("".join(parts))
 
 
 def _collect_text(elem: etree._Element, parts: list[str]) -> None:
@@ -357,7 +296,7 @@ def _date(elem: etree._Element | None) -> date | None:
     """Year/Month/Day element groups (DateRevised, PubMedPubDate, DateCreated)."""
     if elem is None:
         return None
-    return _make_date(elem.findtext("Year"), elem.findtext("Month"), elem.findtext("Day"))
+    return make_date(elem.findtext("Year"), elem.findtext("Month"), elem.findtext("Day"))
 
 
 def _pub_date(elem: etree._Element | None) -> date | None:
@@ -367,37 +306,7 @@ def _pub_date(elem: etree._Element | None) -> date | None:
     medline = elem.findtext("MedlineDate")
     if medline is not None:
         return date_from_text(medline)
-    return _make_date(elem.findtext("Year"), elem.findtext("Month") or elem.findtext("Season"),
+    return make_date(elem.findtext("Year"), elem.findtext("Month") or elem.findtext("Season"),
                       elem.findtext("Day"))
 
 
-def date_from_text(text: str) -> date | None:
-    """A free-text publication date ('1998 Dec-1999 Jan', '2000 Spring', '2006 Mar 1', '1975-1976'),
-    as in MedlineDate and in the MEDLINE DP field: the first day it could mean."""
-    match = _MEDLINE_DATE.search(text)
-    return _make_date(*match.groups()) if match else None
-
-
-def _make_date(year: str | None, month: str | None, day: str | None) -> date | None:
-    y = _ascii_int(year, 4)
-    if y is None:
-        return None
-    m = _month(month)
-    d = _ascii_int(day, 2) or 1
-    try:
-        return date(y, m, d)
-    except ValueError:  # e.g. a Day that does not exist in that month: keep year and month
-        try:
-            return date(y, m, 1)
-        except ValueError:
-            return None
-
-
-def _month(month: str | None) -> int:
-    if not month:
-        return 1
-    month = month.strip().lower()
-    number = _ascii_int(month, 2)
-    if number is not None:
-        return number
-    return _MONTHS.get(month[:3]) or _SEASONS.get(month, 1)

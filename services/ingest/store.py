@@ -17,9 +17,10 @@ from pathlib import Path
 from sqlmodel import Session, col, insert, select, update
 
 from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError, iter_records
+from shared.checksums import sha256_file
 from shared.db import session_scope
-from shared.model_store import sha256_file
-from shared.models import Abstract, IngestCursor, utcnow
+from shared.pipeline import Event, emit
+from shared.tables import Abstract, IngestCursor, utcnow
 
 log = logging.getLogger("medqa.ingest")
 
@@ -148,6 +149,8 @@ def ingest_file(path: Path) -> IngestResult:
             cursor.duplicates += result.duplicates
             cursor.filtered += result.filtered
             session.add(cursor)
+            if result.stored or result.updated:
+                emit(session, Event.ABSTRACTS_STORED)
         return result
     except (PubmedParseError, OSError) as exc:
         # The parser's message already names the file; OSError's may not.

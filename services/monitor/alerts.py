@@ -1,9 +1,9 @@
 """Alerts: one row per incident (dedup key + cooldown), delivered to the configured channels.
 
 `raise_alert` stores the alert and one `AlertDelivery` row per channel in the caller's transaction, so
-an alert that cannot go out is never lost. Once that transaction commits, the deliveries are tried
-at once; a channel that fails is retried with exponential backoff by `deliver_pending`, which the
-sweeper calls every minute, and is marked `failed` (and logged as an error) after
+an alert that cannot go out is never lost. Once that transaction commits, the alert.raised event
+has the deliveries tried at once (monitor.deliver_alerts); a channel that fails is retried with
+exponential backoff when the sweeper sends the event again, and is marked `failed` (and logged as an error) after
 `alert_max_attempts` tries. Delivery problems never raise out of `raise_alert` nor undo the caller's work.
 """
 
@@ -14,17 +14,18 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import event, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from services.monitor.channels import DeliveryError, sender_for
-from shared.models import Alert, AlertDelivery, DeliveryStatus, utcnow
+from shared.db import session_scope
+from shared.pipeline import Event, emit
 from shared.settings import get_settings
+from shared.tables import Alert, AlertDelivery, DeliveryStatus, utcnow
 
 log = logging.getLogger("medqa.alerts")
 CLAIM_S = 120.0  # an attempt in flight holds its delivery this long (longer than a channel's timeout)
 MAX_BACKOFF_S = 3600.0
-_AFTER_COMMIT = "medqa_alert_deliveries"  # session.info key: delivery ids to try once the caller commits
 
 
 def raise_alert(session: Session, *, kind: str, severity: str, dedup_key: str, message: str,
@@ -44,39 +45,20 @@ def raise_alert(session: Session, *, kind: str, severity: str, dedup_key: str, m
     deliveries = [AlertDelivery(alert_id=alert.id, channel=c) for c in s.alert_channels]  # type: ignore[arg-type]
     session.add_all(deliveries)
     session.flush()
-    if deliver:
-        _deliver_after_commit(session, [d.id for d in deliveries if d.id is not None])
+    if deliver:  # tried once the caller commits: no network wait inside its transaction
+        emit(session, Event.ALERT_RAISED, alert.id)
     return alert
 
 
-def _deliver_after_commit(session: Session, ids: list[int]) -> None:
-    """Deliver once the rows are committed, in new sessions: no network wait inside the caller's
-    transaction, and nothing sent for an alert that the caller then rolled back."""
-    if _AFTER_COMMIT not in session.info:  # first alert in this session: hook it once
-        session.info[_AFTER_COMMIT] = []
-        event.listen(session, "after_commit", _after_commit)
-        event.listen(session, "after_rollback", lambda sess: sess.info[_AFTER_COMMIT].clear())
-    session.info[_AFTER_COMMIT].extend(ids)
-
-
-def _after_commit(session: Session) -> None:
-    ids = list(session.info.get(_AFTER_COMMIT, []))
-    session.info[_AFTER_COMMIT] = []
-    if not ids:
-        return
-    try:
-        deliver_pending(ids=ids)
-    except Exception:  # the caller's commit is done and must not look failed; the sweeper retries
-        log.exception("alert delivery after commit failed; the sweeper will retry deliveries %s", ids)
-
-
-def _due(session: Session, ids: Iterable[int] | None, now: datetime) -> list[int]:
+def _due(session: Session, ids: Iterable[int] | None, now: datetime, alert_id: int | None = None) -> list[int]:
     q = select(AlertDelivery.id).where(
         AlertDelivery.status == DeliveryStatus.pending,
         col(AlertDelivery.attempts) < get_settings().alert_max_attempts,
         col(AlertDelivery.next_attempt_at) <= now)
     if ids is not None:
         q = q.where(col(AlertDelivery.id).in_(list(ids)))
+    if alert_id is not None:
+        q = q.where(AlertDelivery.alert_id == alert_id)
     return [i for i in session.exec(q.order_by(col(AlertDelivery.id))).all() if i is not None]
 
 
@@ -147,24 +129,24 @@ def _record(session: Session, delivery_id: int, error: str | None) -> str:
     return outcome
 
 
-def deliver_pending(session: Session | None = None, *, ids: Iterable[int] | None = None) -> dict[str, int]:
-    """Try each due pending delivery once (or only `ids`). Returns counts of sent / retry / failed.
+def deliver_pending(session: Session | None = None, *, ids: Iterable[int] | None = None,
+                    alert_id: int | None = None) -> dict[str, int]:
+    """Try each due pending delivery once (or only `ids`, or only those of `alert_id`). Returns counts
+    of sent / retry / failed.
 
     Without a session, each attempt is claimed and recorded in its own short transactions and the
     channel is called between them, so no database lock is held while waiting on the network. With a
     session, everything happens in it and the caller commits."""
-    from shared.db import session_scope
-
     counts: Counter[str] = Counter()
     now = utcnow()
     if session is not None:
-        for did in _due(session, ids, now):
+        for did in _due(session, ids, now, alert_id):
             taken = _claim(session, did, now)
             if taken is not None:
                 counts[_record(session, did, _send(taken[0].channel, taken[1]))] += 1
         return {k: counts[k] for k in ("sent", "retry", "failed")}
     with session_scope() as s:
-        due = _due(s, ids, now)
+        due = _due(s, ids, now, alert_id)
     for did in due:
         with session_scope() as s:
             taken = _claim(s, did, now)

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared.models import Alert
 from shared.settings import Settings
+from shared.tables import Alert
 
 log = logging.getLogger("medqa.alerts")
 TIMEOUT_S = 10.0

@@ -1,4 +1,4 @@
-"""What the monitor compares: abstracts and questions as texts, metadata columns and cached embeddings.
+"""What the monitor compares besides texts and embeddings: metadata columns of abstracts.
 
 Metadata columns for abstracts: publication year (numeric), journal (the reference's 15 commonest
 journals, else "other"), and the study subjects from MeSH check tags (humans / animals / both /
@@ -9,33 +9,16 @@ the check tags are the category signal every record carries.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sqlmodel import Session, col, select
 
-from services.trainer.data import abstract_text
-from shared.embeddings import MODEL_NAME, embed, from_bytes, to_bytes
-from shared.models import Abstract, AbstractEmbedding
+from shared.tables import Abstract
 
 TOP_JOURNALS = 15
 ANIMALS = {"Animals", "Mice", "Rats", "Dogs", "Swine", "Cattle", "Rabbits", "Sheep", "Zebrafish", "Drosophila"}
-
-
-def sample(pmids: Sequence[int], n: int, seed: int = 1234) -> list[int]:
-    """At most n PMIDs, the same for the same inputs (a fixed seed, not the process's RNG)."""
-    chosen = sorted(pmids)
-    if len(chosen) > n:
-        chosen = sorted(random.Random(seed).sample(chosen, n))
-    return chosen
-
-
-def live_abstracts(session: Session, pmids: Sequence[int]) -> list[Abstract]:
-    rows = session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(pmids))).order_by(col(Abstract.pmid)))
-    return [r for r in rows if not r.deleted and not r.retracted]
 
 
 def _subjects(mesh: Sequence[str]) -> str:
@@ -56,20 +39,3 @@ def metadata(reference: Sequence[Abstract], current: Sequence[Abstract]) -> tupl
         })
 
     return frame(reference), frame(current)
-
-
-def abstract_embeddings(session: Session, rows: Sequence[Abstract]) -> np.ndarray:
-    """Vectors for `rows`, computed only where the store has none for the current text, and stored."""
-    cached = {e.pmid: e for e in session.exec(select(AbstractEmbedding).where(
-        col(AbstractEmbedding.pmid).in_([r.pmid for r in rows])))}
-    missing = [r for r in rows if (e := cached.get(r.pmid)) is None or e.content_hash != r.content_hash
-               or e.model != MODEL_NAME]
-    if missing:
-        vectors = embed([abstract_text(r) for r in missing])
-        for r, v in zip(missing, vectors, strict=True):
-            row = cached.get(r.pmid) or AbstractEmbedding(pmid=r.pmid, model=MODEL_NAME, content_hash="", vector=b"")
-            row.model, row.content_hash, row.vector = MODEL_NAME, r.content_hash, to_bytes(v)
-            session.add(row)
-            cached[r.pmid] = row
-        session.flush()
-    return np.stack([from_bytes(cached[r.pmid].vector) for r in rows]) if rows else np.zeros((0, 384), np.float32)

@@ -16,11 +16,11 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, func, select
 
-from services.evaluator.policy import Policy
 from services.monitor.alerts import raise_alert
-from shared import crud
-from shared.models import Abstract, AuditEvent, IngestCursor, ModelVersion, RunStatus, TrainingRun, utcnow
+from shared import registry
+from shared.policy import Policy
 from shared.settings import get_settings
+from shared.tables import Abstract, AuditEvent, IngestCursor, ModelVersion, RunStatus, TrainingRun, utcnow
 
 
 def check_health(session: Session) -> list[str]:
@@ -46,7 +46,7 @@ def _champions(session: Session, model_line: str) -> list[ModelVersion]:
 
 def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
     s = get_settings()
-    champ = crud.champion(session, model_line=s.model_line)
+    champ = registry.champion(session, model_line=s.model_line)
     if champ is None:
         return
     earlier = [v for v in _champions(session, s.model_line) if v.id != champ.id][-3:]

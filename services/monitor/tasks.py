@@ -1,5 +1,8 @@
-"""Monitor tasks: data and question drift after each run and on beat, pipeline health, and the
-sweeper that re-derives lost work."""
+"""Monitor tasks: data and question drift after each decided run, after large ingest batches and on
+beat; pipeline health when the champion moves and on beat; alert delivery.
+
+Consumes (shared/pipeline.py): version.decided, abstracts.stored, champion.moved, alert.raised.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +12,21 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session, and_, col, or_, select
+from sqlmodel import Session, col, func, select
 
 from services.monitor.alerts import deliver_pending, raise_alert
 from services.monitor.drift import text_drift
-from services.monitor.features import abstract_embeddings, live_abstracts, metadata, sample
+from services.monitor.features import metadata
 from services.monitor.health import check_health
-from services.trainer.data import abstract_text, unclaimed_pmids
-from shared import crud
-from shared.celery_app import enqueue, medqa_task
-from shared.corpora import general_texts, load_pubmedqa
+from shared import registry
+from shared.celery_app import medqa_task
+from shared.corpora import corpus_items, general_texts
 from shared.db import session_scope
-from shared.embeddings import embed
-from shared.models import (
-    Abstract,
-    DriftReport,
-    ModelVersion,
-    QuestionLog,
-    RunStatus,
-    TrainingRun,
-    VersionStatus,
-    utcnow,
-)
+from shared.embeddings import abstract_vectors, embed
+from shared.manifest import RunManifest
+from shared.queries import abstract_text, live_abstracts, sample, unclaimed_pmids
 from shared.settings import get_settings
+from shared.tables import Abstract, DriftReport, ModelVersion, QuestionLog, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.monitor")
 
@@ -42,9 +37,9 @@ def _reference(session: Session, champ: ModelVersion | None) -> tuple[list[Abstr
     the base model is judged against (texts, without metadata)."""
     s = get_settings()
     if champ is None:
-        return [g.text for g in general_texts(s.retention_corpus)], "general-medical set (no champion)"
-    m = crud.run_for_version(session, version=champ).manifest
-    pmids = sample(m["new"] + m["replay_pmids"], s.drift_max_rows)
+        return [g.text for g in general_texts()], "general-medical set (no champion)"
+    m = RunManifest.from_json(registry.run_for_version(session, version=champ).manifest)
+    pmids = sample(m.new + m.replay_pmids, s.drift_max_rows)
     return live_abstracts(session, pmids), f"training data of champion v{champ.id}"
 
 
@@ -59,8 +54,8 @@ def record_drift(current_pmids: list[int], current_window: str, *, reference_ver
         if enough and reference and isinstance(reference[0], Abstract):
             kwargs["extra_reference"], kwargs["extra_current"] = metadata(reference, current)  # type: ignore[arg-type]
         if enough and s.drift_embeddings:
-            kwargs["embeddings_current"] = abstract_embeddings(session, current)
-            kwargs["embeddings_reference"] = (abstract_embeddings(session, reference)  # type: ignore[arg-type]
+            kwargs["embeddings_current"] = abstract_vectors(session, current)
+            kwargs["embeddings_reference"] = (abstract_vectors(session, reference)  # type: ignore[arg-type]
                                               if isinstance(reference[0], Abstract) else _general_vectors())
         ref_texts = [abstract_text(r) if isinstance(r, Abstract) else r for r in reference]
         cur_texts = [abstract_text(r) for r in current]
@@ -89,7 +84,7 @@ def _store_report(kind: str, reference: list[str], current: list[str], ref_windo
 
 
 def _general_vectors() -> np.ndarray:
-    return _vectors_of(tuple(g.text for g in general_texts(get_settings().retention_corpus)))
+    return _vectors_of(tuple(g.text for g in general_texts()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,13 +96,7 @@ def _vectors_of(texts: tuple[str, ...]) -> np.ndarray:
 
 def _trained_questions() -> tuple[str, ...]:
     """The questions the model was trained for: PubMedQA's (every item of the configured source)."""
-    source = get_settings().pubmedqa_source
-    return _questions_of(source) if source else ()
-
-
-@functools.lru_cache(maxsize=4)
-def _questions_of(source: str) -> tuple[str, ...]:
-    return tuple(i.question for i in load_pubmedqa(source))
+    return tuple(i.question for i in corpus_items("pubmedqa"))
 
 
 def record_question_drift(days: float | None = None) -> int | None:
@@ -118,7 +107,7 @@ def record_question_drift(days: float | None = None) -> int | None:
     days = s.question_drift_days if days is None else days
     reference = list(_trained_questions())
     if not reference:
-        log.info("question drift skipped: no PubMedQA source configured")
+        log.info("question drift skipped: MEDQA_PUBMEDQA_SOURCE is none")
         return None
     with session_scope() as session:
         rows = session.exec(select(QuestionLog.text).where(
@@ -136,7 +125,6 @@ def _question_vectors() -> np.ndarray:
     return _vectors_of(_trained_questions())
 
 
-@medqa_task("monitor.drift_for_run", queue="monitor")
 def drift_for_run(run_id: int) -> int:
     """A run's new batch against what the model it started from was trained on."""
     with session_scope() as session:
@@ -144,8 +132,17 @@ def drift_for_run(run_id: int) -> int:
         if run is None:
             raise ValueError(f"unknown training run {run_id}")
         parent = session.get(ModelVersion, run.parent_version_id) if run.parent_version_id else None
-        current = run.manifest["new"] + run.manifest["holdout"]
-    return record_drift(current, f"new abstracts of run {run_id}", reference_version=parent)
+        manifest = RunManifest.from_json(run.manifest)
+    return record_drift(manifest.new + manifest.holdout, f"new abstracts of run {run_id}", reference_version=parent)
+
+
+@medqa_task("monitor.version_decided", queue="monitor")
+def version_decided(version_id: int) -> int | None:
+    """Once the gate has decided a version: data drift of its run's new abstracts."""
+    with session_scope() as session:
+        version = session.get(ModelVersion, version_id)
+        run_id = version.run_id if version else None
+    return drift_for_run(run_id) if run_id is not None else None
 
 
 @medqa_task("monitor.run", queue="monitor", singleton=lambda: "monitor")
@@ -153,7 +150,7 @@ def monitor_run() -> dict:
     """Beat's periodic check (and after a large ingest batch): abstracts stored since the champion's
     data against that data, received questions against PubMedQA's, and pipeline health."""
     with session_scope() as session:
-        champ = crud.champion(session, model_line=get_settings().model_line)
+        champ = registry.champion(session, model_line=get_settings().model_line)
         current = unclaimed_pmids(session)
     out: dict[str, Any] = {"data": record_drift(current, "abstracts not yet trained on", reference_version=champ),
                            "questions": record_question_drift()}
@@ -162,30 +159,39 @@ def monitor_run() -> dict:
     return out
 
 
-@medqa_task("monitor.sweep", queue="monitor", singleton=lambda: "sweep")
-def sweep() -> dict:
-    return sweep_now()
-
-
-def sweep_now() -> dict:
-    """Re-derive pending work from the store, so work survives lost messages and a dead broker:
-    the training trigger, queued runs and runs whose heartbeat stopped, undecided candidates."""
-    from services.evaluator.tasks import evaluate
-    from services.trainer.tasks import train_run
-    from services.trainer.trigger import maybe_queue_run
-
-    s = get_settings()
-    maybe_queue_run(s.model_line)
-    stale = utcnow() - timedelta(seconds=3 * s.visibility_timeout_s)
+@medqa_task("monitor.after_ingest", queue="monitor")
+def after_ingest() -> dict | None:
+    """A drift check now rather than at beat's next round, once at least `monitor_after_ingest`
+    abstracts were stored since the last data drift report (counted in the store, so however the
+    ingest was split into transactions, one large batch triggers one run)."""
+    threshold = get_settings().monitor_after_ingest
+    if not threshold:
+        return None
     with session_scope() as session:
-        runs = session.exec(select(TrainingRun.id).where(
-            or_(col(TrainingRun.status) == RunStatus.queued,
-                and_(col(TrainingRun.status) == RunStatus.running, col(TrainingRun.heartbeat_at) < stale)))).all()
-        candidates = session.exec(select(ModelVersion.id).where(
-            ModelVersion.status == VersionStatus.candidate)).all()
-    sent = {"runs": [r for r in runs if enqueue(train_run, r)],
-            "candidates": [v for v in candidates if enqueue(evaluate, v)]}
-    sent["alerts"] = deliver_pending()  # type: ignore[assignment]  # alert deliveries due for a retry
-    if sent["runs"] or sent["candidates"]:
-        log.info("sweeper re-sent %s", sent)
-    return sent
+        since = session.exec(select(func.max(DriftReport.created_at)).where(DriftReport.kind == "data")).one()
+        q = select(func.count()).select_from(Abstract)
+        if since is not None:
+            q = q.where(col(Abstract.ingested_at) > since)
+        stored = session.exec(q).one()
+    if stored < threshold:
+        return None
+    log.info("%d abstracts stored since the last drift report (>= %d): monitor run", stored, threshold)
+    return monitor_run()
+
+
+@medqa_task("monitor.health", queue="monitor", singleton=lambda *_: "health")
+def health(version_id: int | None = None) -> list[str]:
+    """Pipeline health now (the champion moved to `version_id`, or beat asked)."""
+    with session_scope() as session:
+        return check_health(session)
+
+
+@medqa_task("monitor.deliver_alerts", queue="monitor")
+def deliver_alerts(alert_id: int) -> dict[str, int]:
+    """Try an alert's due deliveries. A failure here never reaches the alert's raiser: the rows stay
+    pending and the sweeper sends this again."""
+    try:
+        return deliver_pending(alert_id=alert_id)
+    except Exception:
+        log.exception("alert #%s: delivery failed; the sweeper will retry", alert_id)
+        return {}

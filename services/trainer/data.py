@@ -6,29 +6,16 @@ task trains on exactly the same data, and every version's lineage is exact.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 
 from sqlmodel import Session, col, select
 
 from services.trainer.examples import ExampleSpec, lm, qa
 from shared.corpora import GeneralText, general_texts, pubmedqa_split, split_general
-from shared.models import Abstract, RunStatus, TrainingRun
+from shared.manifest import RunManifest
+from shared.queries import is_live, live_texts
 from shared.settings import Settings
-
-
-def abstract_text(row: Abstract) -> str:
-    return f"{row.title}\n{row.text}"
-
-
-def unclaimed_pmids(session: Session) -> list[int]:
-    """Stored, live abstracts no run has taken yet: the 'new' data the trigger counts."""
-    return list(session.exec(
-        select(Abstract.pmid).where(col(Abstract.train_run_id).is_(None), col(Abstract.deleted).is_(False),
-                                    col(Abstract.retracted).is_(False))
-        .order_by(col(Abstract.pmid))
-    ).all())
+from shared.tables import Abstract, RunStatus, TrainingRun
 
 
 def reservoir(session: Session, *, model_line: str) -> list[tuple[int, int]]:
@@ -37,11 +24,11 @@ def reservoir(session: Session, *, model_line: str) -> list[tuple[int, int]]:
     trained: set[int] = set()
     for manifest in session.exec(select(TrainingRun.manifest).where(
             TrainingRun.model_line == model_line, TrainingRun.status == RunStatus.succeeded)):
-        trained.update(manifest.get("new", []))
+        trained.update(RunManifest.from_json(manifest).new)
     if not trained:
         return []
     live = session.exec(select(col(Abstract.pmid), col(Abstract.entrez_date)).where(
-        col(Abstract.pmid).in_(sorted(trained)), col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False)))
+        col(Abstract.pmid).in_(sorted(trained)), is_live()))
     return sorted((pmid, d.year if d else 0) for pmid, d in live.all())
 
 
@@ -61,7 +48,7 @@ def stratified_sample(items: list[tuple[int, int]], n: int, rng: random.Random) 
     return picked
 
 
-def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s: Settings) -> dict:
+def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s: Settings) -> RunManifest:
     rng = random.Random(f"{s.seed}:{new_pmids[0] if new_pmids else 0}:{len(new_pmids)}")
     shuffled = list(new_pmids)
     rng.shuffle(shuffled)
@@ -74,35 +61,24 @@ def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s
     n_past = min(len(past), n_replay // 2 if general else n_replay)
     replay_pmids = sorted(stratified_sample(past, n_past, rng))
     replay_general = [g.item_id for g in rng.sample(general, min(len(general), n_replay - n_past))]
-    manifest = {
-        "new": train_new, "holdout": holdout, "replay_pmids": replay_pmids, "replay_general": replay_general,
-        "replay_ratio": s.replay_ratio,
-        "counts": {"new": len(train_new), "holdout": len(holdout), "replay_pmids": len(replay_pmids),
-                   "replay_general": len(replay_general)},
-    }
-    manifest["hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    return manifest
+    return RunManifest(new=train_new, holdout=holdout, replay_pmids=replay_pmids, replay_general=replay_general,
+                       replay_ratio=s.replay_ratio)
 
 
 def replay_general_pool(s: Settings) -> list[GeneralText]:
     """The fixed general-medical replay set: MedQuAD's replay half plus PubMedQA's train items."""
-    medquad_half, _retention = split_general(general_texts(s.retention_corpus))
-    return medquad_half + list(pubmedqa_split(s.pubmedqa_source)[0])
+    medquad_half, _retention = split_general(general_texts())
+    return medquad_half + list(pubmedqa_split()[0])
 
 
-def texts_for(session: Session, pmids: list[int]) -> list[str]:
-    rows = session.exec(select(Abstract).where(col(Abstract.pmid).in_(pmids)).order_by(col(Abstract.pmid)))
-    # Checked at read time too: a record deleted or retracted after its run was queued (or while a
-    # resumed run waited) must not be trained on or scored.
-    return [abstract_text(r) for r in rows if not r.deleted and not r.retracted]
-
-
-def training_examples(session: Session, *, manifest: dict, s: Settings) -> list[ExampleSpec]:
+def training_examples(session: Session, *, manifest: RunManifest, s: Settings) -> list[ExampleSpec]:
     """New abstracts and replayed abstracts as LM examples; general items as QA examples (loss on
     the answer) when they have a question, else as LM text."""
     general = {g.item_id: g for g in replay_general_pool(s)}
-    out = [lm(t) for t in texts_for(session, manifest["new"]) + texts_for(session, manifest["replay_pmids"])]
-    for item_id in manifest["replay_general"]:
+    # Liveness is checked at read time too: a record deleted or retracted after its run was queued
+    # (or while a resumed run waited) must not be trained on.
+    out = [lm(t) for t in live_texts(session, manifest.new) + live_texts(session, manifest.replay_pmids)]
+    for item_id in manifest.replay_general:
         g = general.get(item_id)
         if g is not None:
             out.append(qa(g.question, g.answer, g.context) if g.question else lm(g.text))

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from shared.model_store import chat_prompt
+from services.trainer.errors import TrainingFailed
+from shared.lm.prompts import chat_prompt
 
 IGNORE = -100  # cross-entropy's ignore_index
 
@@ -77,8 +78,6 @@ def pack(tokenizer: Any, specs: list[ExampleSpec], max_length: int) -> Packed:
         positions += range(len(x))
     n_blocks = len(ids) // max_length
     if n_blocks == 0:
-        from services.trainer.train import TrainingFailed
-
         raise TrainingFailed(f"not enough text to fill one {max_length}-token block ({len(ids)} tokens)")
     cut = n_blocks * max_length
 

@@ -1,4 +1,9 @@
-"""The train task: one LoRA increment per run row, resumable, exactly one version per run."""
+"""Trainer tasks: the training trigger, and one LoRA increment per run row (resumable, exactly one
+version per run).
+
+Consumes (shared/pipeline.py): abstracts.stored (train.trigger), run.queued (train.run).
+Emits: run.queued (through the trigger), version.created.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,15 @@ from sqlmodel import select
 
 from services.trainer.config import TrainConfig
 from services.trainer.data import training_examples
-from services.trainer.train import TrainingFailed, train_lora
-from shared.celery_app import enqueue, medqa_task
+from services.trainer.errors import TrainingFailed
+from services.trainer.train import train_lora
+from services.trainer.trigger import maybe_queue_run
+from shared.celery_app import medqa_task
 from shared.db import session_scope
-from shared.models import ModelVersion, RunStatus, TrainingRun, utcnow
+from shared.manifest import RunManifest
+from shared.pipeline import Event, emit
 from shared.settings import get_settings
+from shared.tables import ModelVersion, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.trainer")
 
@@ -37,6 +46,12 @@ def _line_of(run_id: int) -> str:
     with session_scope() as session:
         run = session.get(TrainingRun, run_id)
         return run.model_line if run else "unknown"
+
+
+@medqa_task("train.trigger", queue="train")
+def trigger() -> int | None:
+    """New abstracts are stored: queue a run if the trigger says one is due (returns its id)."""
+    return maybe_queue_run(get_settings().model_line)
 
 
 @medqa_task("train.run", queue="train", singleton=lambda run_id: _line_of(run_id), on_give_up=_give_up)
@@ -62,7 +77,7 @@ def train_run(run_id: int) -> int | None:
         session.add(run)
         parent = session.get(ModelVersion, run.parent_version_id) if run.parent_version_id else None
         parent_adapter = Path(parent.adapter_path) if parent else None
-        examples = training_examples(session, manifest=run.manifest, s=s)
+        examples = training_examples(session, manifest=RunManifest.from_json(run.manifest), s=s)
         cfg, base_spec, model_line = TrainConfig.from_dict(run.config), run.base_model, run.model_line
 
     last_write = [0.0]
@@ -106,8 +121,6 @@ def train_run(run_id: int) -> int | None:
         session.add(run)
         session.flush()
         version_id = version.id
-    from services.evaluator.tasks import evaluate
-
-    enqueue(evaluate, version_id)
+        emit(session, Event.VERSION_CREATED, version_id)
     return version_id
 

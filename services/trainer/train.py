@@ -7,7 +7,6 @@ Celery task relies on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -22,16 +21,15 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 from services.trainer.config import TrainConfig
+from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec, lm, pack
-from shared.model_store import load_base_model
+from shared.checksums import sha256_folder
+from shared.lm.base_model import load_base_model
+from shared.lm.generation import use_bf16
 
 log = logging.getLogger("medqa.trainer")
 
 Progress = Callable[[int, int, float, float], None]  # step, total, loss, tokens/s
-
-
-class TrainingFailed(RuntimeError):
-    """The run cannot succeed by retrying (bad data, out of memory); the message says why."""
 
 
 @dataclass
@@ -203,7 +201,7 @@ def train_lora(
     model.save_pretrained(str(tmp_out))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_out, out_dir)
-    return TrainResult(adapter_dir=out_dir, sha256=adapter_sha256(out_dir), steps=cfg.max_steps - start,
+    return TrainResult(adapter_dir=out_dir, sha256=sha256_folder(out_dir), steps=cfg.max_steps - start,
                        tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start,
                        skipped_steps=skipped)
 
@@ -255,25 +253,3 @@ def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, a
         total += part.detach()
     hidden_in.backward(leaf.grad)
     return total / n_valid
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # Native bf16 (AVX512-BF16 / AMX) makes autocast faster than fp32 on CPU; emulated, much slower.
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def adapter_sha256(adapter_dir: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(adapter_dir.iterdir()):
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()

@@ -14,12 +14,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 
 from services.trainer.config import TrainConfig
-from services.trainer.data import build_manifest, unclaimed_pmids
-from shared import crud
-from shared.celery_app import enqueue
+from services.trainer.data import build_manifest
+from shared import registry
 from shared.db import session_scope
-from shared.models import Abstract, RunStatus, TrainingRun, utcnow
+from shared.pipeline import Event, emit
+from shared.queries import unclaimed_pmids
 from shared.settings import get_settings
+from shared.tables import Abstract, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.trainer")
 ACTIVE = (RunStatus.queued, RunStatus.running)
@@ -37,6 +38,7 @@ def _due(n_new: int, last_run_at, oldest_new_at, *, force: bool) -> bool:  # typ
 
 
 def maybe_queue_run(model_line: str, *, force: bool = False) -> int | None:
+    """Queue a run if one is due; its run.queued event goes out when the claim has committed."""
     s = get_settings()
     try:
         with session_scope() as session:
@@ -50,29 +52,20 @@ def maybe_queue_run(model_line: str, *, force: bool = False) -> int | None:
                                   .order_by(col(Abstract.ingested_at))).first()
             if not _due(len(new), last, oldest, force=force):
                 return None
-            champ = crud.champion(session, model_line=model_line)
+            champ = registry.champion(session, model_line=model_line)
             run = TrainingRun(
                 model_line=model_line, base_model=champ.base_model if champ else s.base_model,
                 parent_version_id=champ.id if champ else None,
                 config=TrainConfig.from_settings(s).to_dict(),
-                manifest=build_manifest(session, new_pmids=new, model_line=model_line, s=s),
+                manifest=build_manifest(session, new_pmids=new, model_line=model_line, s=s).to_json(),
             )
             session.add(run)
             session.flush()
             session.exec(update(Abstract).where(col(Abstract.pmid).in_(new)).values(train_run_id=run.id))
             run_id = run.id
+            emit(session, Event.RUN_QUEUED, run_id)
     except IntegrityError:
         log.info("another trigger queued a run for %s first", model_line)
         return None
     log.info("queued training run %s for %s on %d new abstracts", run_id, model_line, len(new))
-    return run_id
-
-
-def signal_trigger(model_line: str, *, force: bool = False) -> int | None:
-    """Check the trigger; a queued run is sent to the train queue after its row has committed."""
-    from services.trainer.tasks import train_run
-
-    run_id = maybe_queue_run(model_line, force=force)
-    if run_id is not None:
-        enqueue(train_run, run_id)
     return run_id

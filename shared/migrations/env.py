@@ -3,7 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import shared.models  # noqa: F401  (registers every table on SQLModel.metadata)
+import shared.tables  # noqa: F401  (registers every table on SQLModel.metadata)
 from shared.db import engine_for
 
 config = context.config

@@ -1,15 +1,18 @@
-"""Store operations shared by services, CLI and API: keyword-only functions that take a session.
+"""The model registry: versions, the champion alias, promote and rollback, the audit trail.
 
-The registry rule: every alias change is one alias-row upsert plus one audit row, in the caller's
-single transaction. The alias row is read `FOR UPDATE` first (PostgreSQL), so a promote and a
-rollback racing each other serialise instead of both reading the same "from" version.
+Keyword-only functions that take a session, shared by the evaluator, the CLI and the API. Every
+alias change is one alias-row upsert plus one audit row, in the caller's single transaction, and
+emits champion.moved once that transaction commits. The alias row is read `FOR UPDATE` first
+(PostgreSQL), so a promote and a rollback racing each other serialise instead of both reading the
+same "from" version.
 """
 
 from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from shared.models import Alias, AuditEvent, Evaluation, ModelVersion, TrainingRun, VersionStatus, utcnow
+from shared.pipeline import Event, emit
+from shared.tables import Alias, AuditEvent, Evaluation, ModelVersion, TrainingRun, VersionStatus, utcnow
 
 CHAMPION = "champion"
 
@@ -63,6 +66,7 @@ def set_champion(
     )
     session.add(event)
     session.flush()
+    emit(session, Event.CHAMPION_MOVED, version.id)
     return event
 
 

@@ -740,3 +740,19 @@ def write_corpus(
         path.write_bytes(pubmed_xml(articles))
         paths.append(path)
     return paths
+
+
+def write_medquad(directory: Path, *, n: int = 120, seed: int = 11) -> Path:
+    """A MedQuAD-format collection (QAPair/Question/Answer XML) built from generated articles, for
+    tests on machines without the real corpus; asked for by name, never a silent stand-in."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    root = etree.Element("Document", id="synthetic", source="medqa-cl devkit")
+    pairs = _sub(root, "QAPairs")
+    for k, a in enumerate(generate_articles(n, seed=seed, start_pmid=10_000_000), start=1):
+        pair = _sub(pairs, "QAPair", pid=str(k))
+        _sub(pair, "Question", f"What did the study '{a['title']}' find?", qid=f"synthetic-{k}")
+        _sub(pair, "Answer", a["abstract"])
+    path = directory / "synthetic_medquad.xml"
+    path.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    return path

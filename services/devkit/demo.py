@@ -20,23 +20,23 @@ from pathlib import Path
 from rich.console import Console
 from sqlmodel import col, func, select
 
-from services.ingest.emulator import EntrezEmulator
-from shared.settings import SHARED_DATA, get_settings, reset_settings
+from services.cli.tasks import load_task_modules
+from services.devkit.emulator import EntrezEmulator
+from shared.settings import get_settings, reset_settings
 
 
 def _corpus(corpus: Path | None, workspace: Path) -> tuple[Path, str]:
+    """The PubMed XML the demo ingests: MEDQA_DEMO_CORPUS (the Makefile points it at the real NLM
+    samples where they exist), else synthetic XML from the project's generator, said so in the label."""
     if corpus is not None:
         if not corpus.exists():
             raise FileNotFoundError(f"MEDQA_DEMO_CORPUS={corpus} does not exist")
         return corpus, f"{corpus} (MEDQA_DEMO_CORPUS)"
-    samples = SHARED_DATA / "pubmed_update_samples"
-    if samples.is_dir():
-        return samples, f"{samples} (real NLM baseline/update samples)"
-    from services.ingest.synth import write_corpus
+    from services.devkit.synth import write_corpus
 
     folder = workspace / "synthetic-corpus"
     write_corpus(folder, files=8, per_file=40, seed=7)
-    return folder, f"{folder} (synthetic PubMed XML from the project's generator; ../shared/data not found)"
+    return folder, f"{folder} (synthetic PubMed XML from the project's generator; MEDQA_DEMO_CORPUS not set)"
 
 
 def _configure(workspace: Path, models: Path, entrez: dict[str, str]) -> None:
@@ -70,6 +70,7 @@ def _configure(workspace: Path, models: Path, entrez: dict[str, str]) -> None:
     from shared.celery_app import reconfigure
 
     reconfigure()
+    load_task_modules()  # eager: every consumer runs in this process
 
 
 def run_demo(corpus: Path | None = None, *, console: Console | None = None) -> dict:
@@ -108,10 +109,11 @@ def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emula
     from services.ingest.entrez import ingest_entrez
     from services.ingest.tasks import ingest_path
     from services.monitor.tasks import monitor_run
-    from shared import crud
+    from shared import registry
     from shared.db import migrate, session_scope
-    from shared.model_store import resolve_base_model
-    from shared.models import Abstract, DriftReport, Evaluation, ModelVersion, TrainingRun
+    from shared.lm.base_model import resolve_base_model
+    from shared.manifest import RunManifest
+    from shared.tables import Abstract, DriftReport, Evaluation, ModelVersion, TrainingRun
 
     con = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     s = get_settings()
@@ -150,14 +152,15 @@ def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emula
 
     with session_scope() as session:
         runs = list(session.exec(select(TrainingRun).order_by(col(TrainingRun.id))))
-        champ = crud.champion(session, model_line=s.model_line)
+        champ = registry.champion(session, model_line=s.model_line)
         rounds = []
         for run in runs:
             version = session.exec(select(ModelVersion).where(ModelVersion.run_id == run.id)).first()
-            ev = crud.latest_evaluation(session, version_id=version.id) if version and version.id else None
+            ev = registry.latest_evaluation(session, version_id=version.id) if version and version.id else None
             rounds.append({
                 "run": run.id, "status": run.status.value, "error": run.error,
-                "new_abstracts": run.manifest["counts"]["new"], "replay": run.manifest["counts"],
+                "new_abstracts": len(RunManifest.from_json(run.manifest).new),
+                "replay": RunManifest.from_json(run.manifest).counts,
                 "train_seconds": version.metrics.get("train_seconds") if version else None,
                 "tokens_per_s": run.tokens_per_s,
                 "version": f"v{version.id}" if version else None,
@@ -184,7 +187,7 @@ def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emula
             "base_model_prep_seconds": round(model_seconds, 1),
             "loop_seconds": round(loop_seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1),
-            "database": s.database_url,
+            "database": s.database_url.split("@")[-1],  # never the credentials
         }
     if console is not None:
         _print_summary(console, summary)

@@ -1,0 +1,14 @@
+"""The `medqa` command line: the composition root, the one package besides the dev kit that may
+import every service. One module per command group; this file only assembles them."""
+
+from services.cli import monitoring, registry, training, workers  # noqa: F401  (they register commands)
+from services.cli.data import data_app
+from services.cli.db import db_app
+from services.cli.ingest import ingest_app
+from services.cli.root import app
+
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(db_app, name="db")
+app.add_typer(data_app, name="data")
+
+__all__ = ["app"]

@@ -1,0 +1,98 @@
+"""`medqa ingest`: import PubMed XML files and poll PubMed through E-utilities; cursors and counts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlmodel import col, func, select
+
+from services.cli.common import JsonOpt, die, emit, ensure_store, err, out, table
+
+ingest_app = typer.Typer(no_args_is_help=True, help="Import PubMed XML into the store.")
+
+@ingest_app.command("files")
+def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder of NLM baseline/update XML"),
+                 as_json: bool = JsonOpt) -> None:
+    """Import PubMed XML files (plain or .gz); one transaction per file. Signals the trainer."""
+    from services.ingest.store import pubmed_files
+    from services.ingest.tasks import ingest_path
+
+    ensure_store()
+    try:
+        files = pubmed_files(path)
+    except FileNotFoundError as exc:
+        die(str(exc))
+    from rich.progress import Progress
+
+    with Progress(console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task("ingesting", total=len(files))
+        result = ingest_path(path, progress=lambda _p: bar.advance(task))
+    doc = vars(result)
+    emit(doc, as_json, table("ingest", ["files", "stored", "updated", "duplicates", "filtered", "deleted"],
+                               [[result.files, result.stored, result.updated, result.duplicates, result.filtered,
+                                 result.deleted]]))
+    for e in result.errors:
+        err.print(f"[red]bad file[/] {e}", highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@ingest_app.command("status")
+def ingest_status(as_json: bool = JsonOpt) -> None:
+    """Watermarks, counts of stored / with abstract / deleted / retracted / skipped, last errors."""
+    from shared.db import session_scope
+    from shared.tables import Abstract, IngestCursor
+
+    ensure_store()
+
+    def count(*where: Any) -> int:
+        return s.exec(select(func.count()).select_from(Abstract).where(*where)).one()
+
+    with session_scope() as s:
+        cursors = [c.model_dump() for c in s.exec(select(IngestCursor).order_by(col(IngestCursor.id)))]
+        counts = {
+            "stored": count(),
+            "with_abstract": count(func.length(Abstract.text) > 0),
+            "deleted": count(col(Abstract.deleted).is_(True)),
+            "retracted": count(col(Abstract.retracted).is_(True)),
+            "untrained": count(col(Abstract.train_run_id).is_(None), col(Abstract.deleted).is_(False),
+                               col(Abstract.retracted).is_(False)),
+            "duplicates_skipped": sum(c["duplicates"] for c in cursors),
+            "filtered": sum(c["filtered"] for c in cursors),
+            "bad_documents": sum(c["errors"] for c in cursors),
+        }
+    errors = [c for c in cursors if c["last_error"]]
+    emit({"counts": counts, "cursors": cursors, "last_error": errors[-1]["last_error"] if errors else None},
+          as_json, table("ingest cursors", ["source", "query", "watermark", "stored", "dupes", "filtered", "errors",
+                                             "last success", "last error"],
+                          [[c["source"], c["query"] if c["source"] != "file" else Path(c["query"]).name,
+                            (c["watermark"] or "")[:10] if c["source"] != "file" else "imported" if c["watermark"]
+                            else "", c["stored"], c["duplicates"], c["filtered"], c["errors"], c["last_success"],
+                            (c["last_error"] or "")[:60]] for c in cursors]))
+    if not as_json:
+        out.print(table("abstracts", list(counts), [list(counts.values())]))
+
+
+@ingest_app.command("entrez")
+def ingest_entrez_cmd(
+    since: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Start here unless the cursor is later."),
+    until: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Last entrez date (default today)."),
+    query: str | None = typer.Option(None, help="PubMed query; default MEDQA_ENTREZ_QUERY + _TERM_FILTER."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Poll PubMed through E-utilities by entrez-date window from the stored watermark. Signals the trainer."""
+    from services.ingest.entrez import EntrezError, ingest_entrez
+
+    ensure_store()
+    try:
+        result = ingest_entrez(since=since.date() if since else None, until=until.date() if until else None,
+                               query=query)
+    except (EntrezError, ValueError) as exc:
+        die(str(exc))
+        return
+    emit(vars(result), as_json, table("entrez ingest", ["stored", "updated", "duplicates", "filtered", "deleted"],
+                                        [[result.stored, result.updated, result.duplicates, result.filtered,
+                                          result.deleted]]))

@@ -1,0 +1,134 @@
+"""Registry commands: evaluate, versions, promote, rollback, history, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlmodel import col, select
+
+from services.cli.common import JsonOpt, actor_or_user, die, emit, ensure_store, fmt, out, table
+from services.cli.root import app
+from shared.settings import get_settings
+
+
+@app.command()
+def evaluate(version: str, as_json: bool = JsonOpt) -> None:
+    """Gate a candidate version against the champion now, in this process."""
+    from services.evaluator.gate import evaluate_version
+    from shared.registry import RegistryError, parse_version_id
+
+    ensure_store()
+    try:
+        decision = evaluate_version(parse_version_id(version))
+    except RegistryError as exc:
+        die(str(exc))
+    if decision is None:
+        die(f"{version} is not a candidate; it was decided already (see `medqa versions`)")
+        return
+    emit(vars(decision), as_json)
+    if not as_json:
+        out.print(f"v{decision.version_id}: {'blessed' if decision.passed else 'rejected'}"
+                  f"{' and promoted' if decision.promoted else ''}")
+        for r in decision.reasons:
+            out.print(f"  {r}", highlight=False)
+
+
+@app.command()
+def versions(as_json: bool = JsonOpt) -> None:
+    """Model versions with status, metrics, parent and lineage."""
+    from shared import registry
+    from shared.db import session_scope
+
+    ensure_store()
+    with session_scope() as s:
+        champ = registry.champion(s, model_line=get_settings().model_line)
+        rows = []
+        for v in registry.list_versions(s):
+            run = registry.run_for_version(s, version=v)
+            rows.append(v.model_dump() | {"champion": champ is not None and champ.id == v.id,
+                                          "manifest_hash": run.manifest.get("hash"),
+                                          "data": run.manifest.get("counts", {})})
+    emit(rows, as_json, table("versions", ["id", "status", "champion", "parent", "ppl_new", "ppl_retention",
+                                             "sha256", "created"], [
+        [f"v{r['id']}", r["status"], "*" if r["champion"] else "",
+         r["parent_version_id"] and f"v{r['parent_version_id']}",
+         fmt(r["metrics"].get("ppl_new"), 4), fmt(r["metrics"].get("ppl_retention"), 4), r["sha256"][:12],
+         r["created_at"]] for r in rows]))
+
+
+def _alias_change(action: str, **kwargs: Any) -> None:
+    from shared import registry
+    from shared.db import session_scope
+
+    ensure_store()
+    try:
+        with session_scope() as s:
+            event = getattr(registry, action)(s, **kwargs)
+            doc = event.model_dump()
+    except registry.RegistryError as exc:
+        die(str(exc))
+    out.print(f"{doc['action']}: champion v{doc['from_version_id']} -> v{doc['to_version_id']} "
+              f"(audit #{doc['id']})")
+
+
+@app.command()
+def promote(version: str, reason: str = typer.Option(..., help="Why; stored in the audit trail."),
+            force: bool = typer.Option(False, help="Promote a version that is not blessed."),
+            actor: str | None = None) -> None:
+    """Make VERSION the champion. Only a blessed version, unless --force."""
+    from shared.registry import RegistryError, parse_version_id
+
+    try:
+        vid = parse_version_id(version)
+    except RegistryError as exc:
+        die(str(exc))
+    _alias_change("promote", version_id=vid, actor=actor_or_user(actor), reason=reason, force=force)
+
+
+@app.command()
+def rollback(to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous)."),
+             reason: str = typer.Option(..., help="Why; stored in the audit trail."), actor: str | None = None) -> None:
+    """Point the champion back at an earlier blessed version."""
+    from shared.registry import RegistryError, parse_version_id
+
+    try:
+        target = parse_version_id(to) if to is not None else None
+    except RegistryError as exc:
+        die(str(exc))
+    _alias_change("rollback", model_line=get_settings().model_line, actor=actor_or_user(actor), reason=reason,
+                  to=target)
+
+
+@app.command()
+def history(as_json: bool = JsonOpt) -> None:
+    """The audit trail of champion changes."""
+    from shared.db import session_scope
+    from shared.tables import AuditEvent
+
+    ensure_store()
+    with session_scope() as s:
+        rows = [e.model_dump() for e in s.exec(select(AuditEvent).order_by(col(AuditEvent.id)))]
+    emit(rows, as_json, table("alias history", ["#", "at", "actor", "action", "from", "to", "reason"], [
+        [r["id"], r["at"], r["actor"], r["action"], r["from_version_id"], r["to_version_id"], r["reason"][:70]]
+        for r in rows]))
+
+
+@app.command()
+def report(version: str, out_dir: Path | None = typer.Option(None, "--out", help="Folder (default: artifacts)."),
+           as_json: bool = JsonOpt) -> None:
+    """Write VERSION's evaluation report: markdown, HTML and a PNG per guarded metric across versions."""
+    from services.evaluator.report import write_report
+    from shared.registry import RegistryError, parse_version_id
+
+    ensure_store()
+    try:
+        written = write_report(parse_version_id(version), out_dir)
+    except RegistryError as exc:
+        die(str(exc))
+        return
+    paths = {"markdown": str(written.markdown), "html": str(written.html), "plots": [str(p) for p in written.plots]}
+    emit(paths, as_json)
+    if not as_json:
+        out.print(f"{written.markdown}\n{written.html}\n{len(written.plots)} plots", highlight=False)

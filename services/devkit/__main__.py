@@ -1,0 +1,3 @@
+from services.devkit.cli import app
+
+app()

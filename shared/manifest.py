@@ -1,0 +1,45 @@
+"""A run's data manifest: exactly what it trains on and what it holds out, fixed when it is queued.
+
+Stored on the run row as JSON (TrainingRun.manifest) with a sha256 over its content, so a redelivered
+or resumed task trains on the same data and every version's lineage is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    new: list[int] = field(default_factory=list)  # new abstracts trained on
+    holdout: list[int] = field(default_factory=list)  # new abstracts kept out, scored by the `new` suite
+    replay_pmids: list[int] = field(default_factory=list)  # earlier runs' abstracts, replayed
+    replay_general: list[str] = field(default_factory=list)  # general-medical item ids, replayed
+    replay_ratio: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"new": len(self.new), "holdout": len(self.holdout), "replay_pmids": len(self.replay_pmids),
+                "replay_general": len(self.replay_general)}
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self._content(), sort_keys=True).encode()).hexdigest()
+
+    def _content(self) -> dict[str, Any]:
+        return {"new": self.new, "holdout": self.holdout, "replay_pmids": self.replay_pmids,
+                "replay_general": self.replay_general, "replay_ratio": self.replay_ratio, "counts": self.counts}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._content(), "hash": self.hash}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> RunManifest:
+        """The stored form back; a manifest written before a field existed reads it as empty."""
+        doc = doc or {}
+        return cls(new=list(doc.get("new", [])), holdout=list(doc.get("holdout", [])),
+                   replay_pmids=list(doc.get("replay_pmids", [])), replay_general=list(doc.get("replay_general", [])),
+                   replay_ratio=float(doc.get("replay_ratio", 0.0)))

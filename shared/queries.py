@@ -1,0 +1,50 @@
+"""The store's domain reads that every service shares: which abstracts are live, and their text.
+
+An abstract is live when it is neither deleted nor retracted. Retracted and deleted rows stay stored
+(the lineage of past runs must resolve) but are never trained on, scored, compared or cited again,
+and a service checks liveness again at read time: a row may have been retracted since it was chosen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, and_
+from sqlmodel import Session, col, select
+
+from shared.tables import Abstract
+
+
+def is_live() -> ColumnElement[bool]:
+    """The WHERE clause of a live abstract."""
+    return and_(col(Abstract.deleted).is_(False), col(Abstract.retracted).is_(False))
+
+
+def abstract_text(row: Abstract) -> str:
+    """The one text form of an abstract: what is trained on, scored, embedded and compared."""
+    return f"{row.title}\n{row.text}"
+
+
+def live_abstracts(session: Session, pmids: Sequence[int]) -> list[Abstract]:
+    """The live rows among `pmids`, in PMID order."""
+    return list(session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(pmids)), is_live())
+                             .order_by(col(Abstract.pmid))))
+
+
+def live_texts(session: Session, pmids: Sequence[int]) -> list[str]:
+    return [abstract_text(r) for r in live_abstracts(session, pmids)]
+
+
+def unclaimed_pmids(session: Session) -> list[int]:
+    """Live abstracts no run has taken yet: the 'new' data the training trigger counts."""
+    return list(session.exec(select(Abstract.pmid).where(col(Abstract.train_run_id).is_(None), is_live())
+                             .order_by(col(Abstract.pmid))).all())
+
+
+def sample(pmids: Sequence[int], n: int, seed: int = 1234) -> list[int]:
+    """At most n PMIDs, the same for the same inputs (a fixed seed, not the process's RNG)."""
+    chosen = sorted(pmids)
+    if len(chosen) > n:
+        chosen = sorted(random.Random(seed).sample(chosen, n))
+    return chosen
