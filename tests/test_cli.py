@@ -3,8 +3,9 @@
 import json
 
 import pytest
-from services.cli import app
 from typer.testing import CliRunner
+
+from services.cli import app
 
 runner = CliRunner()
 

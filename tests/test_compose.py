@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from services.cli import app
 from typer.main import get_command
 
+from services.cli import app
 from shared.celery_app import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +80,13 @@ def test_api_serves_on_its_published_port_with_the_store_settings():
     port = cmd[cmd.index("--port") + 1]
     assert any(str(p).endswith(f":{port}") for p in api["ports"]) and port in api["healthcheck"]["test"][1]
     assert api["environment"]["MEDQA_DATABASE_URL"] == SERVICES["beat"]["environment"]["MEDQA_DATABASE_URL"]
+
+
+def test_the_init_step_upgrades_the_schema_then_pulls_the_corpora():
+    cmd = SERVICES["migrate"]["command"]
+    assert cmd[:2] == ["sh", "-c"]
+    steps = [step.split() for step in cmd[2].split("&&")]
+    assert steps == [["medqa", "db", "upgrade"], ["medqa", "data", "pull"]]
+    group = get_command(app)
+    for _, name, sub in steps:
+        assert sub in group.commands[name].commands  # type: ignore[attr-defined]

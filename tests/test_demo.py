@@ -4,9 +4,9 @@ emulator through Bio.Entrez, two increments, a summary that reports real figures
 import json
 
 import pytest
-from services.devkit.cli import app
 from typer.testing import CliRunner
 
+from services.devkit.cli import app
 from services.devkit.synth import write_corpus
 
 

@@ -14,7 +14,6 @@ from services.evaluator.metrics import fk_grade, text_scores
 from services.evaluator.qa import decision_scores, macro_f1
 from services.ingest.tasks import ingest_path
 from services.trainer.config import TrainConfig
-from shared.queries import live_texts as texts_for
 from services.trainer.train import train_lora
 from shared import registry
 from shared.corpora import load_liveqa
@@ -22,6 +21,7 @@ from shared.db import session_scope
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import generate
 from shared.policy import Policy
+from shared.queries import live_texts as texts_for
 from shared.settings import get_settings
 from shared.tables import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
 
@@ -207,8 +207,9 @@ def test_rouge_regression_with_better_perplexity_is_rejected_and_the_reason_stor
 
 
 def test_report_writes_markdown_html_and_plots(line, medqa_env, tmp_path):
-    from services.cli import app
     from typer.testing import CliRunner
+
+    from services.cli import app
 
     v1 = line.info["v1"]
     result = CliRunner().invoke(app, ["report", f"v{v1}", "--out", str(tmp_path / "rep"), "--json"])

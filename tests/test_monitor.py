@@ -169,8 +169,9 @@ def test_a_large_ingest_batch_triggers_a_monitor_run(medqa_env, tmp_path):
 def test_drift_show_prints_the_report_and_refuses_an_unknown_id(medqa_env):
     import json
 
-    from services.cli import app
     from typer.testing import CliRunner
+
+    from services.cli import app
 
     medqa_env()
     with session_scope() as s:

@@ -34,9 +34,9 @@ def test_env_file_is_read(tmp_path, monkeypatch):
 
 
 def test_cli_refuses_to_start_on_bad_setting(monkeypatch):
-    from services.cli import app
     from typer.testing import CliRunner
 
+    from services.cli import app
     from shared.settings import reset_settings
 
     monkeypatch.setenv("MEDQA_MAX_DELIVERIES", "-1")

@@ -67,10 +67,10 @@ class Pipeline:
         cost the user an answer already generated."""
         keep_text = self.settings.api_log_question_text
         try:
-            with session_scope() as s:
+            with session_scope() as session:
                 for q, a in zip(questions, answers, strict=True):
-                    s.add(QuestionLog(text=q.text if keep_text else None, n_chars=len(q.text),
-                                      n_words=len(q.text.split()), version_id=a.version_id))
+                    session.add(QuestionLog(text=q.text if keep_text else None, n_chars=len(q.text),
+                                            n_words=len(q.text.split()), version_id=a.version_id))
         except Exception:
             log.exception("could not log %d questions", len(questions))
 
@@ -78,8 +78,9 @@ class Pipeline:
 def purge_questions(settings: Settings) -> int:
     """Delete question-log rows past the retention window; the periodic refresher calls this."""
     cutoff = utcnow() - timedelta(days=settings.api_question_retention_days)
-    with session_scope() as s:
-        result = s.exec(delete(QuestionLog).where(col(QuestionLog.asked_at) < cutoff))  # type: ignore[call-overload]
+    with session_scope() as session:
+        stale = delete(QuestionLog).where(col(QuestionLog.asked_at) < cutoff)
+        result = session.exec(stale)  # type: ignore[call-overload]
         n = int(result.rowcount or 0)
     if n:
         log.info("question log: %d rows older than %g days deleted", n, settings.api_question_retention_days)

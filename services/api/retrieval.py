@@ -85,8 +85,8 @@ class RetrievalIndex:
         """Bring the index in line with the store. `embed_missing=False` takes cached vectors only
         (fast start-up); the rest then come from the periodic refresh."""
         with self._refresh_lock:
-            with session_scope() as s:
-                live = _live_hashes(s)
+            with session_scope() as session:
+                live = _live_hashes(session)
             snap = self._snap
             keep = np.array([live.get(int(p)) == snap.hashes[int(p)] for p in snap.pmids], dtype=bool)
             removed = int((~keep).sum())
@@ -94,8 +94,8 @@ class RetrievalIndex:
                 kept = snap.pmids[keep]
                 snap = _Snapshot(kept, snap.matrix[keep], {int(p): snap.hashes[int(p)] for p in kept})
             todo = {p: h for p, h in live.items() if snap.hashes.get(p) != h}
-            with session_scope() as s:
-                cached = _cached_vectors(s, todo)
+            with session_scope() as session:
+                cached = _cached_vectors(session, todo)
             if cached:
                 order = sorted(cached)
                 snap = snap.extended(order, np.stack([cached[p] for p in order]), todo)
@@ -109,12 +109,12 @@ class RetrievalIndex:
         return {"added": added, "removed": removed, "size": len(self), "pending": len(todo) - added}
 
     def _embed_chunk(self, pmids: list[int]) -> int:
-        with session_scope() as s:
-            rows = live_abstracts(s, pmids)
+        with session_scope() as session:
+            rows = live_abstracts(session, pmids)
             if not rows:
                 return 0
             with EMBED_LOCK:
-                vectors = abstract_vectors(s, rows)  # computes and caches in AbstractEmbedding
+                vectors = abstract_vectors(session, rows)  # computes and caches in AbstractEmbedding
             hashes = {r.pmid: r.content_hash for r in rows}
         # Published per chunk, so a large backlog becomes searchable as it is embedded.
         self._snap = self._snap.extended([r.pmid for r in rows], vectors, hashes)
@@ -133,6 +133,7 @@ class RetrievalIndex:
         top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
         ranked = [sorted(((int(snap.pmids[j]), float(scores[i, j])) for j in row), key=lambda t: -t[1])
                   for i, row in enumerate(top)]
-        with session_scope() as s:
-            rows = {r.pmid: r for r in live_abstracts(s, sorted({p for cands in ranked for p, _ in cands}))}
+        with session_scope() as session:
+            candidates = sorted({p for cands in ranked for p, _ in cands})
+            rows = {r.pmid: r for r in live_abstracts(session, candidates)}
         return [[Hit(p, rows[p].title, rows[p].text, sc) for p, sc in cands if p in rows][:k] for cands in ranked]

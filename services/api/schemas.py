@@ -19,13 +19,13 @@ VersionRef = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
-def answer_request_model(s: Settings) -> type[BaseModel]:
+def answer_request_model(settings: Settings) -> type[BaseModel]:
     question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                max_length=s.api_max_question_chars)]
+                                                max_length=settings.api_max_question_chars)]
     return create_model(
         "AnswerRequest",
         question=(question, Field(description="A health question in plain language.")),
-        max_new_tokens=(int | None, Field(None, ge=1, le=s.api_max_new_tokens,
+        max_new_tokens=(int | None, Field(None, ge=1, le=settings.api_max_new_tokens,
                                           description="Longest answer in tokens (default: the server's).")),
     )
 

@@ -123,9 +123,9 @@ class ModelServer:
             return True
 
     def _read_champion(self) -> _Target | None:
-        with session_scope() as s:
-            v = registry.champion(s, model_line=self.settings.model_line)
-            return _Target.of(v) if v is not None else None
+        with session_scope() as session:
+            champion = registry.champion(session, model_line=self.settings.model_line)
+            return _Target.of(champion) if champion is not None else None
 
     def _build(self, spec: str) -> tuple[Any, Any, int]:
         model: Any
@@ -141,39 +141,39 @@ class ModelServer:
             self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
             self.served = Served(None, spec, None)
 
-    def _switch(self, t: _Target) -> None:
-        if not (t.adapter_path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no adapter at {t.adapter_path}")
-        if sha256_folder(t.adapter_path) != t.sha256:
-            raise ValueError(f"adapter files at {t.adapter_path} do not match the version's sha256")
-        name = f"v{t.version_id}"
-        if self.served is None or self.served.base_model != t.base_model:
+    def _switch(self, target: _Target) -> None:
+        if not (target.adapter_path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no adapter at {target.adapter_path}")
+        if sha256_folder(target.adapter_path) != target.sha256:
+            raise ValueError(f"adapter files at {target.adapter_path} do not match the version's sha256")
+        name = f"v{target.version_id}"
+        if self.served is None or self.served.base_model != target.base_model:
             # A new base (first load, or a line moved to another base model) is built whole beside the
             # old model, then swapped in by reference; memory holds both for a moment.
-            model, tokenizer, max_length = self._build(t.base_model)
-            peft = PeftModel.from_pretrained(model, str(t.adapter_path), adapter_name=name).to(self.device).eval()
+            model, tokenizer, max_length = self._build(target.base_model)
+            peft = PeftModel.from_pretrained(model, str(target.adapter_path), adapter_name=name).to(self.device).eval()
             with self._gen_lock:
                 self._net, self._peft, self.tokenizer, self.max_length = peft, peft, tokenizer, max_length
-                self.served = Served(t.version_id, t.base_model, name)
+                self.served = Served(target.version_id, target.base_model, name)
             self.swaps += 1
-            log.info("serving v%d on a freshly loaded %s", t.version_id, t.base_model)
+            log.info("serving v%d on a freshly loaded %s", target.version_id, target.base_model)
             return
         started = time.perf_counter()
         with self._gen_lock:
             old = self.served.adapter
             if self._peft is None:  # the bare base until now: wrap it in place
-                self._peft = PeftModel.from_pretrained(self._net, str(t.adapter_path), adapter_name=name)
+                self._peft = PeftModel.from_pretrained(self._net, str(target.adapter_path), adapter_name=name)
                 self._peft.to(self.device).eval()
             else:
                 if name in self._peft.peft_config:  # left over from a failed swap: load it afresh
                     self._peft.delete_adapter(name)
-                self._peft.load_adapter(str(t.adapter_path), adapter_name=name)
+                self._peft.load_adapter(str(target.adapter_path), adapter_name=name)
             self._peft.set_adapter(name, inference_mode=True)
             if old is not None and old != name:
                 self._peft.delete_adapter(old)
             self._net = self._peft
-            self.served = Served(t.version_id, t.base_model, name)
+            self.served = Served(target.version_id, target.base_model, name)
         self.last_swap_pause_ms = (time.perf_counter() - started) * 1000
         self.swaps += 1
-        log.info("serving v%d (%s); generation paused %.0f ms for the swap", t.version_id, t.base_model,
+        log.info("serving v%d (%s); generation paused %.0f ms for the swap", target.version_id, target.base_model,
                  self.last_swap_pause_ms)

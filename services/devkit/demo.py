@@ -16,13 +16,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from services.cli.tasks import load_task_modules
 from services.devkit.emulator import EntrezEmulator
-from shared.settings import get_settings, reset_settings
+from shared.settings import Settings, get_settings, reset_settings
+
+if TYPE_CHECKING:
+    from services.ingest.store import IngestResult
 
 
 def _corpus(corpus: Path | None, workspace: Path) -> tuple[Path, str]:
@@ -106,93 +110,127 @@ def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emula
         "MEDQA_ENTREZ_BASE_URL": emulator.base_url, "MEDQA_NCBI_EMAIL": "demo@localhost",
         "MEDQA_ENTREZ_SETTLE_DAYS": "0"})
 
-    from services.ingest.entrez import ingest_entrez
-    from services.ingest.tasks import ingest_path
     from services.monitor.tasks import monitor_run
-    from shared import registry
     from shared.db import migrate, session_scope
-    from shared.lm.base_model import resolve_base_model
-    from shared.manifest import RunManifest
-    from shared.tables import Abstract, DriftReport, Evaluation, ModelVersion, TrainingRun
 
     con = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-    s = get_settings()
+    settings = get_settings()
     con.rule("MedQA-CL demo")
-    con.print(f"corpus: {label}\nbase model: {s.base_model}\nworkspace: {workspace}", highlight=False)
+    con.print(f"corpus: {label}\nbase model: {settings.base_model}\nworkspace: {workspace}", highlight=False)
     t0 = time.perf_counter()
     migrate()
-    with con.status("preparing the base model (converted once, then reused)"):
-        t_model = time.perf_counter()
-        resolve_base_model(s.base_model, s.models_dir)
-        model_seconds = time.perf_counter() - t_model
+    model_seconds = _prepare_base_model(con, settings)
 
     loop_t0 = time.perf_counter()
-    for path in as_files:
-        result = ingest_path(path)  # eager: a due trigger trains, gates and monitors right here
-        con.print(f"ingested {path.name}: +{result.stored} new, {result.updated} revised, "
-                  f"{result.deleted} deleted", highlight=False)
-    # Poll new entrez dates from where the files left off, as production polls NCBI. (Old records
-    # revised in update files keep their old entrez dates: they arrive through files, not the poll.)
-    with session_scope() as session:
-        newest = session.exec(select(func.max(Abstract.entrez_date))).one()
-    dates = sorted(d for d in (a.entrez_date for a in emulator.articles) if d and (newest is None or d > newest))
-    polled = None
-    if dates:
-        # About a dozen windows keep the demo short; production polls in 7-day windows.
-        span = (dates[-1] - dates[0]).days + 1
-        os.environ["MEDQA_ENTREZ_WINDOW_DAYS"] = str(min(366, max(7, -(-span // 12))))
-        reset_settings()
-        con.print(f"polling the E-utilities emulator at {emulator.base_url} ({len(emulator)} articles), "
-                  f"{dates[0]} to {dates[-1]} in {get_settings().entrez_window_days}-day windows", highlight=False)
-        polled = ingest_entrez(since=dates[0], until=dates[-1])
-    if polled is not None:
-        con.print(f"ingested through Entrez: +{polled.stored} new, {polled.updated} revised", highlight=False)
+    _ingest_files(con, as_files)
+    polled = _poll_emulator(con, emulator)
     monitor_run()  # beat's periodic check, over whatever has not been trained on yet
     loop_seconds = time.perf_counter() - loop_t0
 
     with session_scope() as session:
-        runs = list(session.exec(select(TrainingRun).order_by(col(TrainingRun.id))))
-        champ = registry.champion(session, model_line=s.model_line)
-        rounds = []
-        for run in runs:
-            version = session.exec(select(ModelVersion).where(ModelVersion.run_id == run.id)).first()
-            ev = registry.latest_evaluation(session, version_id=version.id) if version and version.id else None
-            rounds.append({
-                "run": run.id, "status": run.status.value, "error": run.error,
-                "new_abstracts": len(RunManifest.from_json(run.manifest).new),
-                "replay": RunManifest.from_json(run.manifest).counts,
-                "train_seconds": version.metrics.get("train_seconds") if version else None,
-                "tokens_per_s": run.tokens_per_s,
-                "version": f"v{version.id}" if version else None,
-                "started_from": f"v{run.parent_version_id}" if run.parent_version_id else "base model",
-                "ppl_new": {"before": ev.baseline_metrics.get("ppl_new"), "after": ev.metrics.get("ppl_new")}
-                if ev else None,
-                "ppl_retention": {"before": ev.baseline_metrics.get("ppl_retention"),
-                                  "after": ev.metrics.get("ppl_retention")} if ev else None,
-                "decision": (version.status.value if version else None),
-                "reasons": ev.reasons if ev else [],
-            })
-        drifts = [{"id": d.id, "status": d.status, "reference": d.reference_window, "current": d.current_window,
-                   "html": d.html_path} for d in session.exec(select(DriftReport).order_by(col(DriftReport.id)))]
-        summary = {
-            "corpus": label,
-            "sources": {"nlm_files": [p.name for p in as_files], "entrez_emulator": {
-                "url": emulator.base_url, "articles": len(emulator), "requests": len(emulator.requests()),
-                "stored": polled.stored if polled else 0}},
-            "abstracts_ingested": session.exec(select(func.count()).select_from(Abstract)).one(),
-            "evaluations": session.exec(select(func.count()).select_from(Evaluation)).one(),
-            "rounds": rounds,
-            "champion": f"v{champ.id}" if champ else None,
-            "drift": drifts,
-            "base_model_prep_seconds": round(model_seconds, 1),
-            "loop_seconds": round(loop_seconds, 1),
-            "total_seconds": round(time.perf_counter() - t0, 1),
-            "database": s.database_url.split("@")[-1],  # never the credentials
-        }
+        summary = _summary(session, settings, label=label, as_files=as_files, emulator=emulator, polled=polled,
+                           model_seconds=model_seconds, loop_seconds=loop_seconds, t0=t0)
     if console is not None:
         _print_summary(console, summary)
     (workspace / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _prepare_base_model(con: Console, settings: Settings) -> float:
+    """Convert the base model (once; later demos reuse it) and return the seconds it took."""
+    from shared.lm.base_model import resolve_base_model
+
+    with con.status("preparing the base model (converted once, then reused)"):
+        t_model = time.perf_counter()
+        resolve_base_model(settings.base_model, settings.models_dir)
+        return time.perf_counter() - t_model
+
+
+def _ingest_files(con: Console, as_files: list[Path]) -> None:
+    from services.ingest.tasks import ingest_path
+
+    for path in as_files:
+        result = ingest_path(path)  # eager: a due trigger trains, gates and monitors right here
+        con.print(f"ingested {path.name}: +{result.stored} new, {result.updated} revised, "
+                  f"{result.deleted} deleted", highlight=False)
+
+
+def _poll_emulator(con: Console, emulator: EntrezEmulator) -> IngestResult | None:
+    """Poll new entrez dates from where the files left off, as production polls NCBI; None when the
+    emulator has nothing newer. (Old records revised in update files keep their old entrez dates:
+    they arrive through files, not the poll.)"""
+    from services.ingest.entrez import ingest_entrez
+    from shared.db import session_scope
+    from shared.tables import Abstract
+
+    with session_scope() as session:
+        newest = session.exec(select(func.max(Abstract.entrez_date))).one()
+    dates = sorted(d for d in (a.entrez_date for a in emulator.articles) if d and (newest is None or d > newest))
+    if not dates:
+        return None
+    # About a dozen windows keep the demo short; production polls in 7-day windows.
+    span = (dates[-1] - dates[0]).days + 1
+    os.environ["MEDQA_ENTREZ_WINDOW_DAYS"] = str(min(366, max(7, -(-span // 12))))
+    reset_settings()
+    con.print(f"polling the E-utilities emulator at {emulator.base_url} ({len(emulator)} articles), "
+              f"{dates[0]} to {dates[-1]} in {get_settings().entrez_window_days}-day windows", highlight=False)
+    polled = ingest_entrez(since=dates[0], until=dates[-1])
+    con.print(f"ingested through Entrez: +{polled.stored} new, {polled.updated} revised", highlight=False)
+    return polled
+
+
+def _summary(session: Session, settings: Settings, *, label: str, as_files: list[Path], emulator: EntrezEmulator,
+             polled: IngestResult | None, model_seconds: float, loop_seconds: float, t0: float) -> dict:
+    from shared import registry
+    from shared.tables import Abstract, DriftReport, Evaluation
+
+    champ = registry.champion(session, model_line=settings.model_line)
+    drifts = [{"id": d.id, "status": d.status, "reference": d.reference_window, "current": d.current_window,
+               "html": d.html_path} for d in session.exec(select(DriftReport).order_by(col(DriftReport.id)))]
+    return {
+        "corpus": label,
+        "sources": {"nlm_files": [p.name for p in as_files], "entrez_emulator": {
+            "url": emulator.base_url, "articles": len(emulator), "requests": len(emulator.requests()),
+            "stored": polled.stored if polled else 0}},
+        "abstracts_ingested": session.exec(select(func.count()).select_from(Abstract)).one(),
+        "evaluations": session.exec(select(func.count()).select_from(Evaluation)).one(),
+        "rounds": _rounds(session),
+        "champion": f"v{champ.id}" if champ else None,
+        "drift": drifts,
+        "base_model_prep_seconds": round(model_seconds, 1),
+        "loop_seconds": round(loop_seconds, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "database": settings.database_url.split("@")[-1],  # never the credentials
+    }
+
+
+def _rounds(session: Session) -> list[dict]:
+    """One entry per training run, oldest first: its data, its version and that version's gate."""
+    from shared import registry
+    from shared.manifest import RunManifest
+    from shared.tables import ModelVersion, TrainingRun
+
+    rounds = []
+    for run in session.exec(select(TrainingRun).order_by(col(TrainingRun.id))):
+        version = session.exec(select(ModelVersion).where(ModelVersion.run_id == run.id)).first()
+        ev = registry.latest_evaluation(session, version_id=version.id) if version and version.id else None
+        manifest = RunManifest.from_json(run.manifest)
+        rounds.append({
+            "run": run.id, "status": run.status.value, "error": run.error,
+            "new_abstracts": len(manifest.new),
+            "replay": manifest.counts,
+            "train_seconds": version.metrics.get("train_seconds") if version else None,
+            "tokens_per_s": run.tokens_per_s,
+            "version": f"v{version.id}" if version else None,
+            "started_from": f"v{run.parent_version_id}" if run.parent_version_id else "base model",
+            "ppl_new": {"before": ev.baseline_metrics.get("ppl_new"), "after": ev.metrics.get("ppl_new")}
+            if ev else None,
+            "ppl_retention": {"before": ev.baseline_metrics.get("ppl_retention"),
+                              "after": ev.metrics.get("ppl_retention")} if ev else None,
+            "decision": (version.status.value if version else None),
+            "reasons": ev.reasons if ev else [],
+        })
+    return rounds
 
 
 def _print_summary(con: Console, summary: dict) -> None:

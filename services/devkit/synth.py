@@ -540,8 +540,14 @@ def _article_element(a: dict) -> etree._Element:
     mc = _sub(pubmed_article, "MedlineCitation", Status="MEDLINE", Owner="NLM")
     _sub(mc, "PMID", str(a["pmid"]), Version="1")
     _date_element(mc, "DateRevised", a["revised_date"])
+    _article_body(_sub(mc, "Article", PubModel="Print-Electronic"), a)
+    _citation_lists(mc, a)
+    _pubmed_data(_sub(pubmed_article, "PubmedData"), a)
+    return pubmed_article
 
-    art = _sub(mc, "Article", PubModel="Print-Electronic")
+
+def _article_body(art: etree._Element, a: dict) -> None:
+    """The Article element's children: journal, title, pages, abstract, authors, language, types."""
     journal = _sub(art, "Journal")
     issn = zlib.crc32(a["journal"].encode()) % 10**8  # stable per journal, like a real ISSN
     _sub(journal, "ISSN", f"{issn // 10**4:04d}-{issn % 10**4:04d}", IssnType="Electronic")
@@ -569,6 +575,10 @@ def _article_element(a: dict) -> etree._Element:
     for pt in a["publication_types"]:
         _sub(types, "PublicationType", pt)
 
+
+def _citation_lists(mc: etree._Element, a: dict) -> None:
+    """MedlineCitation's children after Article, in DTD order: journal info, retraction links, MeSH
+    headings, keywords."""
     info = _sub(mc, "MedlineJournalInfo")
     _sub(info, "MedlineTA", a["journal_iso"])
     links = [("RetractionIn", p) for p in a.get("retraction_in", ())]
@@ -589,7 +599,8 @@ def _article_element(a: dict) -> etree._Element:
         for kw in a["keywords"]:
             _sub(keywords, "Keyword", kw, MajorTopicYN="N")
 
-    pubmed_data = _sub(pubmed_article, "PubmedData")
+
+def _pubmed_data(pubmed_data: etree._Element, a: dict) -> None:
     history = _sub(pubmed_data, "History")
     entrez = a["entrez_date"]
     for status, day in (("received", a["received_date"]), ("accepted", entrez - timedelta(days=14)),
@@ -599,7 +610,6 @@ def _article_element(a: dict) -> etree._Element:
     ids = _sub(pubmed_data, "ArticleIdList")
     _sub(ids, "ArticleId", str(a["pmid"]), IdType="pubmed")
     _sub(ids, "ArticleId", f"10.5555/synth.{a['pmid']}", IdType="doi")  # 10.5555 is a test DOI prefix
-    return pubmed_article
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:

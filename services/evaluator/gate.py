@@ -48,10 +48,10 @@ class Decision:
 
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     """The suites for `run`'s candidate; every suite but `new` is the same for every run of the line."""
-    s = get_settings()
-    cap = s.eval_max_texts
-    ppl = {"max_length": s.eval_max_length}
-    gen = {"max_length": 512, "max_new_tokens": s.eval_max_new_tokens, "batch_size": s.eval_batch_size}
+    settings = get_settings()
+    cap = settings.eval_max_texts
+    ppl = {"max_length": settings.eval_max_length}
+    gen = {"max_length": 512, "max_new_tokens": settings.eval_max_new_tokens, "batch_size": settings.eval_batch_size}
     new = _abstract_items(session, RunManifest.from_json(run.manifest).holdout)
     first = session.exec(select(TrainingRun).where(TrainingRun.model_line == run.model_line)
                          .order_by(col(TrainingRun.id))).first()
@@ -62,15 +62,15 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     suites = [Suite("new", "perplexity", tuple(new[:cap]), ppl),
               Suite("retention", "perplexity", tuple(earlier) + tuple(general[: cap - len(earlier)]), ppl)]
     qa_items = pubmedqa_split()[1]
-    if s.eval_qa_items and qa_items:
-        suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, s.eval_qa_items), gen))
-    if s.eval_consumer_items:
+    if settings.eval_qa_items and qa_items:
+        suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, settings.eval_qa_items), gen))
+    if settings.eval_consumer_items:
         patients = list(corpus_items("liveqa"))
         patients = [p for p in patients if p.answer]
         medquad = [g for g in general if g.question]
-        half = s.eval_consumer_items // 2 if patients and medquad else s.eval_consumer_items
+        half = settings.eval_consumer_items // 2 if patients and medquad else settings.eval_consumer_items
         chosen = sample(patients, half)
-        items = chosen + sample(medquad, s.eval_consumer_items - len(chosen))
+        items = chosen + sample(medquad, settings.eval_consumer_items - len(chosen))
         if items:
             suites.append(Suite("consumer", "consumer", items, gen))
     return suites
@@ -84,8 +84,8 @@ def _abstract_items(session: Session, pmids: list[int]) -> list[GeneralText]:
 def score(base_spec: str, adapters: dict[str, Path | None], suites: dict[str, list[Suite]]) -> dict[str, dict]:
     """Metrics per model (adapter path; None = the bare base) over its suites, loading the base once.
     Each (model, suite) pair takes its own timing, returned as `<suite>_seconds`."""
-    s = get_settings()
-    model, tokenizer = load_base_model(base_spec, s.models_dir)
+    settings = get_settings()
+    model, tokenizer = load_base_model(base_spec, settings.models_dir)
     device = torch.device("cpu")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16("auto", device))
     peft_model: Any = None
@@ -146,7 +146,7 @@ def _suites_hash(suites: list[Suite]) -> str:
 
 
 def evaluate_version(version_id: int) -> Decision | None:
-    s = get_settings()
+    settings = get_settings()
     with session_scope() as session:
         version = registry.get_version(session, version_id=version_id)
         if version.status != VersionStatus.candidate:
@@ -164,7 +164,7 @@ def evaluate_version(version_id: int) -> Decision | None:
         cached, todo = _cached(session, baseline_subject, suites)
     if champ is not None and champ.base_model != base_spec:
         raise ValueError(f"v{version_id} and champion v{champ_id} have different base models")
-    policy = Policy.load(s.policy_file)  # type: ignore[arg-type]  # a bad policy fails before any scoring
+    policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]  # a bad policy fails before any scoring
 
     metrics = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
                     {"candidate": suites, "baseline": todo})
@@ -187,7 +187,7 @@ def evaluate_version(version_id: int) -> Decision | None:
                            **{f"baseline_{k}": v for k, v in metrics["baseline"].items()}}
         session.add(version)
         promoted = False
-        if passed and s.auto_promote:
+        if passed and settings.auto_promote:
             current = registry.champion(session, model_line=version.model_line, for_update=True)
             if current is None or current.id == champ_id:  # nobody moved the alias since we measured
                 registry.set_champion(session, model_line=version.model_line, version=version, actor="policy",

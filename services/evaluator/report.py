@@ -26,8 +26,8 @@ def _fmt(v: float | None) -> str:
 
 
 def write_report(version_id: int, out_dir: Path | None = None) -> Report:
-    s = get_settings()
-    policy = Policy.load(s.policy_file)  # type: ignore[arg-type]
+    settings = get_settings()
+    policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]
     with session_scope() as session:
         version = registry.get_version(session, version_id=version_id)
         evaluation = registry.latest_evaluation(session, version_id=version_id)
@@ -42,7 +42,7 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
                   f"{'v' + str(version.parent_version_id) if version.parent_version_id else 'base'}; "
                   f"champion now {'v' + str(champ.id) if champ else 'none'})")
         passed, reasons, at = evaluation.passed, list(evaluation.reasons), evaluation.created_at
-    out = out_dir or s.artifacts / "reports" / f"v{version_id}"
+    out = out_dir or settings.artifacts / "reports" / f"v{version_id}"
     out.mkdir(parents=True, exist_ok=True)
 
     names = [n for n in sorted(cand) if not n.endswith("_seconds")]

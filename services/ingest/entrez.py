@@ -109,25 +109,25 @@ def _install_hook() -> None:
     Entrez._build_request = build_request
 
 
-def configure_entrez(s: Settings) -> None:
+def configure_entrez(settings: Settings) -> None:
     """Point Bio.Entrez (process-wide module state) at the configured service and identity."""
     global _base_url, _timeout_s
-    if s.entrez_base_url == NCBI_EUTILS and not s.ncbi_email:
+    if settings.entrez_base_url == NCBI_EUTILS and not settings.ncbi_email:
         raise EntrezError("NCBI requires a contact e-mail with E-utilities requests: set MEDQA_NCBI_EMAIL")
     with _hook_lock:
         _install_hook()
-        _base_url, _timeout_s = s.entrez_base_url, s.entrez_timeout_s
+        _base_url, _timeout_s = settings.entrez_base_url, settings.entrez_timeout_s
         # The emulator needs no identity; a placeholder keeps Biopython's per-request warning quiet.
-        Entrez.email = s.ncbi_email or f"{s.entrez_tool}@localhost"  # type: ignore[assignment]
-        Entrez.api_key = s.ncbi_api_key  # type: ignore[assignment]
-        Entrez.tool = s.entrez_tool
+        Entrez.email = settings.ncbi_email or f"{settings.entrez_tool}@localhost"  # type: ignore[assignment]
+        Entrez.api_key = settings.ncbi_api_key  # type: ignore[assignment]
+        Entrez.tool = settings.entrez_tool
         Entrez.max_tries = 1  # our retry loop governs: backoff, jitter, the shared rate limit
 
 
-def default_query(s: Settings) -> str:
-    if s.entrez_term_filter:
-        return f"({s.entrez_query}) AND ({s.entrez_term_filter})"
-    return s.entrez_query
+def default_query(settings: Settings) -> str:
+    if settings.entrez_term_filter:
+        return f"({settings.entrez_query}) AND ({settings.entrez_term_filter})"
+    return settings.entrez_query
 
 
 # ------------------------------------------------------------------------------------ the client
@@ -153,11 +153,11 @@ def _describe(exc: BaseException) -> str:
 
 
 class EntrezClient:
-    def __init__(self, s: Settings, limiter: RateLimiter | None = None) -> None:
-        configure_entrez(s)
-        self.max_attempts = s.entrez_max_attempts
-        self.backoff_s = s.entrez_backoff_s
-        self.limiter = limiter or ncbi_limiter(s)
+    def __init__(self, settings: Settings, limiter: RateLimiter | None = None) -> None:
+        configure_entrez(settings)
+        self.max_attempts = settings.entrez_max_attempts
+        self.backoff_s = settings.entrez_backoff_s
+        self.limiter = limiter or ncbi_limiter(settings)
 
     def search(self, query: str, lo: date, hi: date) -> Search:
         what = f"esearch {lo}..{hi}"
@@ -236,8 +236,8 @@ def ingest_entrez(*, since: date | None = None, query: str | None = None, until:
     cursor's watermark (or `since`, if later) through `until` (default today). A first run with
     neither starts one window before `until`. Raises EntrezError when a window cannot be fetched;
     the windows before it stay committed, and the next run starts at that window."""
-    s = get_settings()
-    q = query or default_query(s)
+    settings = get_settings()
+    q = query or default_query(settings)
     if len(q) > 500:  # IngestCursor.query is VARCHAR(500)
         raise ValueError(f"query is {len(q)} characters; at most 500 are supported")
     today = date.today()
@@ -248,15 +248,15 @@ def ingest_entrez(*, since: date | None = None, query: str | None = None, until:
         if since is not None:
             start = max(start, since)
     else:
-        start = since or until - timedelta(days=s.entrez_window_days - 1)
+        start = since or until - timedelta(days=settings.entrez_window_days - 1)
     total = IngestResult()
     if start > until:
         log.info("entrez %r: nothing to do, watermark %s is at or past %s", q, watermark, until)
         return total
-    run = _Run(EntrezClient(s), q, s, settled=today - timedelta(days=s.entrez_settle_days))
+    run = _Run(EntrezClient(settings), q, settings, settled=today - timedelta(days=settings.entrez_settle_days))
     lo = start
     while lo <= until:
-        hi = min(until, lo + timedelta(days=s.entrez_window_days - 1))
+        hi = min(until, lo + timedelta(days=settings.entrez_window_days - 1))
         total.add(run.window(lo, hi))
         lo = hi + timedelta(days=1)
     return total
@@ -266,7 +266,7 @@ def ingest_entrez(*, since: date | None = None, query: str | None = None, until:
 class _Run:
     client: EntrezClient
     query: str
-    s: Settings
+    settings: Settings
     settled: date  # the watermark never passes this day: PubMed may still add to later ones
 
     def window(self, lo: date, hi: date) -> IngestResult:
@@ -302,7 +302,7 @@ class _Run:
 
     def _fetch_all(self, search: Search, label: str) -> list[Record]:
         records: list[Record] = []
-        batch = min(self.s.entrez_batch_size, ESEARCH_LIMIT)
+        batch = min(self.settings.entrez_batch_size, ESEARCH_LIMIT)
         for retstart in range(0, search.count, batch):
             got = self.client.fetch(search, retstart, batch, label=label)
             expected = min(batch, search.count - retstart)

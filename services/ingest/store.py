@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,8 +57,17 @@ def keep(record: ArticleRecord) -> bool:
 
 
 def store_records(session: Session, records: list[ArticleRecord | DeleteRecord], *, source: str) -> IngestResult:
-    result = IngestResult()
+    """Upsert the articles that pass `keep`, then mark the deleted PMIDs and the retracted ones."""
     articles = {r.pmid: r for r in records if isinstance(r, ArticleRecord)}
+    result = _upsert(session, articles, source=source)
+    result.deleted += _mark_deleted(session, [r for r in records if isinstance(r, DeleteRecord)])
+    result.retracted += _mark_retracted(session, _retracted_pmids(articles.values()))
+    return result
+
+
+def _upsert(session: Session, articles: dict[int, ArticleRecord], *, source: str) -> IngestResult:
+    """Insert new articles and revise changed ones; same content (by PMID or by text) is a duplicate."""
+    result = IngestResult()
     existing = {a.pmid: a for a in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(articles))))}
     # content_hash is a sha256 over normalised text: compute it once per record, not at every use.
     digests = {pmid: r.content_hash for pmid, r in articles.items()}
@@ -66,55 +75,73 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
         select(Abstract.content_hash).where(col(Abstract.content_hash).in_(set(digests.values())))).all())
     new_rows: list[dict] = []
     now = utcnow()
-    retract: set[int] = set()
     for record in articles.values():
         digest = digests[record.pmid]
-        # A retraction notice names what it retracts; NLM also flags the retracted record itself.
-        retract.update(getattr(record, "retraction_of", ()))
-        if getattr(record, "retracted", False):
-            retract.add(record.pmid)
         if not keep(record):
             result.filtered += 1
             continue
         row = existing.get(record.pmid)
-        if row is not None:
-            if row.content_hash == digest:
-                result.duplicates += 1
-                continue
-            result.updated += 1  # a revised record: same PMID, new content
-            row.train_run_id = None  # its new text has not been trained on: it counts as new again
-        elif digest in seen_hashes:
-            result.duplicates += 1  # the same text under another PMID
-            continue
-        else:
+        if row is not None and row.content_hash != digest:
+            _revise(row, record, digest, source)  # a revised record: same PMID, new content
+            session.add(row)
+            result.updated += 1
+        elif row is None and digest not in seen_hashes:
             # New rows go in as one executemany below: building SQLModel objects runs pydantic's
             # default factories through inspect.signature, two thirds of the time at 1,000 rows.
             new_rows.append(_row(record, digest, source, now))
-            seen_hashes.add(digest)
             result.stored += 1
+        else:
+            result.duplicates += 1  # unchanged, or the same text under another PMID
             continue
-        row.title, row.text, row.journal = record.title, record.abstract, record.journal
-        row.pub_date, row.entrez_date, row.revised_date = record.pub_date, record.entrez_date, record.revised_date
-        row.mesh_terms, row.language = list(record.mesh_terms), record.language
-        row.content_hash, row.source, row.deleted = digest, source, False
         seen_hashes.add(digest)
-        session.add(row)
     if new_rows:
         session.exec(insert(Abstract), params=new_rows)
-    for deletion in records:
-        if isinstance(deletion, DeleteRecord) and deletion.pmids:
-            for gone in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(deletion.pmids)))):
-                if not gone.deleted:
-                    gone.deleted = True
-                    session.add(gone)
-                    result.deleted += 1
-    if retract:
-        # Marked, not deleted: past runs' lineage still resolves, but no future run, replay buffer
-        # or evaluation slice reads a retracted text again (see services/trainer/data.py).
-        marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(retract)),
-                                                     col(Abstract.retracted).is_(False)).values(retracted=True))
-        result.retracted += marked.rowcount or 0
     return result
+
+
+def _revise(row: Abstract, record: ArticleRecord, digest: str, source: str) -> None:
+    row.title, row.text, row.journal = record.title, record.abstract, record.journal
+    row.pub_date, row.entrez_date, row.revised_date = record.pub_date, record.entrez_date, record.revised_date
+    row.mesh_terms, row.language = list(record.mesh_terms), record.language
+    row.content_hash, row.source, row.deleted = digest, source, False
+    row.train_run_id = None  # its new text has not been trained on: it counts as new again
+
+
+def _mark_deleted(session: Session, deletions: list[DeleteRecord]) -> int:
+    """Flag the stored rows that DeleteCitation entries name; returns how many were not flagged yet."""
+    count = 0
+    for deletion in deletions:
+        if not deletion.pmids:
+            continue
+        for gone in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(deletion.pmids)))):
+            if not gone.deleted:
+                gone.deleted = True
+                session.add(gone)
+                count += 1
+    return count
+
+
+def _retracted_pmids(articles: Iterable[ArticleRecord]) -> set[int]:
+    """PMIDs retracted per these records, kept or filtered alike: a retraction notice names what it
+    retracts, and NLM also flags the retracted record itself."""
+    pmids: set[int] = set()
+    for record in articles:
+        pmids.update(getattr(record, "retraction_of", ()))
+        if getattr(record, "retracted", False):
+            pmids.add(record.pmid)
+    return pmids
+
+
+def _mark_retracted(session: Session, pmids: set[int]) -> int:
+    """Flag stored rows as retracted; returns how many were not flagged yet.
+
+    Marked, not deleted: past runs' lineage still resolves, but no future run, replay buffer or
+    evaluation slice reads a retracted text again (see services/trainer/data.py)."""
+    if not pmids:
+        return 0
+    marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(pmids)),
+                                                 col(Abstract.retracted).is_(False)).values(retracted=True))
+    return marked.rowcount or 0
 
 
 def _row(record: ArticleRecord, digest: str, source: str, now: datetime) -> dict:

@@ -37,11 +37,11 @@ def ingest_files(path: str) -> dict:
 def poll() -> dict | None:
     """Beat's periodic import of the watch folder (files already imported are skipped by hash),
     then of PubMed through E-utilities when an NCBI e-mail is set."""
-    s = get_settings()
+    settings = get_settings()
     done: dict = {}
-    if s.ingest_watch_dir is not None:
-        done["files"] = vars(ingest_path(s.ingest_watch_dir))
-    if s.ncbi_email:
+    if settings.ingest_watch_dir is not None:
+        done["files"] = vars(ingest_path(settings.ingest_watch_dir))
+    if settings.ncbi_email:
         try:
             done["entrez"] = vars(ingest_entrez())
         except EntrezError as exc:  # on the cursor already (`medqa ingest status`); the next poll resumes

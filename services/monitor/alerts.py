@@ -32,17 +32,17 @@ def raise_alert(session: Session, *, kind: str, severity: str, dedup_key: str, m
                 deliver: bool = True) -> Alert | None:
     """Store an alert and its deliveries, unless the same incident alerted within the cooldown.
     With `deliver`, the channels are tried right after the caller's transaction commits."""
-    s = get_settings()
+    settings = get_settings()
     recent = session.exec(select(Alert).where(
         Alert.dedup_key == dedup_key,
-        col(Alert.created_at) >= utcnow() - timedelta(seconds=s.alert_cooldown_s))).first()
+        col(Alert.created_at) >= utcnow() - timedelta(seconds=settings.alert_cooldown_s))).first()
     if recent is not None:
         return None
     alert = Alert(kind=kind, severity=severity, dedup_key=dedup_key, message=message,
-                  channels=list(s.alert_channels))
+                  channels=list(settings.alert_channels))
     session.add(alert)
     session.flush()
-    deliveries = [AlertDelivery(alert_id=alert.id, channel=c) for c in s.alert_channels]  # type: ignore[arg-type]
+    deliveries = [AlertDelivery(alert_id=alert.id, channel=c) for c in settings.alert_channels]  # type: ignore[arg-type]
     session.add_all(deliveries)
     session.flush()
     if deliver:  # tried once the caller commits: no network wait inside its transaction
@@ -98,7 +98,7 @@ def _send(channel: str, alert: Alert) -> str | None:
 
 
 def _record(session: Session, delivery_id: int, error: str | None) -> str:
-    s = get_settings()
+    settings = get_settings()
     d = session.get(AlertDelivery, delivery_id)
     assert d is not None
     now = utcnow()
@@ -107,17 +107,17 @@ def _record(session: Session, delivery_id: int, error: str | None) -> str:
         outcome = "sent"
     else:
         d.last_error = error
-        if d.attempts >= s.alert_max_attempts:
+        if d.attempts >= settings.alert_max_attempts:
             d.status, d.next_attempt_at = DeliveryStatus.failed, None
             outcome = "failed"
             log.error("alert #%s: %s delivery failed after %d attempts, giving up: %s", d.alert_id, d.channel,
                       d.attempts, error)
         else:
-            delay = min(s.alert_retry_backoff_s * 2 ** (d.attempts - 1), MAX_BACKOFF_S)
+            delay = min(settings.alert_retry_backoff_s * 2 ** (d.attempts - 1), MAX_BACKOFF_S)
             d.next_attempt_at = now + timedelta(seconds=delay)
             outcome = "retry"
             log.warning("alert #%s: %s delivery attempt %d/%d failed, retrying in %.0f s: %s", d.alert_id,
-                        d.channel, d.attempts, s.alert_max_attempts, delay, error)
+                        d.channel, d.attempts, settings.alert_max_attempts, delay, error)
     session.add(d)
     session.flush()
     if outcome == "sent":
@@ -137,22 +137,29 @@ def deliver_pending(session: Session | None = None, *, ids: Iterable[int] | None
     Without a session, each attempt is claimed and recorded in its own short transactions and the
     channel is called between them, so no database lock is held while waiting on the network. With a
     session, everything happens in it and the caller commits."""
-    counts: Counter[str] = Counter()
     now = utcnow()
-    if session is not None:
+    if session is None:
+        counts = _deliver_in_own_transactions(ids, now, alert_id)
+    else:
+        counts = Counter()
         for did in _due(session, ids, now, alert_id):
             taken = _claim(session, did, now)
             if taken is not None:
                 counts[_record(session, did, _send(taken[0].channel, taken[1]))] += 1
-        return {k: counts[k] for k in ("sent", "retry", "failed")}
-    with session_scope() as s:
-        due = _due(s, ids, now, alert_id)
+    return {k: counts[k] for k in ("sent", "retry", "failed")}
+
+
+def _deliver_in_own_transactions(ids: Iterable[int] | None, now: datetime, alert_id: int | None) -> Counter[str]:
+    """Each delivery claimed and recorded in short transactions of their own, the channel called between."""
+    counts: Counter[str] = Counter()
+    with session_scope() as session:
+        due = _due(session, ids, now, alert_id)
     for did in due:
-        with session_scope() as s:
-            taken = _claim(s, did, now)
+        with session_scope() as session:
+            taken = _claim(session, did, now)
         if taken is None:
             continue
         error = _send(taken[0].channel, taken[1])
-        with session_scope() as s:
-            counts[_record(s, did, error)] += 1
-    return {k: counts[k] for k in ("sent", "retry", "failed")}
+        with session_scope() as session:
+            counts[_record(session, did, error)] += 1
+    return counts

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
 from evidently.descriptors import SentenceCount, TextLength, WordCount
 from evidently.legacy.metrics.data_drift import embeddings_drift as _evidently_embeddings
 from evidently.metrics import EmbeddingsDrift
@@ -90,29 +91,50 @@ def text_drift(
     n_ref, n_cur = len(reference), len(current)
     if min(n_ref, n_cur) < min_rows:
         return DriftResult("not_enough_data", False, 0.0, {}, n_ref, n_cur, None)
+    ref_df, cur_df, emb_cols = _frames(reference, current, extra_reference, extra_current,
+                                       embeddings_reference, embeddings_current)
+    html_path = Path(html_path)
+    snapshot = _run_report(_metrics(n_ref, n_cur, drift_share, embeddings=bool(emb_cols)),
+                           ref_df, cur_df, _definition(ref_df, emb_cols), html_path)
+    detected, share, scores = _read_snapshot(snapshot.dict())
+    return DriftResult("drift" if detected else "no_drift", detected, share, scores, n_ref, n_cur, html_path)
 
+
+def _frames(reference: Sequence[str], current: Sequence[str], extra_reference: pd.DataFrame | None,
+            extra_current: pd.DataFrame | None, embeddings_reference: np.ndarray | None,
+            embeddings_current: np.ndarray | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(reference frame, current frame, embedding column names): texts, extra columns, and one column
+    per embedding dimension when both embedding sets are given."""
     ref_df = _frame(reference, extra_reference)
     cur_df = _frame(current, extra_current)
     if list(ref_df.columns) != list(cur_df.columns):
         raise ValueError(f"extra columns differ: {list(ref_df.columns)} vs {list(cur_df.columns)}")
     emb_cols: list[str] = []
     if embeddings_reference is not None and embeddings_current is not None:
-        if (len(embeddings_reference), len(embeddings_current)) != (n_ref, n_cur):
+        if (len(embeddings_reference), len(embeddings_current)) != (len(reference), len(current)):
             raise ValueError("embeddings must have one row per text")
         emb_cols = [f"emb_{i}" for i in range(embeddings_reference.shape[1])]
         ref_df = pd.concat([ref_df, pd.DataFrame(embeddings_reference, columns=emb_cols)], axis=1)
         cur_df = pd.concat([cur_df, pd.DataFrame(embeddings_current, columns=emb_cols)], axis=1)
-    definition = _definition(ref_df, emb_cols)
+    return ref_df, cur_df, emb_cols
+
+
+def _metrics(n_ref: int, n_cur: int, drift_share: float, *, embeddings: bool) -> list[Any]:
     # Length, word and sentence counts move together: at Evidently's K-S p < 0.05 one chance wobble
     # drifts three columns at once (3 of 4: a false alarm in bench/drift.py's same-distribution
     # splits). p < 0.01 for numeric columns where Evidently uses K-S (reference <= 1,000 rows; above,
     # it switches to a Wasserstein distance, whose own 0.1 threshold stays).
     num_threshold = 0.01 if n_ref <= 1000 else None
     metrics: list[Any] = [DataDriftPreset(drift_share=drift_share, num_threshold=num_threshold)]
-    if emb_cols:
+    if embeddings:
         metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDINGS,
                                        drift_method=ModelDriftMethod(threshold=embedding_threshold(n_ref, n_cur))))
+    return metrics
 
+
+def _run_report(metrics: list[Any], ref_df: pd.DataFrame, cur_df: pd.DataFrame, definition: DataDefinition,
+                html_path: Path) -> Snapshot:
+    """Run the report (with tests), write its HTML to `html_path`, and return Evidently's snapshot."""
     # Results are deterministic because Evidently fixes its own seeds (random_state=42 for the split and
     # the classifier, np.random.seed(42) for the bootstrap). That last one reseeds the global NumPy RNG,
     # so restore the caller's state afterwards.
@@ -126,14 +148,11 @@ def text_drift(
                 current_data=_dataset(cur_df, definition),  # current first: Evidently's argument order
                 reference_data=_dataset(ref_df, definition),
             )
-        html_path = Path(html_path)
         html_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html_path))
     finally:
         np.random.set_state(rng_state)
-
-    detected, share, scores = _read_snapshot(snapshot.dict())
-    return DriftResult("drift" if detected else "no_drift", detected, share, scores, n_ref, n_cur, html_path)
+    return snapshot
 
 
 def embedding_threshold(n_ref: int, n_cur: int) -> float:

@@ -45,12 +45,12 @@ def _champions(session: Session, model_line: str) -> list[ModelVersion]:
 
 
 def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
-    s = get_settings()
-    champ = registry.champion(session, model_line=s.model_line)
+    settings = get_settings()
+    champ = registry.champion(session, model_line=settings.model_line)
     if champ is None:
         return
-    earlier = [v for v in _champions(session, s.model_line) if v.id != champ.id][-3:]
-    rules = Policy.load(s.policy_file).rules  # type: ignore[arg-type]
+    earlier = [v for v in _champions(session, settings.model_line) if v.id != champ.id][-3:]
+    rules = Policy.load(settings.policy_file).rules  # type: ignore[arg-type]
     for name, rule in rules.items():
         values = [v.metrics[name] for v in earlier if name in v.metrics]
         if name not in champ.metrics or not values:
@@ -58,28 +58,29 @@ def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
         lower = rule["direction"] == "lower"
         best = min(values) if lower else max(values)
         worse = (champ.metrics[name] - best) if lower else (best - champ.metrics[name])
-        if best and worse / abs(best) > s.health_metric_drop:
+        if best and worse / abs(best) > settings.health_metric_drop:
             yield ("metric_trend", "warning", f"metric_trend:{name}:v{champ.id}",
                    f"{name} of champion v{champ.id} is {champ.metrics[name]:.4g}, {worse / abs(best):.1%} worse "
                    f"than the best of the previous champions ({best:.4g})")
 
 
 def _champion_stale(session: Session):  # type: ignore[no-untyped-def]
-    s = get_settings()
-    since = utcnow() - timedelta(days=s.health_stale_days)
-    last = session.exec(select(func.max(AuditEvent.at)).where(AuditEvent.subject == f"{s.model_line}/champion")).one()
+    settings = get_settings()
+    since = utcnow() - timedelta(days=settings.health_stale_days)
+    last = session.exec(select(func.max(AuditEvent.at))
+                        .where(AuditEvent.subject == f"{settings.model_line}/champion")).one()
     arriving = session.exec(select(func.count()).select_from(Abstract).where(col(Abstract.ingested_at) >= since)).one()
     first = session.exec(select(func.min(Abstract.ingested_at))).one()
     if arriving and first is not None and first < since and (last is None or last < since):
         when = "never" if last is None else f"last on {last:%Y-%m-%d}"
-        yield ("champion_stale", "warning", f"champion_stale:{s.model_line}:{(last or first):%Y%m%d}",
-               f"{arriving} abstracts arrived in the last {s.health_stale_days:g} days but the champion of "
-               f"{s.model_line} was {when} promoted")
+        yield ("champion_stale", "warning", f"champion_stale:{settings.model_line}:{(last or first):%Y%m%d}",
+               f"{arriving} abstracts arrived in the last {settings.health_stale_days:g} days but the champion of "
+               f"{settings.model_line} was {when} promoted")
 
 
 def _ingest_stall(session: Session):  # type: ignore[no-untyped-def]
-    s = get_settings()
-    stall = utcnow() - timedelta(hours=s.health_ingest_stall_hours)
+    settings = get_settings()
+    stall = utcnow() - timedelta(hours=settings.health_ingest_stall_hours)
     for cur in session.exec(select(IngestCursor)):
         ok = cur.last_success
         if cur.last_error:  # cleared by the next success: set means the latest attempt failed

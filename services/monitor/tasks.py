@@ -35,25 +35,25 @@ def _reference(session: Session, champ: ModelVersion | None) -> tuple[list[Abstr
     """What the serving model was trained on: the champion's own manifest (new + replay abstracts,
     a seeded sample of at most drift_max_rows); before any champion exists, the general-medical set
     the base model is judged against (texts, without metadata)."""
-    s = get_settings()
+    settings = get_settings()
     if champ is None:
         return [g.text for g in general_texts()], "general-medical set (no champion)"
     m = RunManifest.from_json(registry.run_for_version(session, version=champ).manifest)
-    pmids = sample(m.new + m.replay_pmids, s.drift_max_rows)
+    pmids = sample(m.new + m.replay_pmids, settings.drift_max_rows)
     return live_abstracts(session, pmids), f"training data of champion v{champ.id}"
 
 
 def record_drift(current_pmids: list[int], current_window: str, *, reference_version: ModelVersion | None) -> int:
     """Data drift of the given abstracts against the reference; stores a DriftReport (and an alert)."""
-    s = get_settings()
+    settings = get_settings()
     with session_scope() as session:
         reference, ref_window = _reference(session, reference_version)
-        current = live_abstracts(session, sample(current_pmids, s.drift_max_rows))
+        current = live_abstracts(session, sample(current_pmids, settings.drift_max_rows))
         kwargs: dict[str, Any] = {}
-        enough = min(len(reference), len(current)) >= s.drift_min_rows
+        enough = min(len(reference), len(current)) >= settings.drift_min_rows
         if enough and reference and isinstance(reference[0], Abstract):
             kwargs["extra_reference"], kwargs["extra_current"] = metadata(reference, current)  # type: ignore[arg-type]
-        if enough and s.drift_embeddings:
+        if enough and settings.drift_embeddings:
             kwargs["embeddings_current"] = abstract_vectors(session, current)
             kwargs["embeddings_reference"] = (abstract_vectors(session, reference)  # type: ignore[arg-type]
                                               if isinstance(reference[0], Abstract) else _general_vectors())
@@ -64,10 +64,10 @@ def record_drift(current_pmids: list[int], current_window: str, *, reference_ver
 
 def _store_report(kind: str, reference: list[str], current: list[str], ref_window: str, current_window: str,
                   kwargs: dict[str, Any]) -> int:
-    s = get_settings()
+    settings = get_settings()
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
-    result = text_drift(reference, current, html_path=s.reports_dir / f"{kind}-drift-{stamp}.html",
-                        min_rows=s.drift_min_rows, drift_share=s.drift_share, **kwargs)
+    result = text_drift(reference, current, html_path=settings.reports_dir / f"{kind}-drift-{stamp}.html",
+                        min_rows=settings.drift_min_rows, drift_share=settings.drift_share, **kwargs)
     with session_scope() as session:
         report = DriftReport(kind=kind, reference_window=ref_window, current_window=current_window,
                              status=result.status, drift_detected=result.detected, scores=result.to_json(),
@@ -103,8 +103,8 @@ def record_question_drift(days: float | None = None) -> int | None:
     """Questions the QA API received in the last `days` (default: the question_drift_days setting)
     against the PubMedQA questions. Logged
     questions stored without text (descriptor-only deployments) count only toward row numbers."""
-    s = get_settings()
-    days = s.question_drift_days if days is None else days
+    settings = get_settings()
+    days = settings.question_drift_days if days is None else days
     reference = list(_trained_questions())
     if not reference:
         log.info("question drift skipped: MEDQA_PUBMEDQA_SOURCE is none")
@@ -112,10 +112,10 @@ def record_question_drift(days: float | None = None) -> int | None:
     with session_scope() as session:
         rows = session.exec(select(QuestionLog.text).where(
             col(QuestionLog.asked_at) >= utcnow() - timedelta(days=days), col(QuestionLog.text).is_not(None))
-            .order_by(col(QuestionLog.id).desc()).limit(s.drift_max_rows)).all()
+            .order_by(col(QuestionLog.id).desc()).limit(settings.drift_max_rows)).all()
     current = [t for t in rows if t]
     kwargs: dict[str, Any] = {}
-    if s.drift_embeddings and min(len(reference), len(current)) >= s.drift_min_rows:
+    if settings.drift_embeddings and min(len(reference), len(current)) >= settings.drift_min_rows:
         kwargs = {"embeddings_reference": _question_vectors(), "embeddings_current": embed(current)}
     return _store_report("question", reference, current, "PubMedQA questions", f"questions of the last {days:g} days",
                          kwargs)

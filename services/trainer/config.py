@@ -59,12 +59,14 @@ class TrainConfig:
             raise ValueError("TrainConfig.lora_dropout and warmup_ratio must be in [0, 1)")
 
     @classmethod
-    def from_settings(cls, s: Settings) -> TrainConfig:
+    def from_settings(cls, settings: Settings) -> TrainConfig:
         given: dict[str, Any] = {
-                 "max_steps": s.train_max_steps, "batch_size": s.train_batch_size, "grad_accum": s.train_grad_accum,
-                 "max_length": s.train_max_length, "learning_rate": s.train_lr, "precision": s.train_precision,
-                 "quantization": s.train_quantization, "gradient_checkpointing": s.train_gradient_checkpointing,
-                 "checkpoint_every": s.checkpoint_every, "seed": s.seed}
+            "max_steps": settings.train_max_steps, "batch_size": settings.train_batch_size,
+            "grad_accum": settings.train_grad_accum, "max_length": settings.train_max_length,
+            "learning_rate": settings.train_lr, "precision": settings.train_precision,
+            "quantization": settings.train_quantization,
+            "gradient_checkpointing": settings.train_gradient_checkpointing,
+            "checkpoint_every": settings.checkpoint_every, "seed": settings.seed}
         # Settings left unset keep the documented defaults above.
         return cls(**{k: v for k, v in given.items() if v is not None})
 

@@ -48,33 +48,33 @@ def stratified_sample(items: list[tuple[int, int]], n: int, rng: random.Random) 
     return picked
 
 
-def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s: Settings) -> RunManifest:
-    rng = random.Random(f"{s.seed}:{new_pmids[0] if new_pmids else 0}:{len(new_pmids)}")
+def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, settings: Settings) -> RunManifest:
+    rng = random.Random(f"{settings.seed}:{new_pmids[0] if new_pmids else 0}:{len(new_pmids)}")
     shuffled = list(new_pmids)
     rng.shuffle(shuffled)
-    n_hold = max(2, round(len(shuffled) * s.holdout_fraction))
+    n_hold = max(2, round(len(shuffled) * settings.holdout_fraction))
     holdout, train_new = sorted(shuffled[:n_hold]), sorted(shuffled[n_hold:])
     # replay_ratio is the share of replay among all training examples: r = R / (N + R).
-    n_replay = round(len(train_new) * s.replay_ratio / (1 - s.replay_ratio))
+    n_replay = round(len(train_new) * settings.replay_ratio / (1 - settings.replay_ratio))
     past = reservoir(session, model_line=model_line)
-    general = replay_general_pool(s)
+    general = replay_general_pool(settings)
     n_past = min(len(past), n_replay // 2 if general else n_replay)
     replay_pmids = sorted(stratified_sample(past, n_past, rng))
     replay_general = [g.item_id for g in rng.sample(general, min(len(general), n_replay - n_past))]
     return RunManifest(new=train_new, holdout=holdout, replay_pmids=replay_pmids, replay_general=replay_general,
-                       replay_ratio=s.replay_ratio)
+                       replay_ratio=settings.replay_ratio)
 
 
-def replay_general_pool(s: Settings) -> list[GeneralText]:
+def replay_general_pool(settings: Settings) -> list[GeneralText]:
     """The fixed general-medical replay set: MedQuAD's replay half plus PubMedQA's train items."""
     medquad_half, _retention = split_general(general_texts())
     return medquad_half + list(pubmedqa_split()[0])
 
 
-def training_examples(session: Session, *, manifest: RunManifest, s: Settings) -> list[ExampleSpec]:
+def training_examples(session: Session, *, manifest: RunManifest, settings: Settings) -> list[ExampleSpec]:
     """New abstracts and replayed abstracts as LM examples; general items as QA examples (loss on
     the answer) when they have a question, else as LM text."""
-    general = {g.item_id: g for g in replay_general_pool(s)}
+    general = {g.item_id: g for g in replay_general_pool(settings)}
     # Liveness is checked at read time too: a record deleted or retracted after its run was queued
     # (or while a resumed run waited) must not be trained on.
     out = [lm(t) for t in live_texts(session, manifest.new) + live_texts(session, manifest.replay_pmids)]

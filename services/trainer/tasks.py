@@ -10,20 +10,22 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from services.trainer.config import TrainConfig
 from services.trainer.data import training_examples
 from services.trainer.errors import TrainingFailed
-from services.trainer.train import train_lora
+from services.trainer.examples import ExampleSpec
+from services.trainer.train import Progress, TrainResult, train_lora
 from services.trainer.trigger import maybe_queue_run
 from shared.celery_app import medqa_task
 from shared.db import session_scope
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.tables import ModelVersion, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.trainer")
@@ -57,7 +59,7 @@ def trigger() -> int | None:
 @medqa_task("train.run", queue="train", singleton=lambda run_id: _line_of(run_id), on_give_up=_give_up)
 def train_run(run_id: int) -> int | None:
     """Returns the new version id. Guards on the run's status, so a duplicate message is harmless."""
-    s = get_settings()
+    settings = get_settings()
     with session_scope() as session:
         run = session.get(TrainingRun, run_id)
         if run is None:
@@ -65,21 +67,73 @@ def train_run(run_id: int) -> int | None:
         existing = session.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
         if run.status in (RunStatus.succeeded, RunStatus.failed) or existing is not None:
             return existing.id if existing is not None else None
-        run.deliveries += 1
-        if run.deliveries > s.max_deliveries:
-            run.status, run.finished_at = RunStatus.failed, utcnow()
-            run.error = f"started {run.deliveries - 1} times without finishing; not retrying"
-            session.add(run)
+        if not _start(session, run, settings):
             return None
-        run.status, run.started_at, run.heartbeat_at = RunStatus.running, run.started_at or utcnow(), utcnow()
-        work_dir = s.artifacts / "runs" / str(run_id)
-        run.checkpoint_path = str(work_dir / "checkpoint.pt")
-        session.add(run)
-        parent = session.get(ModelVersion, run.parent_version_id) if run.parent_version_id else None
-        parent_adapter = Path(parent.adapter_path) if parent else None
-        examples = training_examples(session, manifest=RunManifest.from_json(run.manifest), s=s)
-        cfg, base_spec, model_line = TrainConfig.from_dict(run.config), run.base_model, run.model_line
+        inputs = _inputs(session, run, settings)
+    result = _train(inputs, settings)
+    if result is None:
+        return None
+    return _register_version(inputs, result)
 
+
+@dataclass(frozen=True)
+class _RunInputs:
+    """What a claimed run trains on, read in the claiming transaction."""
+
+    run_id: int
+    model_line: str
+    base_spec: str
+    cfg: TrainConfig
+    examples: list[ExampleSpec]
+    parent_adapter: Path | None
+    work_dir: Path
+
+
+def _start(session: Session, run: TrainingRun, settings: Settings) -> bool:
+    """Count this delivery and mark the run running; False (and the run failed) once it has been
+    delivered more than max_deliveries times without finishing."""
+    run.deliveries += 1
+    if run.deliveries > settings.max_deliveries:
+        run.status, run.finished_at = RunStatus.failed, utcnow()
+        run.error = f"started {run.deliveries - 1} times without finishing; not retrying"
+        session.add(run)
+        return False
+    run.status, run.started_at, run.heartbeat_at = RunStatus.running, run.started_at or utcnow(), utcnow()
+    run.checkpoint_path = str(_work_dir(run, settings) / "checkpoint.pt")
+    session.add(run)
+    return True
+
+
+def _work_dir(run: TrainingRun, settings: Settings) -> Path:
+    return settings.artifacts / "runs" / str(run.id)
+
+
+def _inputs(session: Session, run: TrainingRun, settings: Settings) -> _RunInputs:
+    assert run.id is not None
+    parent = session.get(ModelVersion, run.parent_version_id) if run.parent_version_id else None
+    examples = training_examples(session, manifest=RunManifest.from_json(run.manifest), settings=settings)
+    return _RunInputs(run_id=run.id, model_line=run.model_line, base_spec=run.base_model,
+                      cfg=TrainConfig.from_dict(run.config), examples=examples,
+                      parent_adapter=Path(parent.adapter_path) if parent else None,
+                      work_dir=_work_dir(run, settings))
+
+
+def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
+    """Train the increment; None, with the failure recorded on the run, if training fails."""
+    run_id = inputs.run_id
+    try:
+        return train_lora(base_spec=inputs.base_spec, models_dir=settings.models_dir, examples=inputs.examples,
+                          cfg=inputs.cfg, out_dir=settings.artifacts / "adapters" / f"run-{run_id}",
+                          work_dir=inputs.work_dir, parent_adapter=inputs.parent_adapter,
+                          progress=_progress_writer(run_id))
+    except TrainingFailed as exc:
+        _fail(run_id, str(exc))
+    except Exception as exc:  # unexpected: record it whole, do not loop through redelivery
+        _fail(run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+    return None
+
+
+def _progress_writer(run_id: int) -> Progress:
     last_write = [0.0]
 
     def progress(step: int, total: int, loss: float, tps: float) -> None:
@@ -94,33 +148,29 @@ def train_run(run_id: int) -> int | None:
                 row.heartbeat_at = utcnow()
                 session.add(row)
 
-    try:
-        result = train_lora(base_spec=base_spec, models_dir=s.models_dir, examples=examples, cfg=cfg,
-                            out_dir=s.artifacts / "adapters" / f"run-{run_id}", work_dir=work_dir,
-                            parent_adapter=parent_adapter, progress=progress)
-    except TrainingFailed as exc:
-        _fail(run_id, str(exc))
-        return None
-    except Exception as exc:  # unexpected: record it whole, do not loop through redelivery
-        _fail(run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
-        return None
+    return progress
 
+
+def _register_version(inputs: _RunInputs, result: TrainResult) -> int:
+    """Create the version row and finish the run; version.created goes out in the same transaction."""
+    cfg = inputs.cfg
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
+        run = session.get(TrainingRun, inputs.run_id)
         assert run is not None
-        version = ModelVersion(model_line=model_line, run_id=run_id, parent_version_id=run.parent_version_id,
-                               base_model=base_spec, adapter_path=str(result.adapter_dir), sha256=result.sha256,
+        version = ModelVersion(model_line=inputs.model_line, run_id=inputs.run_id,
+                               parent_version_id=run.parent_version_id, base_model=inputs.base_spec,
+                               adapter_path=str(result.adapter_dir), sha256=result.sha256,
                                metrics={"train_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
                                         "train_seconds": result.seconds, "tokens": result.tokens,
                                         "resumed_from_step": result.resumed_from})
         session.add(version)
         run.status, run.finished_at, run.heartbeat_at = RunStatus.succeeded, utcnow(), utcnow()
         run.step, run.total_steps, run.loss = cfg.max_steps, cfg.max_steps, result.final_loss
-        # tokens/s of a resumed run covers only the resumed part; keep the first figure if any.
+        # Of a resumed run, tokens/s covers only the part after the resume.
         run.tokens_per_s = result.tokens_per_s
         session.add(run)
         session.flush()
         version_id = version.id
+        assert version_id is not None
         emit(session, Event.VERSION_CREATED, version_id)
     return version_id
-

@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 
 from services.trainer.config import TrainConfig
 from services.trainer.errors import TrainingFailed
-from services.trainer.examples import ExampleSpec, lm, pack
+from services.trainer.examples import ExampleSpec, Packed, lm, pack
 from shared.checksums import sha256_folder
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import use_bf16
@@ -134,6 +134,39 @@ def train_lora(
 ) -> TrainResult:
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = work_dir / "checkpoint.pt"
+    loop, blocks = _setup(base_spec, models_dir, examples, cfg, parent_adapter)
+    start = _resume(loop, ckpt_path)
+    loop.model.train()
+    t0 = time.perf_counter()
+    try:
+        tokens, loss_value, skipped = _run_steps(loop, blocks, start, ckpt_path, progress, t0)
+    except torch.cuda.OutOfMemoryError as exc:
+        # Fail this run (not the worker): free what the failed step held so the next task starts clean.
+        loop.model.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise TrainingFailed(f"GPU out of memory at batch {cfg.batch_size}x{cfg.max_length}: {exc}") from None
+    seconds = time.perf_counter() - t0
+    _save_adapter(loop.model, out_dir)
+    return TrainResult(adapter_dir=out_dir, sha256=sha256_folder(out_dir), steps=cfg.max_steps - start,
+                       tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start,
+                       skipped_steps=skipped)
+
+
+@dataclass
+class _Loop:
+    """What the training steps update: the PEFT model, its trainable parameters and their optimizer."""
+
+    model: Any
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    cfg: TrainConfig
+    device: torch.device
+
+
+def _setup(base_spec: str, models_dir: Path, examples: list[ExampleSpec] | list[str], cfg: TrainConfig,
+           parent_adapter: Path | None) -> tuple[_Loop, Packed]:
     model, tokenizer = build_model(base_spec, models_dir, cfg, parent_adapter)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.quantization == "none":  # k-bit models were placed on the GPU as they loaded
@@ -143,67 +176,77 @@ def train_lora(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    return _Loop(model, params, opt, sched, cfg, device), blocks
 
-    start = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        set_peft_model_state_dict(model, state["adapter"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        start = state["step"]
-        log.info("resuming from checkpoint at step %d", start)
-    else:
-        torch.manual_seed(cfg.seed)
 
-    model.train()
-    tokens, t0, loss_value, skipped = 0, time.perf_counter(), float("nan"), 0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
-    try:
-        for step in range(start, cfg.max_steps):
-            for micro in range(cfg.grad_accum):
-                # Micro-batch k of step s is global micro-step s*accum+k: a pure function of the
-                # seed, so resume stays exact with accumulation too.
-                index = batch_indices(len(blocks), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
-                batch = blocks.batch(index, device)
-                loss = lm_loss_backward(model, batch, 1.0 / cfg.grad_accum, autocast)
-                tokens += batch["input_ids"].numel()
-            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if torch.isfinite(norm):
-                opt.step()
-            else:
-                # Clipping an inf gradient multiplies it by 0 (= NaN) and would poison every weight:
-                # skip the step, as AMP's grad scaler does, and fail the run if it keeps happening.
-                skipped += 1
-                if skipped > max(2, cfg.max_steps // 10):
-                    raise TrainingFailed(f"non-finite gradients in {skipped} steps (last at step {step + 1})")
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            loss_value = float(loss)
-            if not torch.isfinite(loss):
-                raise TrainingFailed(f"loss became {loss_value} at step {step + 1}")
-            done = step + 1
-            if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                _save_checkpoint(model, opt, sched, done, ckpt_path, cfg)
-            if progress is not None:
-                progress(done, cfg.max_steps, loss_value, tokens / (time.perf_counter() - t0))
-    except torch.cuda.OutOfMemoryError as exc:
-        # Fail this run (not the worker): free what the failed step held so the next task starts clean.
-        model.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise TrainingFailed(f"GPU out of memory at batch {cfg.batch_size}x{cfg.max_length}: {exc}") from None
+def _resume(loop: _Loop, ckpt_path: Path) -> int:
+    """The step to start from: the checkpoint's, with adapter, optimizer, scheduler and RNG states
+    restored from it, else 0 with the torch RNG seeded."""
+    if not ckpt_path.exists():
+        torch.manual_seed(loop.cfg.seed)
+        return 0
+    state = torch.load(ckpt_path, map_location=loop.device, weights_only=False)
+    set_peft_model_state_dict(loop.model, state["adapter"])
+    loop.opt.load_state_dict(state["optimizer"])
+    loop.sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    log.info("resuming from checkpoint at step %d", state["step"])
+    return state["step"]
 
-    seconds = time.perf_counter() - t0
+
+def _run_steps(loop: _Loop, blocks: Packed, start: int, ckpt_path: Path, progress: Progress | None,
+               t0: float) -> tuple[int, float, int]:
+    """Steps `start`..max_steps, checkpointing as configured; returns (tokens, last loss, skipped steps)."""
+    cfg = loop.cfg
+    tokens, loss_value, skipped = 0, float("nan"), 0
+    autocast = torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, loop.device))
+    for step in range(start, cfg.max_steps):
+        loss, step_tokens = _accumulate(loop, blocks, step, autocast)
+        tokens += step_tokens
+        norm = torch.nn.utils.clip_grad_norm_(loop.params, 1.0)
+        if torch.isfinite(norm):
+            loop.opt.step()
+        else:
+            # Clipping an inf gradient multiplies it by 0 (= NaN) and would poison every weight:
+            # skip the step, as AMP's grad scaler does, and fail the run if it keeps happening.
+            skipped += 1
+            if skipped > max(2, cfg.max_steps // 10):
+                raise TrainingFailed(f"non-finite gradients in {skipped} steps (last at step {step + 1})")
+        loop.sched.step()
+        loop.opt.zero_grad(set_to_none=True)
+        loss_value = float(loss)
+        if not torch.isfinite(loss):
+            raise TrainingFailed(f"loss became {loss_value} at step {step + 1}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+            _save_checkpoint(loop.model, loop.opt, loop.sched, done, ckpt_path, cfg)
+        if progress is not None:
+            progress(done, cfg.max_steps, loss_value, tokens / (time.perf_counter() - t0))
+    return tokens, loss_value, skipped
+
+
+def _accumulate(loop: _Loop, blocks: Packed, step: int, autocast: Any) -> tuple[torch.Tensor, int]:
+    """Backpropagate the step's micro-batches; returns the last one's loss and the tokens seen."""
+    cfg = loop.cfg
+    tokens = 0
+    for micro in range(cfg.grad_accum):
+        # Micro-batch k of step s is global micro-step s*accum+k: a pure function of the
+        # seed, so resume stays exact with accumulation too.
+        index = batch_indices(len(blocks), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+        batch = blocks.batch(index, loop.device)
+        loss = lm_loss_backward(loop.model, batch, 1.0 / cfg.grad_accum, autocast)
+        tokens += batch["input_ids"].numel()
+    return loss, tokens
+
+
+def _save_adapter(model: Any, out_dir: Path) -> None:
+    """Save through a sibling temporary folder, so `out_dir` never holds a half-written adapter."""
     tmp_out = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
     model.save_pretrained(str(tmp_out))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_out, out_dir)
-    return TrainResult(adapter_dir=out_dir, sha256=sha256_folder(out_dir), steps=cfg.max_steps - start,
-                       tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start,
-                       skipped_steps=skipped)
 
 
 LOSS_CHUNK = 256  # tokens per slice of the LM head: full logits for 8x512 tokens x 49k vocab are 0.8 GB

@@ -27,19 +27,19 @@ ACTIVE = (RunStatus.queued, RunStatus.running)
 
 
 def _due(n_new: int, last_run_at, oldest_new_at, *, force: bool) -> bool:  # type: ignore[no-untyped-def]
-    s = get_settings()
+    settings = get_settings()
     if force:
         return n_new >= 4  # enough for a held-out slice and something to train on
-    if n_new >= s.trigger_min_new:
+    if n_new >= settings.trigger_min_new:
         return True
     since = last_run_at or oldest_new_at
-    return (since is not None and n_new >= s.trigger_min_new_after_hours
-            and utcnow() - since >= timedelta(hours=s.trigger_max_hours))
+    return (since is not None and n_new >= settings.trigger_min_new_after_hours
+            and utcnow() - since >= timedelta(hours=settings.trigger_max_hours))
 
 
 def maybe_queue_run(model_line: str, *, force: bool = False) -> int | None:
     """Queue a run if one is due; its run.queued event goes out when the claim has committed."""
-    s = get_settings()
+    settings = get_settings()
     try:
         with session_scope() as session:
             if session.exec(select(TrainingRun.id).where(
@@ -54,10 +54,10 @@ def maybe_queue_run(model_line: str, *, force: bool = False) -> int | None:
                 return None
             champ = registry.champion(session, model_line=model_line)
             run = TrainingRun(
-                model_line=model_line, base_model=champ.base_model if champ else s.base_model,
+                model_line=model_line, base_model=champ.base_model if champ else settings.base_model,
                 parent_version_id=champ.id if champ else None,
-                config=TrainConfig.from_settings(s).to_dict(),
-                manifest=build_manifest(session, new_pmids=new, model_line=model_line, s=s).to_json(),
+                config=TrainConfig.from_settings(settings).to_dict(),
+                manifest=build_manifest(session, new_pmids=new, model_line=model_line, settings=settings).to_json(),
             )
             session.add(run)
             session.flush()

@@ -1,0 +1,109 @@
+"""The model registry over HTTP: GET /v1/versions and /v1/champion for anyone; POST /v1/promote,
+/v1/rollback and /v1/refresh for the operator (bearer token, services/api/deps.py)."""
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations at runtime.
+
+import math
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from services.api.deps import OperatorDep, Runtime, RuntimeDep, SettingsDep
+from services.api.schemas import (
+    MAX_VERSION_ID,
+    AliasChange,
+    ChampionOut,
+    PromoteRequest,
+    RefreshOut,
+    RollbackRequest,
+    VersionOut,
+)
+from shared import registry
+from shared.db import session_scope
+from shared.tables import ModelVersion
+
+router = APIRouter()
+# The operator routes name the token first: FastAPI solves dependencies in signature order, so a refused
+# caller gets its 503/401/403 before the app's runtime state is looked at.
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    # Strict JSON has no NaN or Infinity; a diverged run's perplexity must not turn a listing into a 500.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def _version_out(version: ModelVersion, champion_id: int | None) -> VersionOut:
+    assert version.id is not None
+    return VersionOut(id=version.id, model_line=version.model_line, status=version.status.value,
+                      parent_version_id=version.parent_version_id, base_model=version.base_model,
+                      sha256=version.sha256, created_at=version.created_at, metrics=_finite(version.metrics),
+                      champion=version.id == champion_id)
+
+
+def _version_id(ref: str | int) -> int:
+    try:
+        vid = registry.parse_version_id(ref)
+    except ValueError as exc:  # RegistryError, or int() refusing a digit-like character such as "²"
+        detail = str(exc) if isinstance(exc, registry.RegistryError) else f"not a version id: {ref!r}"
+        raise HTTPException(422, detail) from None
+    if vid > MAX_VERSION_ID:
+        raise HTTPException(404, f"unknown version v{vid}")
+    return vid
+
+
+@router.get("/v1/versions", response_model=list[VersionOut], summary="Model versions of this model line")
+def versions(settings: SettingsDep) -> list[VersionOut]:
+    with session_scope() as session:
+        champ = registry.champion(session, model_line=settings.model_line)
+        return [_version_out(v, champ.id if champ else None)
+                for v in registry.list_versions(session, model_line=settings.model_line)]
+
+
+@router.get("/v1/champion", response_model=ChampionOut, summary="The champion version, and what is serving")
+def champion(settings: SettingsDep, runtime: RuntimeDep) -> ChampionOut:
+    with session_scope() as session:
+        champ = registry.champion(session, model_line=settings.model_line)
+        if champ is None:
+            raise HTTPException(404, f"model line {settings.model_line!r} has no champion yet; the bare base model "
+                                     "is serving")
+        out = _version_out(champ, champ.id)
+    served = runtime.server.served
+    return ChampionOut(model_line=settings.model_line, champion=out,
+                       serving_version=served.version_id if served else None)
+
+
+def _alias_change(runtime: Runtime, action: str, actor: str, reason: str, **kwargs: Any) -> AliasChange:
+    try:
+        with session_scope() as session:
+            for key in ("version_id", "to"):
+                vid = kwargs.get(key)
+                if vid is not None and session.get(ModelVersion, vid) is None:
+                    raise HTTPException(404, f"unknown version v{vid}")
+            event = getattr(registry, action)(session, actor=actor, reason=reason, **kwargs)
+            doc = event.model_dump()
+    except registry.RegistryError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except (IntegrityError, OperationalError) as exc:  # a concurrent change won the race (or the lock wait)
+        raise HTTPException(409, f"the alias changed concurrently; try again ({type(exc).__name__})") from None
+    runtime.sync_champion()  # this replica follows at once; the others at their next poll
+    served = runtime.server.served
+    return AliasChange(action=doc["action"], from_version=doc["from_version_id"], to_version=doc["to_version_id"],
+                       audit_id=doc["id"], actor=doc["actor"], reason=doc["reason"],
+                       serving_version=served.version_id if served else None)
+
+
+@router.post("/v1/promote", response_model=AliasChange, summary="Make a version the champion (operator)")
+def promote(body: PromoteRequest, actor: OperatorDep, runtime: RuntimeDep) -> AliasChange:
+    return _alias_change(runtime, "promote", actor, body.reason, version_id=_version_id(body.version),
+                         force=body.force)
+
+
+@router.post("/v1/rollback", response_model=AliasChange, summary="Point the champion back (operator)")
+def rollback(body: RollbackRequest, actor: OperatorDep, settings: SettingsDep, runtime: RuntimeDep) -> AliasChange:
+    to = _version_id(body.to) if body.to is not None else None
+    return _alias_change(runtime, "rollback", actor, body.reason, model_line=settings.model_line, to=to)
+
+
+@router.post("/v1/refresh", response_model=RefreshOut, summary="Refresh the retrieval index now (operator)")
+def refresh(actor: OperatorDep, runtime: RuntimeDep) -> RefreshOut:
+    return RefreshOut(**runtime.refresh())
