@@ -521,6 +521,10 @@ def main() -> None:
         f"{cfg.precision}, LoRA r={cfg.lora_r}, replay {ratios} by {args.strata}")
 
     with tempfile.TemporaryDirectory(prefix="medqa-bench-continual-") as tmp:
+        if args.model == "tiny-gpt2":  # the dev kit's test model, built into a folder
+            from services.devkit.tiny_model import tiny_gpt2
+
+            args.model = tiny_gpt2(Path(args.models_dir))
         runner = Runner(model=args.model, models_dir=Path(args.models_dir), cfg=cfg, work=Path(tmp))
         base = runner.score(None, stream, "base")
         train0 = [d.text for d in stream[0].train]

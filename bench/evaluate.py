@@ -126,7 +126,7 @@ def main() -> None:
     from services.evaluator.qa import decision_scores
     from services.evaluator.suites import Suite, sample
     from services.ingest.parser import ArticleRecord, iter_pubmed
-    from shared.corpora import GeneralText, general_texts, load_liveqa, pubmedqa_split, split_general
+    from shared.corpora import GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
     from shared.lm.base_model import load_base_model
     from shared.lm.generation import generate, use_bf16
     from shared.settings import get_settings
@@ -135,9 +135,9 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     s = get_settings()
-    if s.pubmedqa_source is None:
-        raise SystemExit(f"needs PubMedQA: {DATA / 'pubmedqa' / 'pqal_trainval.json'} or MEDQA_PUBMEDQA_SOURCE")
-    held_out = pubmedqa_split(s.pubmedqa_source)[1]
+    held_out = pubmedqa_split()[1]  # MEDQA_PUBMEDQA_SOURCE (the Makefile points it at ../shared/data)
+    if not held_out:
+        raise SystemExit("needs PubMedQA: set MEDQA_PUBMEDQA_SOURCE")
     items = sample(held_out, args.items)
     pairs = [(i.question, i.context) for i in items]
     models_dir = Path(args.models_dir)
@@ -175,8 +175,8 @@ def main() -> None:
         files = sorted((DATA / "pubmed_update_samples").glob("*/*.xml"))
         new = [GeneralText(f"pmid:{r.pmid}", f"{r.title}\n{r.abstract}") for p in files for r in iter_pubmed(p)
                if isinstance(r, ArticleRecord) and r.abstract.strip()][: s.eval_max_texts]
-        general = split_general(general_texts(s.retention_corpus))[1]
-        patients = [p for p in (load_liveqa(s.liveqa_source) if s.liveqa_source else []) if p.answer]
+        general = split_general(general_texts())[1]
+        patients = [p for p in corpus_items("liveqa") if p.answer]
         half = s.eval_consumer_items // 2
         gen = {"max_length": 512, "max_new_tokens": s.eval_max_new_tokens, "batch_size": s.eval_batch_size}
         ppl = {"max_length": s.eval_max_length}

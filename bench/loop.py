@@ -7,6 +7,7 @@ base-model preparation, measured in the same run, is reported apart from the loo
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ TARGET_S = 300.0
 
 
 def main() -> None:
-    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    # The Makefile sets MEDQA_DEMO_CORPUS to the real NLM samples where they exist.
+    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(os.environ["MEDQA_DEMO_CORPUS"]) \
+        if os.environ.get("MEDQA_DEMO_CORPUS") else None
     summary = run_demo(corpus)
     rounds = [r for r in summary["rounds"] if r["status"] == "succeeded"]
     print(json.dumps({

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/serve.py [--requests 32] [--concurrency 8] [--max-new-tokens 32] [--models tiny,smollm2]
 
-For each base model (the builtin tiny-gpt2, and SmolLM2-135M-Instruct converted offline into
+For each base model (the dev kit's tiny-gpt2, and SmolLM2-135M-Instruct converted offline into
 .medqa/models on first use) and each mode (batching on: up to 8 questions per generate call within
 10 ms; off: one per call), the bench starts the real app under uvicorn on 127.0.0.1, with a small
 synthetic store (60 abstracts, cached MiniLM vectors) and a LoRA champion on the base, as served. It
@@ -54,6 +54,7 @@ def prepare_store(data_dir: Path, base: str, models_dir: Path) -> list[str]:
     from sqlmodel import select
 
     from services.api.retrieval import RetrievalIndex
+    from services.cli.tasks import load_task_modules
     from services.devkit.synth import write_corpus
     from services.ingest.tasks import ingest_path
     from services.trainer.config import LORA_TARGETS
@@ -65,6 +66,7 @@ def prepare_store(data_dir: Path, base: str, models_dir: Path) -> list[str]:
 
     migrate()
     for path in write_corpus(data_dir / "corpus", files=2, per_file=30, seed=9):
+        load_task_modules()  # eager: the events' consumers run in this process
         ingest_path(path)
     RetrievalIndex().refresh()  # embeds once; each app run then starts from the cached vectors
     model, _ = load_base_model(base, models_dir)
@@ -160,6 +162,10 @@ def main() -> None:
     skipped: dict[str, str] = {}
     for key in args.models.split(","):
         base = MODELS[key.strip()]
+        if base == "tiny-gpt2":  # the dev kit's test model, built into a folder
+            from services.devkit.tiny_model import tiny_gpt2
+
+            base = tiny_gpt2(models_dir)
         with tempfile.TemporaryDirectory(prefix="medqa-bench-serve-") as tmp:
             common = dict(model_cache_dir=str(models_dir), base_model=base, eager="1", trigger_min_new="100000",
                           monitor_after_ingest="0", api_max_length=str(args.max_length),

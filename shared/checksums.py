@@ -22,6 +22,6 @@ def sha256_folder(folder: Path) -> str:
         if f.is_file():
             digest.update(f.name.encode())
             with f.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                while block := fh.read(1 << 20):
                     digest.update(block)
     return digest.hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -37,7 +38,7 @@ class RunManifest:
         return {**self._content(), "hash": self.hash}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> RunManifest:
+    def from_json(cls, doc: Mapping[str, Any] | None) -> RunManifest:
         """The stored form back; a manifest written before a field existed reads it as empty."""
         doc = doc or {}
         return cls(new=list(doc.get("new", [])), holdout=list(doc.get("holdout", [])),
