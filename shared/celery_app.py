@@ -60,12 +60,17 @@ def _configure(app: Celery) -> None:
         # sweeper will send the message once Redis is back.
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2},
         broker_connection_timeout=3,
+        # Beat loads no task module, so each entry names its queue: routes are only known where a
+        # task's module was imported.
         beat_schedule={
-            "ingest-poll": {"task": "ingest.poll", "schedule": float(settings.ingest_poll_s)},
-            "monitor-run": {"task": "monitor.run", "schedule": float(settings.monitor_every_s)},
-            "sweep": {"task": "pipeline.sweep", "schedule": float(settings.sweep_every_s)},
+            "ingest-poll": {"task": "ingest.poll", "schedule": float(settings.ingest_poll_s),
+                            "options": {"queue": "ingest"}},
+            "monitor-run": {"task": "monitor.run", "schedule": float(settings.monitor_every_s),
+                            "options": {"queue": "monitor"}},
+            "sweep": {"task": "pipeline.sweep", "schedule": float(settings.sweep_every_s),
+                      "options": {"queue": "monitor"}},
         },
-        # Which task modules a worker loads is the composition root's choice (services/cli/workers.py):
+        # Which task modules a worker loads is the composition root's choice (services/cli/tasks.py):
         # the foundation names no service.
     )
 

@@ -56,3 +56,9 @@ def test_the_image_installs_no_dev_extras_and_no_dev_kit():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "[dev]" not in dockerfile
     assert "rm -rf services/devkit" in dockerfile
+
+
+def test_beat_names_each_scheduled_tasks_queue():
+    """Beat imports no task module, so the schedule itself must route each entry to its queue."""
+    for entry in app.conf.beat_schedule.values():
+        assert entry["options"]["queue"] == ROUTES[entry["task"]]["queue"], entry
