@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.settings import get_settings
 
@@ -41,7 +41,9 @@ def _configure(app: Celery) -> None:
         task_always_eager=settings.eager,
         task_eager_propagates=True,
         task_ignore_result=True,  # results live in the store, not in Celery
-        task_queues=[Queue(q) for q in QUEUES],
+        # Each queue its own direct exchange and key: with one shared default exchange, a message sent
+        # to one queue is copied into every queue bound to that key.
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         task_default_queue="monitor",
         task_routes=ROUTES,
         task_acks_late=True,
