@@ -114,7 +114,7 @@ def test_two_processes_build_tiny_gpt2_once(tmp_path: Path) -> None:
         import logging, sys
         from pathlib import Path
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-        from shared.lm.base_model import resolve_base_model
+        from services.devkit.tiny_model import tiny_gpt2
         print("PATH", tiny_gpt2(Path({str(tmp_path)!r})))
         """
     )
