@@ -39,11 +39,19 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, every: floa
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _die_with_parent() -> None:
+    """A worker outlives a killed test run otherwise, and then takes later runs' messages off the
+    shared test broker (seen here: a stray train worker starved the next run's loop)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Worker:
     def __init__(self, log: Path, queues: str = "all") -> None:
         self.log = log
         self.proc = subprocess.Popen([MEDQA, "worker", queues], stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                     env=os.environ.copy(), start_new_session=True)
+                                     env=os.environ.copy(), start_new_session=True, preexec_fn=_die_with_parent)
         wait_for("worker ready", lambda: b"ready." in log.read_bytes() or self.proc.poll() is not None, 90)
         assert self.proc.poll() is None, log.read_text()[-3000:]
 
