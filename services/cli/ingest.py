@@ -10,6 +10,7 @@ import typer
 from sqlmodel import col, func, select
 
 from services.cli.common import JsonOpt, die, emit, ensure_store, err, out, table
+from shared.queries import is_live
 
 ingest_app = typer.Typer(no_args_is_help=True, help="Import PubMed XML into the store.")
 
@@ -49,17 +50,16 @@ def ingest_status(as_json: bool = JsonOpt) -> None:
     ensure_store()
 
     def count(*where: Any) -> int:
-        return s.exec(select(func.count()).select_from(Abstract).where(*where)).one()
+        return session.exec(select(func.count()).select_from(Abstract).where(*where)).one()
 
-    with session_scope() as s:
-        cursors = [c.model_dump() for c in s.exec(select(IngestCursor).order_by(col(IngestCursor.id)))]
+    with session_scope() as session:
+        cursors = [c.model_dump() for c in session.exec(select(IngestCursor).order_by(col(IngestCursor.id)))]
         counts = {
             "stored": count(),
             "with_abstract": count(func.length(Abstract.text) > 0),
             "deleted": count(col(Abstract.deleted).is_(True)),
             "retracted": count(col(Abstract.retracted).is_(True)),
-            "untrained": count(col(Abstract.train_run_id).is_(None), col(Abstract.deleted).is_(False),
-                               col(Abstract.retracted).is_(False)),
+            "untrained": count(col(Abstract.train_run_id).is_(None), is_live()),
             "duplicates_skipped": sum(c["duplicates"] for c in cursors),
             "filtered": sum(c["filtered"] for c in cursors),
             "bad_documents": sum(c["errors"] for c in cursors),

@@ -23,8 +23,8 @@ def drift(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     from shared.tables import DriftReport
 
     ensure_store()
-    with session_scope() as s:
-        rows = [d.model_dump() for d in s.exec(select(DriftReport).order_by(col(DriftReport.id)))]
+    with session_scope() as session:
+        rows = [d.model_dump() for d in session.exec(select(DriftReport).order_by(col(DriftReport.id)))]
     emit(rows, as_json, table("drift reports", ["id", "at", "kind", "status", "reference", "current", "html"], [
         [r["id"], r["created_at"], r["kind"], r["status"], r["reference_window"], r["current_window"], r["html_path"]]
         for r in rows]))
@@ -38,8 +38,8 @@ def drift_show(report_id: int = typer.Argument(..., metavar="ID", help="The repo
     from shared.tables import DriftReport
 
     ensure_store()
-    with session_scope() as s:
-        row = s.get(DriftReport, report_id)
+    with session_scope() as session:
+        row = session.get(DriftReport, report_id)
         if row is None:
             die(f"no drift report {report_id} (see `medqa drift`)")
             return
@@ -71,10 +71,10 @@ def alerts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     from shared.tables import Alert, AlertDelivery
 
     ensure_store()
-    with session_scope() as s:
-        rows = [a.model_dump() | {"deliveries": []} for a in s.exec(select(Alert).order_by(col(Alert.id)))]
+    with session_scope() as session:
+        rows = [a.model_dump() | {"deliveries": []} for a in session.exec(select(Alert).order_by(col(Alert.id)))]
         by_id = {r["id"]: r for r in rows}
-        for d in s.exec(select(AlertDelivery).order_by(col(AlertDelivery.id))):
+        for d in session.exec(select(AlertDelivery).order_by(col(AlertDelivery.id))):
             if d.alert_id in by_id:
                 by_id[d.alert_id]["deliveries"].append(d.model_dump(exclude={"id", "alert_id"}))
 
@@ -95,8 +95,8 @@ def alerts_ack(alert_id: int = typer.Argument(..., metavar="ID", help="The alert
     from shared.tables import Alert, utcnow
 
     ensure_store()
-    with session_scope() as s:
-        alert = s.get(Alert, alert_id)
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
         if alert is None:
             die(f"unknown alert {alert_id} (see `medqa alerts`)")
             return
@@ -105,7 +105,7 @@ def alerts_ack(alert_id: int = typer.Argument(..., metavar="ID", help="The alert
                       f"{alert.acknowledged_at}", highlight=False)
             return
         alert.acknowledged, alert.acknowledged_at, alert.acknowledged_by = True, utcnow(), actor_or_user(actor)
-        s.add(alert)
+        session.add(alert)
         doc = alert.model_dump()
     out.print(f"alert {alert_id} acknowledged by {doc['acknowledged_by']}", highlight=False)
 
@@ -119,21 +119,22 @@ def status(as_json: bool = JsonOpt) -> None:
     from shared.tables import Abstract, Alert, DriftReport, RunStatus, TrainingRun
 
     ensure_store()
-    st = get_settings()
-    with session_scope() as s:
-        champ = registry.champion(s, model_line=st.model_line)
+    settings = get_settings()
+    with session_scope() as session:
+        champ = registry.champion(session, model_line=settings.model_line)
         active = [r.model_dump(include={"id", "status", "step", "total_steps", "loss", "tokens_per_s",
                                         "heartbeat_at"}) | {"eta_s": eta(r)}
-                  for r in s.exec(select(TrainingRun).where(
+                  for r in session.exec(select(TrainingRun).where(
                       col(TrainingRun.status).in_([RunStatus.queued, RunStatus.running])))]
-        last_drift = s.exec(select(DriftReport).order_by(col(DriftReport.id).desc())).first()
+        last_drift = session.exec(select(DriftReport).order_by(col(DriftReport.id).desc())).first()
         doc = {
-            "model_line": st.model_line, "database": st.database_url.split("@")[-1], "eager": st.eager,
+            "model_line": settings.model_line, "database": settings.database_url.split("@")[-1],
+            "eager": settings.eager,
             "champion": f"v{champ.id}" if champ else None,
-            "abstracts": s.exec(select(func.count()).select_from(Abstract)).one(),
+            "abstracts": session.exec(select(func.count()).select_from(Abstract)).one(),
             "active_runs": active,
             "last_drift": last_drift.status if last_drift else None,
-            "open_alerts": s.exec(select(func.count()).where(col(Alert.acknowledged).is_(False))).one(),
+            "open_alerts": session.exec(select(func.count()).where(col(Alert.acknowledged).is_(False))).one(),
         }
     try:
         doc["broker"] = "up" if redis_client().ping() else "down"

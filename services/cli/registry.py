@@ -42,11 +42,11 @@ def versions(as_json: bool = JsonOpt) -> None:
     from shared.db import session_scope
 
     ensure_store()
-    with session_scope() as s:
-        champ = registry.champion(s, model_line=get_settings().model_line)
+    with session_scope() as session:
+        champ = registry.champion(session, model_line=get_settings().model_line)
         rows = []
-        for v in registry.list_versions(s):
-            run = registry.run_for_version(s, version=v)
+        for v in registry.list_versions(session):
+            run = registry.run_for_version(session, version=v)
             rows.append(v.model_dump() | {"champion": champ is not None and champ.id == v.id,
                                           "manifest_hash": run.manifest.get("hash"),
                                           "data": run.manifest.get("counts", {})})
@@ -64,8 +64,8 @@ def _alias_change(action: str, **kwargs: Any) -> None:
 
     ensure_store()
     try:
-        with session_scope() as s:
-            event = getattr(registry, action)(s, **kwargs)
+        with session_scope() as session:
+            event = getattr(registry, action)(session, **kwargs)
             doc = event.model_dump()
     except registry.RegistryError as exc:
         die(str(exc))
@@ -108,8 +108,8 @@ def history(as_json: bool = JsonOpt) -> None:
     from shared.tables import AuditEvent
 
     ensure_store()
-    with session_scope() as s:
-        rows = [e.model_dump() for e in s.exec(select(AuditEvent).order_by(col(AuditEvent.id)))]
+    with session_scope() as session:
+        rows = [e.model_dump() for e in session.exec(select(AuditEvent).order_by(col(AuditEvent.id)))]
     emit(rows, as_json, table("alias history", ["#", "at", "actor", "action", "from", "to", "reason"], [
         [r["id"], r["at"], r["actor"], r["action"], r["from_version_id"], r["to_version_id"], r["reason"][:70]]
         for r in rows]))

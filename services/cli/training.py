@@ -34,9 +34,9 @@ def runs(as_json: bool = JsonOpt) -> None:
     from shared.tables import TrainingRun
 
     ensure_store()
-    with session_scope() as s:
+    with session_scope() as session:
         rows = [r.model_dump(exclude={"manifest"}) | {"counts": r.manifest.get("counts", {}), "eta_s": eta(r)}
-                for r in s.exec(select(TrainingRun).order_by(col(TrainingRun.id)))]
+                for r in session.exec(select(TrainingRun).order_by(col(TrainingRun.id)))]
     emit(rows, as_json, table("training runs", ["id", "status", "step", "loss", "tokens/s", "eta", "parent",
                                                   "error"], [
         [r["id"], r["status"], f"{r['step']}/{r['total_steps']}", fmt(r["loss"]), fmt(r["tokens_per_s"]),
