@@ -116,7 +116,9 @@ def _loop(workspace: Path, models: Path, label: str, as_files: list[Path], emula
     con = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     settings = get_settings()
     con.rule("MedQA-CL demo")
-    con.print(f"corpus: {label}\nbase model: {settings.base_model}\nworkspace: {workspace}", highlight=False)
+    con.print(f"corpus: {label}\nreference corpora: pubmedqa={settings.pubmedqa_source}, "
+              f"medquad={settings.medquad_source}, liveqa={settings.liveqa_source}\n"
+              f"base model: {settings.base_model}\nworkspace: {workspace}", highlight=False)
     t0 = time.perf_counter()
     migrate()
     model_seconds = _prepare_base_model(con, settings)
