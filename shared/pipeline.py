@@ -161,11 +161,11 @@ def sweep_now() -> dict[str, list]:
 
 
 def _pending() -> dict[str, Any]:
-    s = get_settings()
-    stale = utcnow() - timedelta(seconds=3 * s.visibility_timeout_s)
+    settings = get_settings()
+    stale = utcnow() - timedelta(seconds=3 * settings.visibility_timeout_s)
     with session_scope() as session:
         active = session.exec(select(TrainingRun.id).where(
-            TrainingRun.model_line == s.model_line,
+            TrainingRun.model_line == settings.model_line,
             col(TrainingRun.status).in_((RunStatus.queued, RunStatus.running)))).first()
         runs = session.exec(select(TrainingRun.id).where(
             or_(col(TrainingRun.status) == RunStatus.queued,
