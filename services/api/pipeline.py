@@ -37,7 +37,7 @@ class Answer:
 
 
 def context_of(hits: Sequence[Hit]) -> str | None:
-    """Best hit first: a prompt over the model's window loses the context's tail (services/evaluator/qa.py)."""
+    """Best hit first: a prompt over the model's window loses the context's tail (shared/lm/prompts.py)."""
     return "\n\n".join(f"[PMID {h.pmid}] {h.title}\n{h.text}" for h in hits) or None
 
 

@@ -136,7 +136,7 @@ def _mark_retracted(session: Session, pmids: set[int]) -> int:
     """Flag stored rows as retracted; returns how many were not flagged yet.
 
     Marked, not deleted: past runs' lineage still resolves, but no future run, replay buffer or
-    evaluation slice reads a retracted text again (see services/trainer/data.py)."""
+    evaluation slice reads a retracted text again (see shared/queries.py)."""
     if not pmids:
         return 0
     marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(pmids)),
