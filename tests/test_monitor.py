@@ -128,21 +128,9 @@ def test_health_alerts_once_per_incident(medqa_env):
         s.add(IngestCursor(source="entrez", query="q", last_success=old, last_error="HTTP 500 from efetch", errors=4))
         s.add(Abstract(pmid=1, title="t", text="x", content_hash="h1", source="s", ingested_at=old))
         s.add(Abstract(pmid=2, title="t", text="y", content_hash="h2", source="s"))
-        versions = []
-        for i, ppl in enumerate([20.0, 19.0, 25.0]):  # the third champion is 31.6% worse than the best
-            run = TrainingRun(model_line="default", base_model="b", status=RunStatus.succeeded)
-            s.add(run)
-            s.flush()
-            v = ModelVersion(model_line="default", run_id=run.id, base_model="b", adapter_path="/x", sha256="0" * 64,
-                             status=VersionStatus.blessed, metrics={"ppl_new": ppl, "ppl_retention": 10.0})
-            s.add(v)
-            s.flush()
-            versions.append(v)
-            s.add(AuditEvent(actor="t", action="promote", subject="default/champion", to_version_id=v.id,
-                             reason="r", at=old + timedelta(minutes=i)))
-        from shared.tables import Alias
-
-        s.add(Alias(model_line="default", name="champion", version_id=versions[-1].id))
+        # The third champion's retention is 36.8% worse than the best on the same items; its ppl_new is
+        # far worse still, but each version's `new` slice is other items: never a trend.
+        _champions_scored(s, old, retention=[10.0, 9.5, 13.0], new=[20.0, 19.0, 90.0])
     with session_scope() as s:
         kinds = sorted(check_health(s))
     assert kinds == sorted(["train_oom", "train_failed", "ingest_error", "ingest_stall", "champion_stale",
@@ -150,7 +138,43 @@ def test_health_alerts_once_per_incident(medqa_env):
     with session_scope() as s:
         assert check_health(s) == []  # the same incidents again: deduplicated
         trend = s.exec(select(Alert).where(Alert.kind == "metric_trend")).one()
-        assert "ppl_new" in trend.message and "v3" in trend.message
+        assert "ppl_retention" in trend.message and "v3" in trend.message and "same retention items" in trend.message
+
+
+def _champions_scored(session, at, *, retention, new, retention_hashes=None):  # type: ignore[no-untyped-def]
+    """Champions v1..vN in turn, each with stored suite results: retention on `retention_hashes`
+    (default: one fixed suite for all) and a `new` slice of its own."""
+    from shared.tables import Alias, SuiteResult
+
+    hashes = retention_hashes or ["R"] * len(retention)
+    versions = []
+    for i, (ret, ppl_new, digest) in enumerate(zip(retention, new, hashes, strict=True)):
+        run = TrainingRun(model_line="default", base_model="b", status=RunStatus.succeeded)
+        session.add(run)
+        session.flush()
+        v = ModelVersion(model_line="default", run_id=run.id, base_model="b", adapter_path="/x", sha256="0" * 64,
+                         status=VersionStatus.blessed, metrics={"ppl_new": ppl_new, "ppl_retention": ret})
+        session.add(v)
+        session.flush()
+        session.add(SuiteResult(subject=f"v{v.id}", suite="retention", suite_hash=digest,
+                                metrics={"ppl_retention": ret}))
+        session.add(SuiteResult(subject=f"v{v.id}", suite="new", suite_hash=f"new-{i}", metrics={"ppl_new": ppl_new}))
+        session.add(AuditEvent(actor="t", action="promote", subject="default/champion", to_version_id=v.id,
+                               reason="r", at=at + timedelta(minutes=i)))
+        versions.append(v)
+    session.add(Alias(model_line="default", name="champion", version_id=versions[-1].id))
+    return versions
+
+
+def test_health_never_compares_numbers_from_different_item_sets(medqa_env):
+    """Each champion's retention suite here is another item set (as when earlier hold-outs join it),
+    and no earlier champion was scored on the newest one: no trend can be claimed."""
+    medqa_env()
+    with session_scope() as s:
+        _champions_scored(s, utcnow(), retention=[10.0, 9.5, 13.0], new=[20.0, 19.0, 90.0],
+                          retention_hashes=["R1", "R2", "R3"])
+    with session_scope() as s:
+        assert "metric_trend" not in check_health(s)
 
 
 def test_a_large_ingest_batch_triggers_a_monitor_run(medqa_env, tmp_path):

@@ -1,7 +1,8 @@
 """Model and pipeline health: the quiet failures drift does not show.
 
   metric_trend     the champion's guarded metric is worse than the best of the three champions
-                   before it by more than `health_metric_drop` (a slide one version at a time)
+                   before it by more than `health_metric_drop` (a slide one version at a time),
+                   measured on the same items (the same suite hash) only
   champion_stale   abstracts keep arriving, but no promotion for `health_stale_days`
   ingest_stall     an ingest source has not succeeded for `health_ingest_stall_hours`, or its last
                    attempt ended in an error
@@ -20,7 +21,19 @@ from services.monitor.alerts import raise_alert
 from shared import registry
 from shared.policy import Policy
 from shared.settings import get_settings
-from shared.tables import Abstract, AuditEvent, IngestCursor, ModelVersion, RunStatus, TrainingRun, utcnow
+from shared.tables import (
+    Abstract,
+    AuditEvent,
+    IngestCursor,
+    ModelVersion,
+    RunStatus,
+    SuiteResult,
+    TrainingRun,
+    utcnow,
+)
+
+# Each run's `new` suite is its own increment's held-out slice: never comparable across versions.
+PER_INCREMENT_SUITE = "new"
 
 
 def check_health(session: Session) -> list[str]:
@@ -45,6 +58,10 @@ def _champions(session: Session, model_line: str) -> list[ModelVersion]:
 
 
 def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
+    """A guarded metric of the champion against the three champions before it, on the same items
+    only: each value is read from a stored suite result with the champion's suite hash. The
+    per-increment `new` slice never compares across versions, and an earlier champion never scored
+    on this exact suite is left out rather than compared with a number from other items."""
     settings = get_settings()
     champ = registry.champion(session, model_line=settings.model_line)
     if champ is None:
@@ -52,16 +69,32 @@ def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
     earlier = [v for v in _champions(session, settings.model_line) if v.id != champ.id][-3:]
     rules = Policy.load(settings.policy_file).rules  # type: ignore[arg-type]
     for name, rule in rules.items():
-        values = [v.metrics[name] for v in earlier if name in v.metrics]
-        if name not in champ.metrics or not values:
+        current = _latest_result_with(session, f"v{champ.id}", name)
+        if current is None or current.suite == PER_INCREMENT_SUITE:
+            continue
+        values = [r.metrics[name] for v in earlier
+                  if (r := _result_on(session, f"v{v.id}", current.suite_hash)) is not None and name in r.metrics]
+        if not values:
             continue
         lower = rule["direction"] == "lower"
+        now = current.metrics[name]
         best = min(values) if lower else max(values)
-        worse = (champ.metrics[name] - best) if lower else (best - champ.metrics[name])
+        worse = (now - best) if lower else (best - now)
         if best and worse / abs(best) > settings.health_metric_drop:
             yield ("metric_trend", "warning", f"metric_trend:{name}:v{champ.id}",
-                   f"{name} of champion v{champ.id} is {champ.metrics[name]:.4g}, {worse / abs(best):.1%} worse "
-                   f"than the best of the previous champions ({best:.4g})")
+                   f"{name} of champion v{champ.id} is {now:.4g}, {worse / abs(best):.1%} worse than the best "
+                   f"of the previous champions on the same {current.suite} items ({best:.4g})")
+
+
+def _latest_result_with(session: Session, subject: str, metric: str) -> SuiteResult | None:
+    rows = session.exec(select(SuiteResult).where(SuiteResult.subject == subject)
+                        .order_by(col(SuiteResult.id).desc())).all()
+    return next((r for r in rows if metric in r.metrics), None)
+
+
+def _result_on(session: Session, subject: str, suite_hash: str) -> SuiteResult | None:
+    return session.exec(select(SuiteResult).where(SuiteResult.subject == subject,
+                                                  SuiteResult.suite_hash == suite_hash)).first()
 
 
 def _champion_stale(session: Session):  # type: ignore[no-untyped-def]
