@@ -18,8 +18,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import random
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +250,13 @@ def _hub_dataset(corpus: Corpus, source: str, data_dir: Path) -> list[dict[str, 
     except Exception as exc:  # offline, unknown id, gated: all mean "not from the hub"
         raise CorpusUnavailable(f"not cached in {folder} and the hub gave no copy "
                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    dataset.save_to_disk(str(folder))
+    # Written beside the cache and renamed into place: an interrupted pull leaves no half-written
+    # copy that a later load would take for the corpus.
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    dataset.save_to_disk(str(partial))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
     return _rows(dataset)
 
 

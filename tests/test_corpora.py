@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from services.cli import app
 from services.devkit.synth import write_corpus, write_medquad
 from services.ingest.tasks import ingest_path
-from shared import corpora
 from shared.corpora import CorpusUnavailable, cache_folder, corpus_items, general_texts, pubmedqa_split
 from shared.db import session_scope
 from shared.settings import Settings, get_settings
@@ -127,8 +126,27 @@ def test_production_settings_without_corpora_stop_training_with_the_setting_name
     assert any("MEDQA_MEDQUAD_SOURCE" in r.getMessage() for r in caplog.records)
 
 
-def test_the_synthetic_medquad_is_only_had_by_asking_for_it(env, tmp_path):
+def test_the_dev_kits_synthetic_medquad_reads_as_a_medquad_folder(env, tmp_path):
     write_medquad(tmp_path / "mq", n=12)
     env(medquad_source=str(tmp_path / "mq"))
-    assert len(corpus_items("medquad")) == 12
-    assert not hasattr(corpora, "synthetic"), "production code names no synthetic source"
+    items = corpus_items("medquad")
+    assert len(items) == 12 and all(i.question.startswith("What did the study") and i.answer for i in items)
+
+
+def test_a_fetched_dataset_is_cached_whole_and_read_back_without_fetching(env, tmp_path):
+    """The fetch path of a hub id, fed from a local folder in the hub's layout (`load_dataset` takes
+    both): the copy lands in the cache by rename, and the next load reads only the cache."""
+    from shared.corpora import CORPORA, _hub_dataset
+
+    hub_copy = tmp_path / "hub-copy" / "data"
+    hub_copy.mkdir(parents=True)
+    _hub_style_dataset(QA_ROWS).to_parquet(str(hub_copy / "train-00000-of-00001.parquet"))
+    env()
+    data_dir = get_settings().data_dir
+    rows = _hub_dataset(CORPORA["medquad"], str(tmp_path / "hub-copy"), data_dir)
+    assert [r["question_id"] for r in rows] == [r["question_id"] for r in QA_ROWS]
+    cached = cache_folder(data_dir, "medquad", str(tmp_path / "hub-copy"))
+    assert (cached / "dataset_info.json").is_file() and not cached.with_name(cached.name + ".partial").exists()
+    for parquet in hub_copy.glob("*.parquet"):
+        parquet.unlink()  # the "hub" is gone: the cache alone must answer
+    assert len(_hub_dataset(CORPORA["medquad"], str(tmp_path / "hub-copy"), data_dir)) == 5
