@@ -1,4 +1,10 @@
-"""The written blessing policy: load it, and judge candidate metrics against the champion's."""
+"""The written blessing policy: what each metric must do, read from TOML and checked on load.
+
+The file states, per metric, its direction, optional absolute bounds, and the non-inferiority margin
+a candidate must clear against the champion on the same items; at the top, the confidence level, the
+power suites are sized for, and whether the target must improve significantly or only not regress.
+The arithmetic that applies it lives with the evaluator (services/evaluator/judge.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-_RULE_KEYS = {"direction", "max", "min", "max_rel_regression", "max_abs_regression", "min_rel_improvement"}
+_RULE_KEYS = {"direction", "max", "min", "margin", "margin_rel", "confidence"}
+_TOP_KEYS = {"target", "target_test", "confidence", "power", "metrics"}
+TARGET_TESTS = ("superiority", "non-inferiority")
 
 
 class PolicyError(ValueError):
@@ -17,6 +25,9 @@ class PolicyError(ValueError):
 class Policy:
     target: str
     rules: dict[str, dict]
+    target_test: str = "superiority"
+    confidence: float = 0.95
+    power: float = 0.8
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -24,59 +35,56 @@ class Policy:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise PolicyError(f"cannot read policy {path}: {exc}") from None
+        unknown = set(data) - _TOP_KEYS
+        if unknown:
+            raise PolicyError(f"policy {path} has unknown top-level keys {sorted(unknown)}")
         rules = data.get("metrics") or {}
         if not rules:
             raise PolicyError(f"policy {path} has no [metrics.*] tables")
         for name, rule in rules.items():
-            unknown = set(rule) - _RULE_KEYS
-            if unknown:
-                raise PolicyError(f"policy {path}: metrics.{name} has unknown keys {sorted(unknown)}")
-            if rule.get("direction") not in ("lower", "higher"):
-                raise PolicyError(f"policy {path}: metrics.{name}.direction must be 'lower' or 'higher'")
+            _check_rule(path, name, rule)
         target = data.get("target", "")
         if target and target not in rules:
             raise PolicyError(f"policy {path}: target {target!r} is not among its metrics")
-        return cls(target=target, rules=rules)
+        target_test = data.get("target_test", "superiority")
+        if target_test not in TARGET_TESTS:
+            raise PolicyError(f"policy {path}: target_test must be one of {list(TARGET_TESTS)}")
+        confidence = _share(path, "confidence", data.get("confidence", 0.95))
+        power = _share(path, "power", data.get("power", 0.8))
+        return cls(target=target, rules=rules, target_test=target_test, confidence=confidence, power=power)
 
-    def judge(self, candidate: dict[str, float], baseline: dict[str, float] | None,
-              *, has_champion: bool) -> tuple[bool, list[str]]:
-        """Return (passed, reasons). Reasons list every check, passed or failed, so the stored
-        decision explains itself."""
-        reasons: list[str] = []
-        ok = True
-        for name, rule in self.rules.items():
-            if name not in candidate:
-                if baseline is not None and name not in baseline:  # its suite is not configured here
-                    reasons.append(f"skip {name}: not measured (its suite is not configured)")
-                else:
-                    ok = False
-                    reasons.append(f"FAIL {name}: not measured")
-                continue
-            value, lower = candidate[name], rule["direction"] == "lower"
-            for bound, too_far in (("max", value > rule.get("max", float("inf"))),
-                                   ("min", value < rule.get("min", float("-inf")))):
-                if bound in rule:
-                    ok &= not too_far
-                    reasons.append(f"{'FAIL' if too_far else 'ok'} {name}={value:.4g} {bound} {rule[bound]}")
-            if not has_champion or baseline is None or name not in baseline:
-                continue  # no champion: only the value bounds apply (the base model's metrics are kept for reference)
-            base = baseline[name]
-            worse_by = (value - base) if lower else (base - value)  # > 0 means the candidate is worse
-            rel = worse_by / abs(base) if base else 0.0
-            if "max_rel_regression" in rule:
-                bad = rel > rule["max_rel_regression"]
-                ok &= not bad
-                trend = f"regresses {rel:.2%}" if rel > 0 else f"improves {-rel:.2%}"
-                reasons.append(f"{'FAIL' if bad else 'ok'} {name} {trend} vs champion "
-                               f"(allowed regression {rule['max_rel_regression']:.2%})")
-            if "max_abs_regression" in rule:
-                bad = worse_by > rule["max_abs_regression"]
-                ok &= not bad
-                reasons.append(f"{'FAIL' if bad else 'ok'} {name} regression {worse_by:.4g} "
-                               f"(allowed {rule['max_abs_regression']})")
-            if name == self.target and "min_rel_improvement" in rule:
-                bad = -rel <= rule["min_rel_improvement"]
-                ok &= not bad
-                reasons.append(f"{'FAIL' if bad else 'ok'} target {name} improves {-rel:+.2%} vs champion "
-                               f"(required > {rule['min_rel_improvement']:.2%})")
-        return ok, reasons
+    def confidence_for(self, metric: str) -> float:
+        return float(self.rules[metric].get("confidence", self.confidence))
+
+    def margin(self, metric: str) -> float | None:
+        """The non-inferiority margin, positive, in the metric's unit (a share for perplexity)."""
+        rule = self.rules[metric]
+        value = rule.get("margin_rel", rule.get("margin"))
+        return None if value is None else float(value)
+
+
+def _check_rule(path: Path, name: str, rule: dict) -> None:
+    unknown = set(rule) - _RULE_KEYS
+    if unknown:
+        raise PolicyError(f"policy {path}: metrics.{name} has unknown keys {sorted(unknown)}")
+    if rule.get("direction") not in ("lower", "higher"):
+        raise PolicyError(f"policy {path}: metrics.{name}.direction must be 'lower' or 'higher'")
+    if "margin" in rule and "margin_rel" in rule:
+        raise PolicyError(f"policy {path}: metrics.{name} states both margin and margin_rel; keep one")
+    # Perplexity is compared as a ratio (its log is the mean NLL the paired test runs on), so its
+    # margin is a share; every other metric's margin is in its own unit.
+    relative = name.startswith("ppl_")
+    if ("margin" if relative else "margin_rel") in rule:
+        want = "margin_rel (a share, e.g. 0.05)" if relative else "margin (in the metric's unit)"
+        raise PolicyError(f"policy {path}: metrics.{name} takes {want}")
+    for key in ("margin", "margin_rel"):
+        if key in rule and not (isinstance(rule[key], int | float) and rule[key] >= 0):
+            raise PolicyError(f"policy {path}: metrics.{name}.{key} must be a number >= 0")
+    if "confidence" in rule:
+        _share(path, f"metrics.{name}.confidence", rule["confidence"])
+
+
+def _share(path: Path, key: str, value: object) -> float:
+    if not isinstance(value, int | float) or not 0.5 <= value < 1:
+        raise PolicyError(f"policy {path}: {key} must be a number in [0.5, 1)")
+    return float(value)

@@ -149,12 +149,16 @@ class Evaluation(SQLModel, table=True):
     baseline_metrics: dict = _json()
     passed: bool
     reasons: list[str] = _json(list)
+    # One entry per check (services/evaluator/judge.Guard): estimate, interval, margin, verdict,
+    # items and the smallest effect the suite could detect, so a decision can be re-read later.
+    guards: list[dict] = _json(list)
     created_at: datetime = Field(default_factory=utcnow)
 
 
 class SuiteResult(SQLModel, table=True):
     """One model scored on one suite. The champion's results are reused by suite hash, so a candidate
-    pays only for itself; `subject` is "v<id>" or "base:<spec>" (no version yet)."""
+    pays only for itself; `subject` is "v<id>" or "base:<spec>" (no version yet). `items` holds the
+    per-item series (services/evaluator/suites.SuiteScores), which paired tests and reports read."""
 
     __table_args__ = (UniqueConstraint("subject", "suite_hash"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -162,6 +166,7 @@ class SuiteResult(SQLModel, table=True):
     suite: str = Field(max_length=64)
     suite_hash: str = Field(max_length=64)
     metrics: dict = _json()
+    items: dict = _json()
     seconds: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
 

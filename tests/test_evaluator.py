@@ -1,7 +1,9 @@
 """Evaluator: suites, the written policy, the champion cache, planted good and bad candidates, reports."""
 
 import json
+import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,11 @@ from sqlmodel import select
 
 from services.devkit.synth import write_corpus
 from services.evaluator import gate
+from services.evaluator.judge import judge
 from services.evaluator.metrics import fk_grade, text_scores
 from services.evaluator.qa import decision_scores, macro_f1
+from services.evaluator.stats import paired_bootstrap
+from services.evaluator.suites import SuiteScores
 from services.ingest.tasks import ingest_path
 from services.trainer.config import TrainConfig
 from services.trainer.train import train_lora
@@ -20,7 +25,7 @@ from shared.corpora import load_liveqa
 from shared.db import session_scope
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import generate
-from shared.policy import Policy
+from shared.policy import Policy, PolicyError
 from shared.queries import live_texts as texts_for
 from shared.settings import get_settings
 from shared.tables import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
@@ -41,31 +46,107 @@ def test_text_metrics_rank_a_close_answer_above_a_far_one():
     assert macro_f1(["yes", "no", "maybe"], ["yes", "no", "no"]) == pytest.approx((1 + 2 / 3 + 0) / 3)
 
 
+def _scores(suite: str, **series: list) -> SuiteScores:
+    """Per-item scores of one suite, with the aggregate metrics the suite would report."""
+    n = len(next(iter(series.values())))
+    items = {"item_id": [f"{suite}:{i}" for i in range(n)], **series}
+    if "nll" in series:
+        metrics = {f"ppl_{suite}": math.exp(sum(series["nll"]) / sum(series["tokens"]))}
+    else:
+        names = {"correct": "acc"}
+        metrics = {f"{suite}_{names.get(k, k)}": sum(v) / n for k, v in series.items() if k != "tokens"}
+    return SuiteScores(metrics, items)
+
+
+def _ppl(suite: str, per_token: list[float], tokens: int = 50) -> SuiteScores:
+    return _scores(suite, nll=[x * tokens for x in per_token], tokens=[tokens] * len(per_token))
+
+
+def _rng_values(n: int, seed: int, mean: float, sd: float) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(mean, sd) for _ in range(n)]
+
+
 def test_policy_rejects_a_rouge_drop_even_when_perplexity_improves():
     policy = Policy.load(DEFAULT_POLICY)
-    champion = {"ppl_new": 20.0, "ppl_retention": 15.0, "pubmedqa_acc": 0.5, "pubmedqa_rouge1": 0.249,
-                "pubmedqa_rouge2": 0.100, "consumer_rougeL": 0.2, "consumer_fk_grade": 10.0}
-    # The design document's fine-tune: perplexity better, ROUGE-1 0.249 -> 0.184, ROUGE-2 0.100 -> 0.053.
-    candidate = {**champion, "ppl_new": 18.0, "ppl_retention": 14.5, "pubmedqa_rouge1": 0.184,
-                 "pubmedqa_rouge2": 0.053}
-    passed, reasons = policy.judge(candidate, champion, has_champion=True)
-    assert not passed
-    assert any(r.startswith("FAIL pubmedqa_rouge1") for r in reasons)
-    assert any(r.startswith("FAIL pubmedqa_rouge2") for r in reasons)
-    assert any(r.startswith("ok target ppl_new") for r in reasons)
-    # Without a champion only the value bounds apply: the same numbers pass.
-    assert policy.judge(candidate, champion, has_champion=False)[0]
+    champ_nll = _rng_values(48, 1, 3.0, 0.3)
+    champion = {"new": _ppl("new", champ_nll), "retention": _ppl("retention", champ_nll)}
+    # The design document's fine-tune: perplexity better, ROUGE-1 0.249 -> 0.184, ROUGE-2 0.100 -> 0.053,
+    # here on 64 answers each, paired.
+    r1, r2 = _rng_values(64, 2, 0.249, 0.03), _rng_values(64, 3, 0.100, 0.02)
+    champion["pubmedqa"] = _scores("pubmedqa", rouge1=r1, rouge2=r2)
+    candidate = {"new": _ppl("new", [x - 0.1 for x in champ_nll]), "retention": _ppl("retention", champ_nll),
+                 "pubmedqa": _scores("pubmedqa", rouge1=[x - 0.065 for x in r1], rouge2=[x - 0.047 for x in r2])}
+    verdict = judge(policy, candidate, champion)
+    assert not verdict.passed
+    by_metric = {g.metric: g for g in verdict.guards if g.estimate is not None}
+    assert by_metric["pubmedqa_rouge1"].verdict == "inferior" and by_metric["pubmedqa_rouge2"].verdict == "inferior"
+    assert by_metric["ppl_new"].verdict == "superior" and by_metric["ppl_new"].passed
+    assert by_metric["ppl_retention"].verdict == "non-inferior"
+    # Every reason shows estimate, interval, margin and verdict.
+    (r1_reason,) = [r for r in verdict.reasons if r.startswith("FAIL pubmedqa_rouge1")]
+    assert re.search(r"-0\.065 \[-0\.06\d+, -0\.06\d+\] vs margin -0\.03: inferior", r1_reason), r1_reason
+    assert any(re.match(r"ok target ppl_new -9\.\d+% \[-9\.\d+%, -9\.\d+%\] vs margin \+0\.00%: superior", r)
+               for r in verdict.reasons), verdict.reasons
+
+
+def test_a_one_item_accuracy_drop_on_16_items_is_not_significant_and_the_suite_too_small():
+    policy = Policy(target="", rules={"pubmedqa_acc": {"direction": "higher", "margin": 0.05}})
+    champ = [1, 0] * 8
+    cand = list(champ)
+    cand[0] = 0  # one item lost of 16: -6.25 points
+    (guard,) = judge(policy, {"pubmedqa": _scores("pubmedqa", correct=cand)},
+                     {"pubmedqa": _scores("pubmedqa", correct=champ)}).guards
+    assert guard.estimate == pytest.approx(-1 / 16) and guard.p_value == 1.0
+    assert guard.verdict == "inconclusive" and not guard.passed and guard.underpowered
+    assert "not significant" in guard.reason and "SUITE TOO SMALL" in guard.reason and "16 items" in guard.reason
+    assert guard.detectable > 0.05
+    # The same drop on 400 items where the models agree elsewhere is detectable, and non-inferior.
+    big_champ = [1, 0] * 200
+    big_cand = list(big_champ)
+    big_cand[0] = 0
+    (big,) = judge(policy, {"pubmedqa": _scores("pubmedqa", correct=big_cand)},
+                   {"pubmedqa": _scores("pubmedqa", correct=big_champ)}).guards
+    assert big.passed and big.verdict == "non-inferior" and not big.underpowered
+
+
+def test_the_guard_interval_is_the_paired_one_and_the_base_plays_champion(tmp_path):
+    policy = Policy(target="", rules={"consumer_rougeL": {"direction": "higher", "margin": 0.03}})
+    base = _rng_values(40, 5, 0.2, 0.08)
+    cand = [b + d for b, d in zip(base, _rng_values(40, 6, -0.01, 0.01), strict=True)]
+    (guard,) = judge(policy, {"consumer": _scores("consumer", rougeL=cand)},
+                     {"consumer": _scores("consumer", rougeL=base)}).guards
+    direct = paired_bootstrap(cand, base)
+    assert (guard.estimate, guard.low, guard.high) == pytest.approx((direct.estimate, direct.low, direct.high))
+    # Paired: the between-item spread (sd 0.08) cancels; an unpaired comparison could not clear 0.03.
+    assert guard.passed and guard.high - guard.low < 0.02
 
 
 def test_policy_skips_metrics_whose_suite_is_not_configured():
     policy = Policy.load(DEFAULT_POLICY)
-    only_ppl = {"ppl_new": 18.0, "ppl_retention": 14.0}
-    passed, reasons = policy.judge(only_ppl, {"ppl_new": 20.0, "ppl_retention": 14.0}, has_champion=True)
-    assert passed and any(r.startswith("skip pubmedqa_rouge1") for r in reasons)
+    nll = _rng_values(20, 7, 3.0, 0.2)
+    only_ppl = {"new": _ppl("new", [x - 0.2 for x in nll]), "retention": _ppl("retention", nll)}
+    base = {"new": _ppl("new", nll), "retention": _ppl("retention", nll)}
+    verdict = judge(policy, only_ppl, base)
+    assert verdict.passed and any(r.startswith("skip pubmedqa_rouge1") for r in verdict.reasons)
     # Measured for the champion but missing for the candidate: that is a failure, not a skip.
-    passed, _ = policy.judge(only_ppl, {"ppl_new": 20.0, "ppl_retention": 14.0, "pubmedqa_rouge1": 0.2},
-                             has_champion=True)
-    assert not passed
+    base["pubmedqa"] = _scores("pubmedqa", rouge1=[0.2] * 20)
+    assert not judge(policy, only_ppl, base).passed
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[metrics.ppl_new]\ndirection = "lower"\nmargin = 0.1\n', "takes margin_rel"),
+    ('[metrics.pubmedqa_acc]\ndirection = "higher"\nmargin_rel = 0.1\n', "takes margin"),
+    ('[metrics.pubmedqa_acc]\ndirection = "higher"\nmargin = -0.1\n', "must be a number >= 0"),
+    ('confidence = 1.5\n[metrics.pubmedqa_acc]\ndirection = "higher"\n', "confidence must be"),
+    ('target_test = "maybe"\n[metrics.pubmedqa_acc]\ndirection = "higher"\n', "target_test must be"),
+    ('[metrics.pubmedqa_acc]\ndirection = "higher"\nmax_abs_regression = 0.1\n', "unknown keys"),
+])
+def test_a_malformed_policy_names_its_key(tmp_path, body, message):
+    path = tmp_path / "p.toml"
+    path.write_text(body)
+    with pytest.raises(PolicyError, match=message):
+        Policy.load(path)
 
 
 @needs_shared_data("liveqa_medical")
@@ -152,8 +233,8 @@ def _shuffled(texts: list[str], model_cache: Path, seed: int = 0) -> list[str]:
 def test_planted_bad_candidate_is_rejected_and_a_good_one_blessed(line, medqa_env, tmp_path, model_cache,
                                                                   monkeypatch):
     policy = tmp_path / "gate.toml"
-    policy.write_text('target = "ppl_new"\n[metrics.ppl_new]\ndirection = "lower"\nmin_rel_improvement = 0.0\n'
-                      '[metrics.ppl_retention]\ndirection = "lower"\nmax_rel_regression = 0.5\n')
+    policy.write_text('target = "ppl_new"\ntarget_test = "superiority"\n[metrics.ppl_new]\ndirection = "lower"\n'
+                      '[metrics.ppl_retention]\ndirection = "lower"\nmargin_rel = 0.5\n')
     medqa_env(train_lr="5e-3", train_max_steps="8", policy_file=str(policy), auto_promote="0")
     texts = line.info["texts"]
     # The tiny model is far from converged: 40 steps at a high rate move its perplexity clearly.
@@ -182,18 +263,39 @@ def test_planted_bad_candidate_is_rejected_and_a_good_one_blessed(line, medqa_en
         assert stored.baseline_version_id == line.info["v1"]
         champ_rows = s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{line.info['v1']}")).all()
         assert {"new", "retention"} <= {r.suite for r in champ_rows}
+        for row in champ_rows:  # per-item values beside the aggregates, one per item
+            n = len(row.items["item_id"])
+            assert n > 0 and set(row.items) >= {"item_id"} and all(len(v) == n for v in row.items.values())
+            if row.suite in ("new", "retention"):
+                assert all(t > 0 for t in row.items["tokens"])
+                assert math.exp(sum(row.items["nll"]) / sum(row.items["tokens"])) == pytest.approx(
+                    row.metrics[f"ppl_{row.suite}"])
         assert registry.champion(s, model_line="default").id == line.info["v1"]  # auto-promotion is off
 
 
 def test_rouge_regression_with_better_perplexity_is_rejected_and_the_reason_stored(line, medqa_env, monkeypatch):
     medqa_env(train_lr="5e-3", train_max_steps="8", policy_file=str(DEFAULT_POLICY))
     cand = line(line.info["texts"], "cand")
-    champ = {"ppl_new": 30.0, "ppl_retention": 40.0, "pubmedqa_acc": 0.4, "pubmedqa_rouge1": 0.249,
-             "pubmedqa_rouge2": 0.100, "consumer_rougeL": 0.2, "consumer_fk_grade": 9.0}
-    worse_rouge = {**champ, "ppl_new": 25.0, "pubmedqa_rouge1": 0.184, "pubmedqa_rouge2": 0.053}
+    nll = _rng_values(12, 8, 3.4, 0.3)
+    r1, r2 = _rng_values(8, 9, 0.249, 0.02), _rng_values(8, 10, 0.100, 0.01)
 
-    def fake_score(base_spec, adapters, suites):  # the metrics are planted; storage and policy are real
-        return {"candidate": dict(worse_rouge), "baseline": dict(champ) if suites["baseline"] else {}}
+    def planted(suite, better: bool):  # type: ignore[no-untyped-def]
+        if suite.kind == "perplexity":
+            shift = -0.2 if better and suite.name == "new" else 0.0
+            return _ppl(suite.name, [x + shift for x in nll[: len(suite.items)]])
+        if suite.kind == "pubmedqa":  # the candidate loses 0.065 ROUGE-1 and 0.047 ROUGE-2 on every answer
+            drop = (0.065, 0.047) if better else (0.0, 0.0)
+            return _scores("pubmedqa", rouge1=[x - drop[0] for x in r1], rouge2=[x - drop[1] for x in r2],
+                           correct=[1] * 8)
+        return _scores(suite.name, rougeL=[0.2] * len(suite.items), fk_grade=[9.0] * len(suite.items))
+
+    def fake_score(base_spec, adapters, suites):  # the scores are planted; storage and policy are real
+        return {"candidate": {x.name: planted(x, True) for x in suites["candidate"]},
+                "baseline": {x.name: planted(x, False) for x in suites["baseline"]}}
+
+    with session_scope() as s:  # forget v1's real scores, so the champion's are planted too
+        for row in s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{line.info['v1']}")):
+            s.delete(row)
 
     monkeypatch.setattr(gate, "score", fake_score)
     decision = gate.evaluate_version(cand)
@@ -217,6 +319,11 @@ def test_report_writes_markdown_html_and_plots(line, medqa_env, tmp_path):
     paths = json.loads(result.output)
     md = Path(paths["markdown"]).read_text()
     assert f"v{v1}" in md and "ppl_new" in md and "blessed" in md
+    # v1 was judged against the base model on the same items: the guard's interval, suite size and
+    # detectable effect, and the items it won and lost most.
+    guard_row = r"\| ppl_retention \| [+-][\d.]+% \| \[[+-][\d.]+%, [+-][\d.]+%\] \| 50\.00% \| non-inferior \| \d+ \|"
+    assert re.search(guard_row, md), md
+    assert re.search(r"ppl_new nats/token: won pmid:\d+ -[\d.e-]+", md), md
     assert "ppl_new" in Path(paths["html"]).read_text()
     assert paths["plots"] and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
     missing = CliRunner().invoke(app, ["report", "v999"])

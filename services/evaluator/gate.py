@@ -18,7 +18,8 @@ import torch
 from peft import PeftModel
 from sqlmodel import Session, col, select
 
-from services.evaluator.suites import Suite, sample
+from services.evaluator.judge import Guard, judge
+from services.evaluator.suites import Suite, SuiteScores, sample
 from shared import registry
 from shared.corpora import GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope
@@ -32,7 +33,7 @@ from shared.settings import get_settings
 from shared.tables import Evaluation, ModelVersion, SuiteResult, TrainingRun, VersionStatus
 
 log = logging.getLogger("medqa.evaluator")
-SUITE = "gate-v2"  # Evaluation.suite: the set of suites below, decided by the policy
+SUITE = "gate-v3"  # Evaluation.suite: the set of suites below, decided by the policy
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Decision:
     passed: bool
     reasons: list[str]
     promoted: bool
+    guards: list[Guard]
 
 
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
@@ -81,18 +83,18 @@ def _abstract_items(session: Session, pmids: list[int]) -> list[GeneralText]:
     return [GeneralText(f"pmid:{r.pmid}", abstract_text(r)) for r in live_abstracts(session, pmids)]
 
 
-def score(base_spec: str, adapters: dict[str, Path | None], suites: dict[str, list[Suite]]) -> dict[str, dict]:
-    """Metrics per model (adapter path; None = the bare base) over its suites, loading the base once.
-    Each (model, suite) pair takes its own timing, returned as `<suite>_seconds`."""
+def score(base_spec: str, adapters: dict[str, Path | None],
+          suites: dict[str, list[Suite]]) -> dict[str, dict[str, SuiteScores]]:
+    """Scores per model (adapter path; None = the bare base) and suite, loading the base once."""
     settings = get_settings()
     model, tokenizer = load_base_model(base_spec, settings.models_dir)
     device = torch.device("cpu")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16("auto", device))
     peft_model: Any = None
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, SuiteScores]] = {}
     for name, path in adapters.items():
+        out[name] = {}
         if not suites.get(name):
-            out[name] = {}
             continue
         if path is not None:
             if peft_model is None:
@@ -102,40 +104,45 @@ def score(base_spec: str, adapters: dict[str, Path | None], suites: dict[str, li
             peft_model.set_adapter(name)
         net = peft_model if path is not None else model
         ctx = peft_model.disable_adapter() if (path is None and peft_model is not None) else contextlib.nullcontext()
-        out[name] = {}
         with ctx, autocast:
             for suite in suites[name]:
                 t0 = time.perf_counter()
-                out[name].update(suite.run(net, tokenizer))
-                out[name][f"{suite.name}_seconds"] = time.perf_counter() - t0
+                result = suite.run(net, tokenizer)
+                result.metrics[f"{suite.name}_seconds"] = time.perf_counter() - t0
+                out[name][suite.name] = result
     return out
 
 
-def _cached(session: Session, subject: str, suites: list[Suite]) -> tuple[dict[str, float], list[Suite]]:
-    """(metrics already stored for `subject` on these exact suites, the suites still to run)."""
-    hashes = {x.hash: x for x in suites}
+def cached_scores(session: Session, subject: str, suites: list[Suite]) -> tuple[dict[str, SuiteScores], list[Suite]]:
+    """(scores already stored for `subject` on these exact suites, the suites still to run).
+    A stored result without per-item values (from before they were kept) counts as not stored."""
+    by_hash = {x.hash: x for x in suites}
     rows = session.exec(select(SuiteResult).where(SuiteResult.subject == subject,
-                                                  col(SuiteResult.suite_hash).in_(list(hashes)))).all()
-    metrics: dict[str, float] = {}
+                                                  col(SuiteResult.suite_hash).in_(list(by_hash)))).all()
+    found: dict[str, SuiteScores] = {}
     for row in rows:
-        metrics.update(row.metrics)
-        hashes.pop(row.suite_hash)
-    return metrics, list(hashes.values())
+        if row.items:
+            found[row.suite] = SuiteScores(dict(row.metrics), dict(row.items))
+            by_hash.pop(row.suite_hash)
+    return found, list(by_hash.values())
 
 
-def _store_results(session: Session, subject: str, suites: list[Suite], metrics: dict[str, float]) -> None:
+def store_scores(session: Session, subject: str, suites: list[Suite], scores: dict[str, SuiteScores]) -> None:
     for suite in suites:
-        if session.exec(select(SuiteResult).where(SuiteResult.subject == subject,
-                                                  SuiteResult.suite_hash == suite.hash)).first():
+        result = scores[suite.name]
+        row = session.exec(select(SuiteResult).where(SuiteResult.subject == subject,
+                                                     SuiteResult.suite_hash == suite.hash)).first()
+        if row is not None and row.items:
             continue  # another evaluator stored the same result meanwhile
-        own = {k: v for k, v in metrics.items() if k in suite_metric_names(suite, metrics)}
-        session.add(SuiteResult(subject=subject, suite=suite.name, suite_hash=suite.hash, metrics=own,
-                                seconds=metrics.get(f"{suite.name}_seconds", 0.0)))
+        row = row or SuiteResult(subject=subject, suite=suite.name, suite_hash=suite.hash)
+        row.metrics = {k: v for k, v in result.metrics.items() if k != f"{suite.name}_seconds"}
+        row.items = result.items
+        row.seconds = result.metrics.get(f"{suite.name}_seconds", 0.0)
+        session.add(row)
 
 
-def suite_metric_names(suite: Suite, metrics: dict[str, float]) -> list[str]:
-    prefix = {"perplexity": f"ppl_{suite.name}"}.get(suite.kind, f"{suite.name}_")
-    return [k for k in metrics if k.startswith(prefix) or k == f"{suite.name}_seconds"]
+def flat_metrics(scores: dict[str, SuiteScores]) -> dict[str, float]:
+    return {k: v for result in scores.values() for k, v in result.metrics.items()}
 
 
 def _suites_hash(suites: list[Suite]) -> str:
@@ -161,15 +168,17 @@ def evaluate_version(version_id: int) -> Decision | None:
         champ_path = Path(champ.adapter_path) if champ is not None else None
         # The champion (or the base, before there is one) is scored only on suites it has not met yet.
         baseline_subject = f"v{champ_id}" if champ is not None else f"base:{base_spec}"
-        cached, todo = _cached(session, baseline_subject, suites)
+        cached, todo = cached_scores(session, baseline_subject, suites)
     if champ is not None and champ.base_model != base_spec:
         raise ValueError(f"v{version_id} and champion v{champ_id} have different base models")
     policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]  # a bad policy fails before any scoring
 
-    metrics = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
-                    {"candidate": suites, "baseline": todo})
-    metrics["baseline"] = {**cached, **metrics["baseline"]}
-    passed, reasons = policy.judge(metrics["candidate"], metrics["baseline"], has_champion=champ is not None)
+    scores = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
+                   {"candidate": suites, "baseline": todo})
+    scores["baseline"] = {**cached, **scores["baseline"]}
+    verdict = judge(policy, scores["candidate"], scores["baseline"])
+    passed, reasons = verdict.passed, verdict.reasons
+    metrics = {name: flat_metrics(scores[name]) for name in ("candidate", "baseline")}
 
     with session_scope() as session:
         row = session.get(ModelVersion, version_id)
@@ -177,11 +186,12 @@ def evaluate_version(version_id: int) -> Decision | None:
         version = row
         if version.status != VersionStatus.candidate:  # another worker decided meanwhile
             return None
-        _store_results(session, f"v{version_id}", suites, metrics["candidate"])
-        _store_results(session, baseline_subject, todo, metrics["baseline"])
+        store_scores(session, f"v{version_id}", suites, scores["candidate"])
+        store_scores(session, baseline_subject, todo, scores["baseline"])
         session.add(Evaluation(version_id=version_id, baseline_version_id=champ_id, suite=SUITE,
                                suite_hash=_suites_hash(suites), metrics=metrics["candidate"],
-                               baseline_metrics=metrics["baseline"], passed=passed, reasons=reasons))
+                               baseline_metrics=metrics["baseline"], passed=passed, reasons=reasons,
+                               guards=[g.to_json() for g in verdict.guards]))
         version.status = VersionStatus.blessed if passed else VersionStatus.rejected
         version.metrics = {**version.metrics, **metrics["candidate"],
                            **{f"baseline_{k}": v for k, v in metrics["baseline"].items()}}
@@ -196,4 +206,5 @@ def evaluate_version(version_id: int) -> Decision | None:
         emit(session, Event.VERSION_DECIDED, version_id)
     log.info("v%d %s%s: %s", version_id, "blessed" if passed else "rejected",
              " and promoted" if promoted else "", "; ".join(reasons))
-    return Decision(version_id, champ_id, metrics["candidate"], metrics["baseline"], passed, reasons, promoted)
+    return Decision(version_id, champ_id, metrics["candidate"], metrics["baseline"], passed, reasons, promoted,
+                    verdict.guards)

@@ -91,3 +91,21 @@ def text_scores(predictions: list[str], references: list[str]) -> dict[str, Any]
     return {**Bleu().compute(predictions=predictions, references=references),
             **Rouge().compute(predictions=predictions, references=references),
             **Readability().compute(predictions=predictions)}
+
+
+def per_answer_scores(predictions: list[str], references: list[str]) -> dict[str, list[float | None]]:
+    """The same scores answer by answer, for paired comparisons: sentence BLEU, ROUGE-1/2/L and the
+    reading grade (None for an empty answer, which the suite's mean grade leaves out too). The means
+    of the ROUGE lists are exactly text_scores' ROUGE; corpus BLEU is not a mean of sentence BLEU."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    out: dict[str, list[float | None]] = {k: [] for k in ("bleu", "rouge1", "rouge2", "rougeL", "fk_grade")}
+    for pred, ref in zip(predictions, references, strict=True):
+        rouge = scorer.score(ref, pred)
+        for k in ("rouge1", "rouge2", "rougeL"):
+            out[k].append(rouge[k].fmeasure)
+        out["bleu"].append(sacrebleu.sentence_bleu(pred, [ref]).score / 100.0)
+        out["fk_grade"].append(fk_grade(pred) if pred.strip() else None)
+    return out

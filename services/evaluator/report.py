@@ -1,5 +1,6 @@
-"""`medqa report V`: the candidate-vs-champion table of a version's last evaluation, its decision
-reasons, and one PNG per metric across the model line's versions, as markdown and HTML."""
+"""`medqa report V`: the candidate-vs-champion table of a version's last evaluation, each guard's
+paired interval, margin, suite size and detectable effect, the items it won and lost most, its
+decision reasons, and one PNG per metric across the model line's versions, as markdown and HTML."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlmodel import Session, select
+
+from services.evaluator.judge import item_differences
+from services.evaluator.suites import SuiteScores, paired_series
 from shared import registry
 from shared.db import session_scope
 from shared.policy import Policy
 from shared.settings import get_settings
-from shared.tables import ModelVersion
+from shared.tables import Evaluation, ModelVersion, SuiteResult
+
+ITEMS_SHOWN = 3  # biggest wins and losses per guard
 
 
 @dataclass
@@ -42,6 +49,8 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
                   f"{'v' + str(version.parent_version_id) if version.parent_version_id else 'base'}; "
                   f"champion now {'v' + str(champ.id) if champ else 'none'})")
         passed, reasons, at = evaluation.passed, list(evaluation.reasons), evaluation.created_at
+        guards = [g for g in evaluation.guards if g.get("estimate") is not None]
+        scores = _paired_scores(session, evaluation, version)
     out = out_dir or settings.artifacts / "reports" / f"v{version_id}"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -58,6 +67,12 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
     cols = ["metric", f"v{version_id}", against, "change", "policy"]
     md = [f"# {title}", "", f"Decision: **{verdict}**", "", "| " + " | ".join(cols) + " |",
           "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
+    guard_cols = ["guard", "change", "interval", "margin", "verdict", "items", "detectable"]
+    guard_rows = [_guard_row(g) for g in guards]
+    items = _item_lines(guards, scores)
+    md += ["", "## Paired comparisons", "", "| " + " | ".join(guard_cols) + " |", "|" + "---|" * len(guard_cols)]
+    md += ["| " + " | ".join(r) + " |" for r in guard_rows]
+    md += ["", "## Items won and lost most", ""] + [f"- {line}" for line in items]
     md += ["", "## Reasons", ""] + [f"- {r}" for r in reasons] + ["", "## Metrics across versions", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(md) + "\n")
@@ -67,10 +82,53 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
     body = "".join("<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in rows)
     page = (f"<!doctype html><meta charset='utf-8'><title>{e(title)}</title><h1>{e(title)}</h1>"
             f"<p>Decision: <b>{e(verdict)}</b></p><table border='1' cellpadding='4'><tr>{table}</tr>{body}</table>"
+            f"<h2>Paired comparisons</h2><table border='1' cellpadding='4'><tr>"
+            f"{''.join(f'<th>{e(c)}</th>' for c in guard_cols)}</tr>"
+            f"{''.join('<tr>' + ''.join(f'<td>{e(x)}</td>' for x in r) + '</tr>' for r in guard_rows)}</table>"
+            f"<h2>Items won and lost most</h2><ul>{''.join(f'<li>{e(x)}</li>' for x in items)}</ul>"
             f"<h2>Reasons</h2><ul>{''.join(f'<li>{e(r)}</li>' for r in reasons)}</ul>"
             f"<h2>Metrics across versions</h2>{''.join(f'<img src={e(p.name)!r}>' for p in plots)}")
     (out / "report.html").write_text(page)
     return Report(out / "report.md", out / "report.html", plots)
+
+
+def _paired_scores(session: Session, evaluation: Evaluation,
+                   version: ModelVersion) -> dict[str, tuple[SuiteScores, SuiteScores]]:
+    """Suite name -> (candidate, baseline) per-item scores on the same suite hash."""
+    baseline = (f"v{evaluation.baseline_version_id}" if evaluation.baseline_version_id
+                else f"base:{version.base_model}")
+    rows = session.exec(select(SuiteResult).where(SuiteResult.subject.in_([f"v{version.id}", baseline]))).all()  # type: ignore[attr-defined]
+    mine = {r.suite_hash: r for r in rows if r.subject == f"v{version.id}" and r.items}
+    out = {}
+    for r in rows:
+        if r.subject == baseline and r.items and r.suite_hash in mine:
+            c = mine[r.suite_hash]
+            out[r.suite] = (SuiteScores(dict(c.metrics), dict(c.items)), SuiteScores(dict(r.metrics), dict(r.items)))
+    return out
+
+
+def _guard_row(g: dict) -> list[str]:
+    rel = g.get("unit") == "relative"
+    fmt = (lambda x: f"{x:+.2%}") if rel else (lambda x: f"{x:+.4g}")
+    size = (lambda x: f"{x:.2%}") if rel else (lambda x: f"{x:.3g}")
+    detectable = size(g["detectable"]) + (" (SUITE TOO SMALL)" if g.get("underpowered") else "")
+    margin = "" if g.get("margin") is None else size(g["margin"])
+    return [g["metric"], fmt(g["estimate"]), f"[{fmt(g['low'])}, {fmt(g['high'])}]", margin, g["verdict"],
+            str(g["n_items"]), detectable]
+
+
+def _item_lines(guards: list[dict], scores: dict[str, tuple[SuiteScores, SuiteScores]]) -> list[str]:
+    lines = []
+    for g in guards:
+        source = paired_series(g["metric"])
+        if source is None or source[0] not in scores:
+            continue
+        diffs = item_differences(g["metric"], *scores[source[0]])
+        unit = " nats/token" if g["metric"].startswith("ppl_") else ""
+        wins = [f"{item} {d:+.3g}" for item, d in diffs[:ITEMS_SHOWN]]
+        losses = [f"{item} {d:+.3g}" for item, d in diffs[-ITEMS_SHOWN:][::-1]]
+        lines.append(f"{g['metric']}{unit}: won {', '.join(wins) or 'none'}; lost {', '.join(losses) or 'none'}")
+    return lines
 
 
 def _plot(path: Path, metric: str, history: list[tuple[int, str, dict]]) -> Path:

@@ -2,6 +2,9 @@
 
 A suite's hash changes when its items, its parameters or its scorer version change, so a cached
 champion result (SuiteResult, keyed by subject and hash) is reused only for exactly the same test.
+Every run keeps per-item values beside the aggregates (SuiteScores.items), which is what lets the
+gate compare two models item by item (services/evaluator/judge.py) and a report list the items won
+and lost.
 
   new        perplexity on the held-out slice of this increment (never trained on)
   retention  perplexity on fixed earlier abstracts (the model line's first held-out slice) plus
@@ -20,13 +23,38 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.evaluator.metrics import text_scores
-from services.evaluator.perplexity import perplexity
+from services.evaluator.metrics import per_answer_scores, text_scores
+from services.evaluator.perplexity import perplexity_of, text_nll
 from services.evaluator.qa import DECISIONS, decision_scores, macro_f1
 from shared.corpora import GeneralText
 from shared.lm.generation import generate
 
-SCORER_VERSIONS = {"perplexity": 1, "pubmedqa": 1, "consumer": 1}
+# Version 2: per-item values are stored; results of version 1 (aggregates only) are never reused.
+SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 2, "consumer": 2}
+
+
+@dataclass
+class SuiteScores:
+    """One model on one suite: aggregate metrics, and per-item series aligned with `items["item_id"]`.
+
+    Series: perplexity suites `nll` (summed over the item's tokens) and `tokens`; pubmedqa `correct`
+    (0/1), `label` (the chosen decision) and per-answer `bleu`, `rouge1/2/L`; consumer per-answer
+    `rouge1/2/L` and `fk_grade` (None for an empty answer)."""
+
+    metrics: dict[str, float]
+    items: dict[str, list[Any]]
+
+
+def paired_series(metric: str) -> tuple[str, str] | None:
+    """(suite name, per-item series) a metric is the mean of, or None when it has no per-item form
+    (macro-F1, corpus BLEU). Perplexity metrics map to the series "nll" (with "tokens")."""
+    if metric.startswith("ppl_"):
+        return metric.removeprefix("ppl_"), "nll"
+    suite, _, series = metric.partition("_")
+    per_item = {"pubmedqa": {"acc": "correct", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL"},
+                "consumer": {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "fk_grade": "fk_grade"}}
+    name = per_item.get(suite, {}).get(series)
+    return (suite, name) if name else None
 
 
 @dataclass(frozen=True)
@@ -44,17 +72,20 @@ class Suite:
             h.update(b"\0" + item.item_id.encode() + b"\0" + item.text.encode())
         return h.hexdigest()
 
-    def run(self, net: Any, tokenizer: Any) -> dict[str, float]:
-        p = self.params
-        if self.kind == "perplexity":
-            texts = [i.text for i in self.items]
-            return {f"ppl_{self.name}": perplexity(net, tokenizer, texts, max_length=p["max_length"])}
-        if self.kind == "pubmedqa":
-            return _pubmedqa(net, tokenizer, self.items, p)
-        return _consumer(net, tokenizer, self.items, p)
+    def run(self, net: Any, tokenizer: Any) -> SuiteScores:
+        scorer = {"perplexity": _perplexity, "pubmedqa": _pubmedqa, "consumer": _consumer}[self.kind]
+        metrics, series = scorer(self, net, tokenizer)
+        return SuiteScores(metrics, {"item_id": [i.item_id for i in self.items], **series})
 
 
-def _pubmedqa(net: Any, tokenizer: Any, items: tuple[GeneralText, ...], p: dict) -> dict[str, float]:
+def _perplexity(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
+    per_text = text_nll(net, tokenizer, [i.text for i in suite.items], max_length=suite.params["max_length"])
+    return ({f"ppl_{suite.name}": perplexity_of(per_text)},
+            {"nll": [n for n, _ in per_text], "tokens": [t for _, t in per_text]})
+
+
+def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
+    items, p = suite.items, suite.params
     pairs = [(i.question, i.context) for i in items]
     scores = decision_scores(net, tokenizer, pairs, batch_size=p["batch_size"], max_length=p["max_length"])
     pred = [DECISIONS[max(range(len(DECISIONS)), key=s.__getitem__)] for s in scores]
@@ -62,17 +93,24 @@ def _pubmedqa(net: Any, tokenizer: Any, items: tuple[GeneralText, ...], p: dict)
     answers = generate(net, tokenizer, pairs, max_new_tokens=p["max_new_tokens"], batch_size=p["batch_size"],
                        max_length=p["max_length"])
     answers = [a.split("Answer:")[0].strip() for a in answers]  # the long answer, before the decision
-    text = text_scores(answers, [long_answer_of(i) for i in items])
-    return {"pubmedqa_acc": sum(g == q for g, q in zip(gold, pred, strict=True)) / len(items),
-            "pubmedqa_f1": macro_f1(gold, pred),
-            **{f"pubmedqa_{k}": v for k, v in text.items() if k != "fk_grade"}}
+    refs = [long_answer_of(i) for i in items]
+    text = text_scores(answers, refs)
+    correct = [int(g == q) for g, q in zip(gold, pred, strict=True)]
+    per_answer = per_answer_scores(answers, refs)
+    metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred),
+               **{f"pubmedqa_{k}": v for k, v in text.items() if k != "fk_grade"}}
+    return metrics, {"correct": correct, "label": pred, **{k: v for k, v in per_answer.items() if k != "fk_grade"}}
 
 
-def _consumer(net: Any, tokenizer: Any, items: tuple[GeneralText, ...], p: dict) -> dict[str, float]:
+def _consumer(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
+    items, p = suite.items, suite.params
     answers = generate(net, tokenizer, [(i.question, None) for i in items], max_new_tokens=p["max_new_tokens"],
                        batch_size=p["batch_size"], max_length=p["max_length"])
-    text = text_scores(answers, [i.answer for i in items])
-    return {f"consumer_{k}": v for k, v in text.items() if k != "bleu"}
+    refs = [i.answer for i in items]
+    text = text_scores(answers, refs)
+    per_answer = per_answer_scores(answers, refs)
+    return ({f"consumer_{k}": v for k, v in text.items() if k != "bleu"},
+            {k: v for k, v in per_answer.items() if k != "bleu"})
 
 
 def decision_of(item: GeneralText) -> str:

@@ -1,0 +1,223 @@
+"""Apply the written policy to two models' per-item scores on the same suites.
+
+Each guarded metric is a paired comparison of candidate and champion (or the base model before
+there is a champion) on the same items:
+  - perplexity: a paired bootstrap of the token-weighted mean NLL, shown as a relative change;
+  - accuracy: a paired bootstrap of the mean, with the exact McNemar p-value beside it;
+  - ROUGE, reading grade: a paired bootstrap of the mean.
+A guard passes when its interval's worse end clears the margin (non-inferior). It fails when the
+whole interval lies beyond the margin (inferior), and also when the interval straddles the margin
+(inconclusive): the gate blesses only what its data can show. The target metric must in addition be
+significantly better when the policy's target_test is "superiority".
+
+Every guard also states the suite's minimum detectable effect, (z_conf + z_power) x the measured
+standard error, and says loudly when the margin is below it: such a guard cannot tell a regression
+of the size it is meant to catch from noise, so the suite needs more items (or a wider margin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scipy import stats as scipy_stats
+
+from services.evaluator.stats import (
+    Interval,
+    mcnemar_exact,
+    non_inferior,
+    paired_bootstrap,
+    perplexity_interval,
+    superior,
+)
+from services.evaluator.suites import SuiteScores, paired_series
+from shared.policy import Policy
+
+
+@dataclass
+class Guard:
+    """One metric's verdict; `estimate`, `low`, `high`, `margin` and `detectable` are in `unit`."""
+
+    metric: str
+    passed: bool
+    verdict: str  # non-inferior | inferior | inconclusive | superior | not superior | bounds | skipped | ...
+    reason: str
+    unit: str = ""  # "relative" (perplexity), else the metric's own unit
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    margin: float | None = None
+    detectable: float | None = None  # minimum detectable effect at the policy's confidence and power
+    n_items: int = 0
+    p_value: float | None = None
+    underpowered: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        # NumPy scalars (from the statistics) become plain JSON numbers and booleans.
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Judgement:
+    passed: bool
+    guards: list[Guard]
+
+    @property
+    def reasons(self) -> list[str]:
+        return [g.reason for g in self.guards]
+
+
+def judge(policy: Policy, candidate: dict[str, SuiteScores], baseline: dict[str, SuiteScores]) -> Judgement:
+    """Every metric of the policy, judged; reasons list every check, passed or failed."""
+    cand_metrics = _flat(candidate)
+    base_metrics = _flat(baseline)
+    guards: list[Guard] = []
+    for name in policy.rules:
+        if name not in cand_metrics:
+            if name not in base_metrics:  # its suite is not configured here
+                guards.append(Guard(name, True, "skipped", f"skip {name}: not measured (its suite is not configured)"))
+            else:
+                guards.append(Guard(name, False, "not measured", f"FAIL {name}: not measured"))
+            continue
+        guards.extend(_bounds(policy, name, cand_metrics[name]))
+        if policy.margin(name) is not None or name == policy.target:
+            guards.append(_paired(policy, name, candidate, baseline))
+    return Judgement(all(g.passed for g in guards), guards)
+
+
+def _flat(scores: dict[str, SuiteScores]) -> dict[str, float]:
+    return {k: v for s in scores.values() for k, v in s.metrics.items()}
+
+
+def _bounds(policy: Policy, name: str, value: float) -> list[Guard]:
+    rule, out = policy.rules[name], []
+    for bound, too_far in (("max", lambda b: value > b), ("min", lambda b: value < b)):
+        if bound in rule:
+            bad = too_far(rule[bound])
+            text = f"{'FAIL' if bad else 'ok'} {name}={value:.4g} {bound} {rule[bound]}"
+            out.append(Guard(name, not bad, "bounds", text))
+    return out
+
+
+def _paired(policy: Policy, name: str, candidate: dict[str, SuiteScores],
+            baseline: dict[str, SuiteScores]) -> Guard:
+    source = paired_series(name)
+    if source is None:
+        return Guard(name, False, "not comparable",
+                     f"FAIL {name}: has no per-item values, so it cannot be compared item by item; "
+                     "give it only max/min bounds in the policy")
+    suite, series = source
+    if suite not in baseline:
+        return Guard(name, False, "not measured", f"FAIL {name}: the champion has no result on this suite")
+    higher = policy.rules[name]["direction"] == "higher"
+    confidence = policy.confidence_for(name)
+    is_target = name == policy.target
+    relative = name.startswith("ppl_")
+    margin = policy.margin(name)
+    if margin is None:  # a target without a margin: only superiority is asked
+        margin = 0.0
+    interval, p_value = _interval(candidate[suite], baseline[suite], series, confidence, relative)
+    log_margin = math.log1p(margin) if relative else margin  # the interval of perplexity is in log units
+    z = scipy_stats.norm.ppf(1 - (1 - confidence) / 2)
+    se = (interval.high - interval.low) / (2 * z)
+    detectable = float((z + scipy_stats.norm.ppf(policy.power)) * se)
+    g = Guard(name, False, "", "", "relative" if relative else "", *_shown(interval, relative),
+              margin=margin, detectable=_shown_width(detectable, relative), n_items=interval.n_items, p_value=p_value)
+    if is_target and policy.target_test == "superiority":  # no margin: any significant gain passes
+        g.passed = bool(superior(interval, higher_is_better=higher))
+        g.verdict = "superior" if g.passed else "not superior"
+    else:
+        g.passed = bool(non_inferior(interval, log_margin, higher_is_better=higher))
+        best_end = interval.high if higher else -interval.low
+        g.verdict = "non-inferior" if g.passed else ("inferior" if best_end < -log_margin else "inconclusive")
+        g.underpowered = bool(detectable > log_margin)
+    g.reason = _reason(g, higher, confidence, policy.power, is_target, interval)
+    return g
+
+
+def _interval(cand: SuiteScores, base: SuiteScores, series: str, confidence: float,
+              relative: bool) -> tuple[Interval, float | None]:
+    """The paired interval of candidate - baseline over the items both scored (and McNemar's p for 0/1)."""
+    pairs = _aligned(cand, base, series)
+    if not pairs:
+        raise ValueError(f"no items in common for {series}")
+    if relative:
+        tokens = [t for _, _, t in pairs]
+        return perplexity_interval([a for a, _, _ in pairs], [b for _, b, _ in pairs], tokens,
+                                   confidence=confidence), None
+    a, b = [x for x, _, _ in pairs], [y for _, y, _ in pairs]
+    p_value = mcnemar_exact(a, b) if series == "correct" else None
+    return paired_bootstrap(a, b, confidence=confidence), p_value
+
+
+def _aligned(cand: SuiteScores, base: SuiteScores, series: str) -> list[tuple[float, float, float]]:
+    """(candidate value, baseline value, weight) per item both have a value for, in candidate order.
+    Weight is the scored-token count for perplexity (series "nll"), else 1."""
+    base_at = {item: i for i, item in enumerate(base.items["item_id"])}
+    out = []
+    for i, item in enumerate(cand.items["item_id"]):
+        j = base_at.get(item)
+        if j is None:
+            continue
+        a, b = cand.items[series][i], base.items[series][j]
+        weight = cand.items["tokens"][i] if series == "nll" else 1
+        if a is not None and b is not None and weight:
+            out.append((float(a), float(b), float(weight)))
+    return out
+
+
+def _shown(interval: Interval, relative: bool) -> tuple[float, float, float]:
+    if relative:  # a difference of mean log-likelihood is a ratio of perplexities
+        return math.expm1(interval.estimate), math.expm1(interval.low), math.expm1(interval.high)
+    return interval.estimate, interval.low, interval.high
+
+
+def _shown_width(width: float, relative: bool) -> float:
+    return math.expm1(width) if relative else width
+
+
+def _reason(g: Guard, higher: bool, confidence: float, power: float, is_target: bool, interval: Interval) -> str:
+    fmt = (lambda x: f"{x:+.2%}") if (g.unit == 'relative') else (lambda x: f"{x:+.4g}")
+    margin_shown = -g.margin if higher else g.margin  # the worst change allowed, signed
+    zero_out = interval.low > 0 or interval.high < 0
+    significance = ("not significant" if not zero_out
+                    else ("significantly better" if (interval.low > 0) == higher else "significantly worse"))
+    if g.p_value is not None:
+        significance += f", McNemar p={g.p_value:.2g}"
+    label = f"target {g.metric}" if is_target else g.metric
+    text = (f"{'ok' if g.passed else 'FAIL'} {label} {fmt(g.estimate)} [{fmt(g.low)}, {fmt(g.high)}] "
+            f"vs margin {fmt(margin_shown)}: {g.verdict} ({significance}; {g.n_items} items, "
+            f"{confidence:.0%} interval)")
+    if g.underpowered:
+        shown = f"{g.detectable:.2%}" if (g.unit == 'relative') else f"{g.detectable:.3g}"
+        margin = f"{g.margin:.2%}" if (g.unit == 'relative') else f"{g.margin:.3g}"
+        text += (f"; SUITE TOO SMALL for this margin: {g.n_items} items detect {shown} at {power:.0%} power, "
+                 f"margin {margin}")
+    return text
+
+
+def item_differences(metric: str, candidate: SuiteScores, baseline: SuiteScores) -> list[tuple[str, float]]:
+    """(item id, candidate - baseline) per item, in the metric's direction of "better" first: the
+    biggest wins lead, the biggest losses close. Perplexity items differ by mean NLL per token."""
+    source = paired_series(metric)
+    if source is None:
+        return []
+    series = source[1]
+    base_at = {item: i for i, item in enumerate(baseline.items.get("item_id", []))}
+    out = []
+    for i, item in enumerate(candidate.items.get("item_id", [])):
+        j = base_at.get(item)
+        if j is None:
+            continue
+        a, b = candidate.items[series][i], baseline.items[series][j]
+        if a is None or b is None:
+            continue
+        if series == "nll":
+            tokens = candidate.items["tokens"][i]
+            if not tokens:
+                continue
+            a, b = a / tokens, b / tokens
+        out.append((item, float(a) - float(b)))
+    lower_better = metric.startswith("ppl_") or metric.endswith("fk_grade")
+    return sorted(out, key=lambda x: x[1] if lower_better else -x[1])
