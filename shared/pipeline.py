@@ -17,6 +17,8 @@ duplicate is harmless.
     version.decided    evaluator            monitor.version_decided  monitor
     champion.moved     registry             monitor.health           monitor
     alert.raised       monitor              monitor.deliver_alerts   monitor
+    scores.wanted      monitor (health)     evaluate.earlier_champions  evaluate
+    scores.stored      evaluator            monitor.health           monitor
 
 (`EVENTS` below is the source; a test checks this docstring, the README and the registered tasks
 against it.)
@@ -52,6 +54,8 @@ class Event(StrEnum):
     VERSION_DECIDED = "version.decided"  # version id: the gate blessed or rejected it
     CHAMPION_MOVED = "champion.moved"  # version id: the champion alias points at it now
     ALERT_RAISED = "alert.raised"  # alert id: an alert and its deliveries are stored
+    SCORES_WANTED = "scores.wanted"  # champion id, version ids: earlier champions lack its fixed suites
+    SCORES_STORED = "scores.stored"  # champion id: those earlier champions are scored now
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ EVENTS: dict[Event, Route] = {
     Event.VERSION_DECIDED: Route("evaluator", (Consumer("monitor.version_decided", "monitor"),)),
     Event.CHAMPION_MOVED: Route("registry", (Consumer("monitor.health", "monitor"),)),
     Event.ALERT_RAISED: Route("monitor", (Consumer("monitor.deliver_alerts", "monitor"),)),
+    Event.SCORES_WANTED: Route("monitor", (Consumer("evaluate.earlier_champions", "evaluate"),)),
+    Event.SCORES_STORED: Route("evaluator", (Consumer("monitor.health", "monitor"),)),
 }
 
 

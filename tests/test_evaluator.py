@@ -328,3 +328,41 @@ def test_report_writes_markdown_html_and_plots(line, medqa_env, tmp_path):
     assert paths["plots"] and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
     missing = CliRunner().invoke(app, ["report", "v999"])
     assert missing.exit_code != 0 and "v999" in missing.output
+
+
+@pytest.mark.slow
+def test_an_earlier_champion_missing_the_fixed_suites_is_scored_once_for_the_trend(line, medqa_env, monkeypatch):
+    """v2 becomes champion by hand; v1 never met v2's retention suite (its result is gone). The
+    health check the promotion triggers asks the evaluator to score v1 once, on the same items."""
+    medqa_env(train_lr="5e-3", train_max_steps="8", auto_promote="0")
+    v1 = line.info["v1"]
+    v2 = line(line.info["texts"], "v2")
+    gate.evaluate_version(v2)
+    with session_scope() as s:
+        retention = s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{v2}",
+                                                     SuiteResult.suite == "retention")).one()
+        for row in s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{v1}")):
+            s.delete(row)
+    calls = []
+    real_score = gate.score
+
+    def spy(base_spec, adapters, suites):
+        calls.append({k: [x.name for x in v] for k, v in suites.items()})
+        return real_score(base_spec, adapters, suites)
+
+    import services.evaluator.backfill as backfill
+    from services.monitor.health import check_health
+
+    monkeypatch.setattr(backfill, "score", spy)
+    with session_scope() as s:  # champion.moved -> monitor.health -> scores.wanted -> evaluator
+        registry.promote(s, version_id=v2, actor="test", reason="by hand", force=True)
+    with session_scope() as s:
+        again = s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{v1}",
+                                                 SuiteResult.suite_hash == retention.suite_hash)).one()
+        assert again.items["item_id"] == retention.items["item_id"]  # the same items, scored for v1
+        suites_of_v1 = {r.suite for r in s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{v1}"))}
+    assert len(calls) == 1 and "retention" in calls[0]["earlier"] and "new" not in calls[0]["earlier"], calls
+    assert "new" not in suites_of_v1  # the per-increment slice is never backfilled
+    with session_scope() as s:  # once scored it is cached: another health check scores nothing
+        check_health(s)
+    assert len(calls) == 1

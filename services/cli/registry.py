@@ -1,4 +1,4 @@
-"""Registry commands: evaluate, versions, promote, rollback, history, report."""
+"""Registry commands: evaluate, versions, promote, rollback, history, report, policy check."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def evaluate(version: str, as_json: bool = JsonOpt) -> None:
     if decision is None:
         die(f"{version} is not a candidate; it was decided already (see `medqa versions`)")
         return
-    emit(vars(decision), as_json)
+    emit(decision.to_json(), as_json)
     if not as_json:
         out.print(f"v{decision.version_id}: {'blessed' if decision.passed else 'rejected'}"
                   f"{' and promoted' if decision.promoted else ''}")
@@ -132,3 +132,39 @@ def report(version: str, out_dir: Path | None = typer.Option(None, "--out", help
     emit(paths, as_json)
     if not as_json:
         out.print(f"{written.markdown}\n{written.html}\n{len(written.plots)} plots", highlight=False)
+
+
+policy_app = typer.Typer(help="The gate's written policy.", no_args_is_help=True)
+
+
+@policy_app.command("check")
+def policy_check(as_json: bool = JsonOpt) -> None:
+    """Can each guard's suite detect its margin? Exits 1 when a suite is too small for its margin."""
+    from services.evaluator.sizing import check_sizes
+    from shared.db import session_scope
+    from shared.policy import Policy, PolicyError
+
+    settings = get_settings()
+    try:
+        policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]
+    except PolicyError as exc:
+        die(str(exc))
+    ensure_store()
+    with session_scope() as session:
+        sizes = [s.to_json() for s in check_sizes(session, policy, settings)]
+
+    def shown(value: float | None, unit: str) -> str:
+        if value is None:
+            return ""
+        return f"{value:.2%}" if unit == "relative" else f"{value:.3g}"
+
+    emit({"policy": str(settings.policy_file), "confidence": policy.confidence, "power": policy.power,
+          "guards": sizes}, as_json, table(
+        f"policy {settings.policy_file} ({policy.confidence:.0%} intervals, suites sized for {policy.power:.0%} power)",
+        ["metric", "suite", "items", "margin", "detectable", "needs", "measured on", "status"],
+        [[s["metric"], s["suite"], s["configured_items"] or "", shown(s["margin"], s["unit"]),
+          shown(s["detectable"], s["unit"]), s["needed_items"] or "",
+          f"v{s['measured_version']} ({s['measured_items']} items)" if s["measured_version"] else "",
+          s["status"].upper() if s["status"] == "too small" else s["status"]] for s in sizes]))
+    if any(s["status"] == "too small" for s in sizes):
+        raise typer.Exit(1)

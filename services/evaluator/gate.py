@@ -47,6 +47,9 @@ class Decision:
     promoted: bool
     guards: list[Guard]
 
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "guards": [g.to_json() for g in self.guards]}
+
 
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     """The suites for `run`'s candidate; every suite but `new` is the same for every run of the line."""

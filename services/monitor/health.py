@@ -2,7 +2,10 @@
 
   metric_trend     the champion's guarded metric is worse than the best of the three champions
                    before it by more than `health_metric_drop` (a slide one version at a time),
-                   measured on the same items (the same suite hash) only
+                   measured on the same items (the same suite hash) only; an earlier champion
+                   never scored on the champion's fixed suites is scored once by the evaluator
+                   (event scores.wanted; scores.stored brings the check back) rather than compared
+                   with a number from other items
   champion_stale   abstracts keep arriving, but no promotion for `health_stale_days`
   ingest_stall     an ingest source has not succeeded for `health_ingest_stall_hours`, or its last
                    attempt ended in an error
@@ -19,6 +22,7 @@ from sqlmodel import Session, col, func, select
 
 from services.monitor.alerts import raise_alert
 from shared import registry
+from shared.pipeline import Event, emit
 from shared.policy import Policy
 from shared.settings import get_settings
 from shared.tables import (
@@ -68,12 +72,14 @@ def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
         return
     earlier = [v for v in _champions(session, settings.model_line) if v.id != champ.id][-3:]
     rules = Policy.load(settings.policy_file).rules  # type: ignore[arg-type]
+    unscored: set[int] = set()
     for name, rule in rules.items():
         current = _latest_result_with(session, f"v{champ.id}", name)
         if current is None or current.suite == PER_INCREMENT_SUITE:
             continue
-        values = [r.metrics[name] for v in earlier
-                  if (r := _result_on(session, f"v{v.id}", current.suite_hash)) is not None and name in r.metrics]
+        results = {v.id: _result_on(session, f"v{v.id}", current.suite_hash) for v in earlier}
+        unscored |= {vid for vid, r in results.items() if r is None and vid is not None}
+        values = [r.metrics[name] for r in results.values() if r is not None and name in r.metrics]
         if not values:
             continue
         lower = rule["direction"] == "lower"
@@ -84,6 +90,8 @@ def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
             yield ("metric_trend", "warning", f"metric_trend:{name}:v{champ.id}",
                    f"{name} of champion v{champ.id} is {now:.4g}, {worse / abs(best):.1%} worse than the best "
                    f"of the previous champions on the same {current.suite} items ({best:.4g})")
+    if unscored:
+        emit(session, Event.SCORES_WANTED, champ.id, sorted(unscored))
 
 
 def _latest_result_with(session: Session, subject: str, metric: str) -> SuiteResult | None:
