@@ -182,7 +182,8 @@ def main() -> None:
         ppl = {"max_length": s.eval_max_length}
         suites = [Suite("new", "perplexity", tuple(new), ppl),
                   Suite("retention", "perplexity", tuple(general[: s.eval_max_texts]), ppl),
-                  Suite("pubmedqa", "pubmedqa", sample(held_out, s.eval_qa_items), gen),
+                  Suite("pubmedqa", "pubmedqa", sample(held_out, s.eval_qa_items),
+                        {**gen, "generate_items": s.eval_qa_generate_items}),
                   Suite("consumer", "consumer", sample(patients, half) + sample(
                       [g for g in general if g.question], s.eval_consumer_items - half), gen)]
         per_suite, metrics = {}, {}

@@ -68,7 +68,8 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
               Suite("retention", "perplexity", tuple(earlier) + tuple(general[: cap - len(earlier)]), ppl)]
     qa_items = pubmedqa_split()[1]
     if settings.eval_qa_items and qa_items:
-        suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, settings.eval_qa_items), gen))
+        qa_params = {**gen, "generate_items": settings.eval_qa_generate_items}
+        suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, settings.eval_qa_items), qa_params))
     if settings.eval_consumer_items:
         patients = list(corpus_items("liveqa"))
         patients = [p for p in patients if p.answer]

@@ -45,15 +45,18 @@ def decision_scores(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | N
             seq = rows[g][1]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        logp = net(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1).cpu()
+        logits = net(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, g in enumerate(group):
             item, seq, opt = rows[g]
+            # Normalise only at the positions that predict an option: a log-softmax over the whole
+            # vocabulary at every prompt position would be most of the work, for nothing.
             if single:
-                last = logp[row, len(seq) - 1]
+                last = logits[row, len(seq) - 1].float().log_softmax(-1).cpu()
                 scores[item] = [float(last[o[0]]) for o in options]
             else:
                 start = len(seq) - len(opt)
-                value = sum(float(logp[row, start + k - 1, t]) for k, t in enumerate(opt))
+                logp = logits[row, start - 1: len(seq) - 1].float().log_softmax(-1).cpu()
+                value = sum(float(logp[k, t]) for k, t in enumerate(opt))
                 scores[item][options.index(opt)] = value
     if was_training:
         net.train()

@@ -39,8 +39,10 @@ class GuardSize:
         return asdict(self)
 
 
-def configured_items(settings: Settings, suite: str) -> int:
-    """Items the gate puts in `suite` with these settings (an upper bound where data is short)."""
+def configured_items(settings: Settings, metric: str, suite: str) -> int:
+    """Items `metric` is measured on with these settings (an upper bound where data is short)."""
+    if suite == "pubmedqa" and metric != "pubmedqa_acc":  # generated answers: a subset of the items
+        return min(settings.eval_qa_generate_items, settings.eval_qa_items)
     return {"new": settings.eval_max_texts, "retention": settings.eval_max_texts,
             "pubmedqa": settings.eval_qa_items, "consumer": settings.eval_consumer_items}.get(suite, 0)
 
@@ -56,7 +58,7 @@ def check_sizes(session: Session, policy: Policy, settings: Settings) -> list[Gu
             out.append(GuardSize(metric, "", margin, unit, 0, status="no margin" if margin is None
                                  else "not comparable"))
             continue
-        size = GuardSize(metric, source[0], margin, unit, configured_items(settings, source[0]))
+        size = GuardSize(metric, source[0], margin, unit, configured_items(settings, metric, source[0]))
         out.append(size)
         if margin is None:
             size.status = "no margin"

@@ -9,8 +9,9 @@ and lost.
   new        perplexity on the held-out slice of this increment (never trained on)
   retention  perplexity on fixed earlier abstracts (the model line's first held-out slice) plus
              general-medical text (the MedQuAD half that replay never draws from)
-  pubmedqa   yes/no/maybe accuracy and macro-F1 by answer likelihood, and BLEU/ROUGE of generated
-             long answers against LONG_ANSWER, on the PubMedQA items replay never trains on
+  pubmedqa   yes/no/maybe accuracy and macro-F1 by answer likelihood on the PubMedQA items replay
+             never trains on, and BLEU/ROUGE of generated long answers against LONG_ANSWER on the
+             first `generate_items` of them
   consumer   patients' questions (TREC LiveQA Medical) and MedQuAD questions: ROUGE of generated
              answers against the reference answers, and their reading grade
 """
@@ -90,16 +91,22 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
     scores = decision_scores(net, tokenizer, pairs, batch_size=p["batch_size"], max_length=p["max_length"])
     pred = [DECISIONS[max(range(len(DECISIONS)), key=s.__getitem__)] for s in scores]
     gold = [decision_of(i) for i in items]
-    answers = generate(net, tokenizer, pairs, max_new_tokens=p["max_new_tokens"], batch_size=p["batch_size"],
-                       max_length=p["max_length"])
-    answers = [a.split("Answer:")[0].strip() for a in answers]  # the long answer, before the decision
-    refs = [long_answer_of(i) for i in items]
-    text = text_scores(answers, refs)
     correct = [int(g == q) for g, q in zip(gold, pred, strict=True)]
-    per_answer = per_answer_scores(answers, refs)
-    metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred),
-               **{f"pubmedqa_{k}": v for k, v in text.items() if k != "fk_grade"}}
-    return metrics, {"correct": correct, "label": pred, **{k: v for k, v in per_answer.items() if k != "fk_grade"}}
+    metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred)}
+    series: dict[str, list] = {"correct": correct, "label": pred}
+    # Long answers for the first `generate_items` items only: a decision costs one forward pass, an
+    # answer dozens, so the decisions can cover many more items for the same time.
+    n_gen = min(p["generate_items"], len(items))
+    if not n_gen:
+        return metrics, series
+    answers = generate(net, tokenizer, pairs[:n_gen], max_new_tokens=p["max_new_tokens"],
+                       batch_size=p["batch_size"], max_length=p["max_length"])
+    answers = [a.split("Answer:")[0].strip() for a in answers]  # the long answer, before the decision
+    refs = [long_answer_of(i) for i in items[:n_gen]]
+    metrics |= {f"pubmedqa_{k}": v for k, v in text_scores(answers, refs).items() if k != "fk_grade"}
+    not_generated = [None] * (len(items) - n_gen)
+    series |= {k: v + not_generated for k, v in per_answer_scores(answers, refs).items() if k != "fk_grade"}
+    return metrics, series
 
 
 def _consumer(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
