@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# bench/ itself holds evaluate.py, which would shadow Hugging Face's `evaluate` (the metric modules
+# subclass it): import from the repository root only.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 DATA = ROOT.parent / "shared" / "data"
 GOAL = {"bad_rejected_min": 1.0, "null_false_rejection_max": 0.05, "seeds_min": 10}
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

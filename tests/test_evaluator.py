@@ -15,7 +15,6 @@ from services.evaluator import gate
 from services.evaluator.judge import judge
 from services.evaluator.metrics import fk_grade, text_scores
 from services.evaluator.qa import decision_scores, macro_f1
-from services.evaluator.stats import paired_bootstrap
 from services.evaluator.suites import SuiteScores
 from services.ingest.tasks import ingest_path
 from services.trainer.config import TrainConfig
@@ -28,6 +27,7 @@ from shared.lm.generation import generate
 from shared.policy import Policy, PolicyError
 from shared.queries import live_texts as texts_for
 from shared.settings import get_settings
+from shared.stats import paired_bootstrap
 from shared.tables import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "shared" / "policy.toml"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from services.evaluator.stats import (
+from shared.stats import (
     mcnemar_exact,
     minimum_detectable_effect,
     non_inferior,
@@ -77,7 +77,7 @@ def test_minimum_detectable_effect_is_about_2_8_standard_errors():
 
 
 def test_non_inferiority_reads_the_worse_end_for_both_directions():
-    from services.evaluator.stats import Interval
+    from shared.stats import Interval
 
     lower_better = Interval(estimate=0.01, low=-0.02, high=0.04, confidence=0.95, n_items=50)
     assert non_inferior(lower_better, 0.05, higher_is_better=False)  # up to +0.04 worse: within 0.05

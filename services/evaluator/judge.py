@@ -23,16 +23,9 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-from services.evaluator.stats import (
-    Interval,
-    mcnemar_exact,
-    non_inferior,
-    paired_bootstrap,
-    perplexity_interval,
-    superior,
-)
-from services.evaluator.suites import SuiteScores, paired_series
+from services.evaluator.suites import SuiteScores
 from shared.policy import Policy
+from shared.stats import Interval, aligned, metric_interval, non_inferior, paired_series, superior
 
 
 @dataclass
@@ -107,7 +100,7 @@ def _paired(policy: Policy, name: str, candidate: dict[str, SuiteScores],
         return Guard(name, False, "not comparable",
                      f"FAIL {name}: has no per-item values, so it cannot be compared item by item; "
                      "give it only max/min bounds in the policy")
-    suite, series = source
+    suite = source[0]
     if suite not in baseline:
         return Guard(name, False, "not measured", f"FAIL {name}: the champion has no result on this suite")
     higher = policy.rules[name]["direction"] == "higher"
@@ -117,7 +110,10 @@ def _paired(policy: Policy, name: str, candidate: dict[str, SuiteScores],
     margin = policy.margin(name)
     if margin is None:  # a target without a margin: only superiority is asked
         margin = 0.0
-    interval, p_value = _interval(candidate[suite], baseline[suite], series, confidence, relative)
+    measured = metric_interval(name, candidate[suite].items, baseline[suite].items, confidence=confidence)
+    if measured is None:
+        return Guard(name, False, "not measured", f"FAIL {name}: no items in common with the champion's result")
+    interval, p_value = measured
     log_margin = math.log1p(margin) if relative else margin  # the interval of perplexity is in log units
     z = scipy_stats.norm.ppf(1 - (1 - confidence) / 2)
     se = (interval.high - interval.low) / (2 * z)
@@ -134,37 +130,6 @@ def _paired(policy: Policy, name: str, candidate: dict[str, SuiteScores],
         g.underpowered = bool(detectable > log_margin)
     g.reason = _reason(g, higher, confidence, policy.power, is_target, interval)
     return g
-
-
-def _interval(cand: SuiteScores, base: SuiteScores, series: str, confidence: float,
-              relative: bool) -> tuple[Interval, float | None]:
-    """The paired interval of candidate - baseline over the items both scored (and McNemar's p for 0/1)."""
-    pairs = _aligned(cand, base, series)
-    if not pairs:
-        raise ValueError(f"no items in common for {series}")
-    if relative:
-        tokens = [t for _, _, t in pairs]
-        return perplexity_interval([a for a, _, _ in pairs], [b for _, b, _ in pairs], tokens,
-                                   confidence=confidence), None
-    a, b = [x for x, _, _ in pairs], [y for _, y, _ in pairs]
-    p_value = mcnemar_exact(a, b) if series == "correct" else None
-    return paired_bootstrap(a, b, confidence=confidence), p_value
-
-
-def _aligned(cand: SuiteScores, base: SuiteScores, series: str) -> list[tuple[float, float, float]]:
-    """(candidate value, baseline value, weight) per item both have a value for, in candidate order.
-    Weight is the scored-token count for perplexity (series "nll"), else 1."""
-    base_at = {item: i for i, item in enumerate(base.items["item_id"])}
-    out = []
-    for i, item in enumerate(cand.items["item_id"]):
-        j = base_at.get(item)
-        if j is None:
-            continue
-        a, b = cand.items[series][i], base.items[series][j]
-        weight = cand.items["tokens"][i] if series == "nll" else 1
-        if a is not None and b is not None and weight:
-            out.append((float(a), float(b), float(weight)))
-    return out
 
 
 def _shown(interval: Interval, relative: bool) -> tuple[float, float, float]:
@@ -198,26 +163,15 @@ def _reason(g: Guard, higher: bool, confidence: float, power: float, is_target: 
 
 
 def item_differences(metric: str, candidate: SuiteScores, baseline: SuiteScores) -> list[tuple[str, float]]:
-    """(item id, candidate - baseline) per item, in the metric's direction of "better" first: the
-    biggest wins lead, the biggest losses close. Perplexity items differ by mean NLL per token."""
+    """(item id, candidate - baseline) per item, the biggest wins first and the biggest losses last.
+    Perplexity items differ by mean NLL per token."""
     source = paired_series(metric)
     if source is None:
         return []
-    series = source[1]
-    base_at = {item: i for i, item in enumerate(baseline.items.get("item_id", []))}
-    out = []
-    for i, item in enumerate(candidate.items.get("item_id", [])):
-        j = base_at.get(item)
-        if j is None:
-            continue
-        a, b = candidate.items[series][i], baseline.items[series][j]
-        if a is None or b is None:
-            continue
-        if series == "nll":
-            tokens = candidate.items["tokens"][i]
-            if not tokens:
-                continue
-            a, b = a / tokens, b / tokens
-        out.append((item, float(a) - float(b)))
+    pairs = aligned(candidate.items, baseline.items, source[1])
+    if source[1] == "nll":
+        diffs = [(item, (a - b) / w) for item, a, b, w in pairs]
+    else:
+        diffs = [(item, a - b) for item, a, b, _ in pairs]
     lower_better = metric.startswith("ppl_") or metric.endswith("fk_grade")
-    return sorted(out, key=lambda x: x[1] if lower_better else -x[1])
+    return sorted(diffs, key=lambda x: x[1] if lower_better else -x[1])

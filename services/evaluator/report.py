@@ -11,11 +11,12 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from services.evaluator.judge import item_differences
-from services.evaluator.suites import SuiteScores, paired_series
+from services.evaluator.suites import SuiteScores
 from shared import registry
 from shared.db import session_scope
 from shared.policy import Policy
 from shared.settings import get_settings
+from shared.stats import paired_series
 from shared.tables import Evaluation, ModelVersion, SuiteResult
 
 ITEMS_SHOWN = 3  # biggest wins and losses per guard

@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from services.evaluator.suites import paired_series
 from shared.policy import Policy
 from shared.settings import Settings
+from shared.stats import paired_series
 from shared.tables import Evaluation
 
 

@@ -46,18 +46,6 @@ class SuiteScores:
     items: dict[str, list[Any]]
 
 
-def paired_series(metric: str) -> tuple[str, str] | None:
-    """(suite name, per-item series) a metric is the mean of, or None when it has no per-item form
-    (macro-F1, corpus BLEU). Perplexity metrics map to the series "nll" (with "tokens")."""
-    if metric.startswith("ppl_"):
-        return metric.removeprefix("ppl_"), "nll"
-    suite, _, series = metric.partition("_")
-    per_item = {"pubmedqa": {"acc": "correct", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL"},
-                "consumer": {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "fk_grade": "fk_grade"}}
-    name = per_item.get(suite, {}).get(series)
-    return (suite, name) if name else None
-
-
 @dataclass(frozen=True)
 class Suite:
     name: str

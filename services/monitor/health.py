@@ -1,8 +1,8 @@
 """Model and pipeline health: the quiet failures drift does not show.
 
-  metric_trend     the champion's guarded metric is worse than the best of the three champions
-                   before it by more than `health_metric_drop` (a slide one version at a time),
-                   measured on the same items (the same suite hash) only; an earlier champion
+  metric_trend     the champion's guarded metric is worse than one of the three champions before
+                   it by more than the policy's margin, significantly (a slide one version at a
+                   time), paired on the same items (the same suite hash) only; an earlier champion
                    never scored on the champion's fixed suites is scored once by the evaluator
                    (event scores.wanted; scores.stored brings the check back) rather than compared
                    with a number from other items
@@ -16,6 +16,7 @@ Each finding becomes an alert whose dedup key names the incident, so one inciden
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from sqlmodel import Session, col, func, select
@@ -25,6 +26,7 @@ from shared import registry
 from shared.pipeline import Event, emit
 from shared.policy import Policy
 from shared.settings import get_settings
+from shared.stats import metric_interval
 from shared.tables import (
     Abstract,
     AuditEvent,
@@ -62,36 +64,55 @@ def _champions(session: Session, model_line: str) -> list[ModelVersion]:
 
 
 def _metric_trend(session: Session):  # type: ignore[no-untyped-def]
-    """A guarded metric of the champion against the three champions before it, on the same items
-    only: each value is read from a stored suite result with the champion's suite hash. The
-    per-increment `new` slice never compares across versions, and an earlier champion never scored
-    on this exact suite is left out rather than compared with a number from other items."""
+    """A guarded metric of the champion against each of the three champions before it, paired on the
+    same items (a stored suite result with the champion's suite hash, per-item values and all). It
+    alerts when the champion is worse than an earlier one by more than the policy's margin even at
+    the best end of the interval: each step passed the gate within its margin, but steps add up.
+    The per-increment `new` slice never compares across versions, and an earlier champion never
+    scored on this exact suite is scored once (scores.wanted), not compared with other items."""
     settings = get_settings()
     champ = registry.champion(session, model_line=settings.model_line)
     if champ is None:
         return
     earlier = [v for v in _champions(session, settings.model_line) if v.id != champ.id][-3:]
-    rules = Policy.load(settings.policy_file).rules  # type: ignore[arg-type]
+    policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]
     unscored: set[int] = set()
-    for name, rule in rules.items():
+    for name, rule in policy.rules.items():
         current = _latest_result_with(session, f"v{champ.id}", name)
-        if current is None or current.suite == PER_INCREMENT_SUITE:
+        margin = policy.margin(name)
+        if current is None or current.suite == PER_INCREMENT_SUITE or margin is None:
             continue
-        results = {v.id: _result_on(session, f"v{v.id}", current.suite_hash) for v in earlier}
-        unscored |= {vid for vid, r in results.items() if r is None and vid is not None}
-        values = [r.metrics[name] for r in results.values() if r is not None and name in r.metrics]
-        if not values:
-            continue
-        lower = rule["direction"] == "lower"
-        now = current.metrics[name]
-        best = min(values) if lower else max(values)
-        worse = (now - best) if lower else (best - now)
-        if best and worse / abs(best) > settings.health_metric_drop:
-            yield ("metric_trend", "warning", f"metric_trend:{name}:v{champ.id}",
-                   f"{name} of champion v{champ.id} is {now:.4g}, {worse / abs(best):.1%} worse than the best "
-                   f"of the previous champions on the same {current.suite} items ({best:.4g})")
+        for version in earlier:
+            before = _result_on(session, f"v{version.id}", current.suite_hash)
+            if before is None or not before.items:
+                unscored.add(version.id)  # type: ignore[arg-type]
+                continue
+            finding = _slide(name, rule["direction"] == "lower", margin, current, before,
+                             policy.confidence_for(name))
+            if finding:
+                yield ("metric_trend", "warning", f"metric_trend:{name}:v{champ.id}",
+                       f"{name} of champion v{champ.id} is {finding} than v{version.id}'s on the same "
+                       f"{len(current.items.get('item_id', []))} {current.suite} items (policy margin "
+                       f"{margin:.4g}{' relative' if name.startswith('ppl_') else ''})")
+                break
     if unscored:
         emit(session, Event.SCORES_WANTED, champ.id, sorted(unscored))
+
+
+def _slide(name: str, lower: bool, margin: float, current: SuiteResult, before: SuiteResult,
+           confidence: float) -> str | None:
+    """"<change> [<interval>] worse" when the whole paired interval is worse than the margin, else None."""
+    measured = metric_interval(name, current.items, before.items, confidence=confidence)
+    if measured is None:
+        return None
+    interval = measured[0]
+    relative = name.startswith("ppl_")
+    limit = math.log1p(margin) if relative else margin
+    best_case = interval.low if lower else -interval.high  # > 0: worse even at the interval's best end
+    if best_case <= limit:
+        return None
+    shown = (lambda x: f"{math.expm1(x):+.1%}") if relative else (lambda x: f"{x:+.4g}")
+    return f"{shown(interval.estimate)} [{shown(interval.low)}, {shown(interval.high)}] worse"
 
 
 def _latest_result_with(session: Session, subject: str, metric: str) -> SuiteResult | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ def _store_report(kind: str, reference: list[str], current: list[str], ref_windo
     settings = get_settings()
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
     result = text_drift(reference, current, html_path=settings.reports_dir / f"{kind}-drift-{stamp}.html",
-                        min_rows=settings.drift_min_rows, drift_share=settings.drift_share, **kwargs)
+                        min_rows=settings.drift_min_rows, family_alpha=settings.drift_alpha, **kwargs)
     with session_scope() as session:
         report = DriftReport(kind=kind, reference_window=ref_window, current_window=current_window,
                              status=result.status, drift_detected=result.detected, scores=result.to_json(),
@@ -75,12 +76,35 @@ def _store_report(kind: str, reference: list[str], current: list[str], ref_windo
         session.add(report)
         session.flush()
         if result.detected:
-            drifted = sorted(c for c, v in result.scores.items() if v["drifted"])
             raise_alert(session, kind=f"{kind}_drift", severity="warning",
                         dedup_key=f"{kind}_drift:{ref_window}",
-                        message=f"{kind} drift: {current_window} vs {ref_window} (drifted: {', '.join(drifted)}); "
-                                f"report {result.html_path}")
-        return report.id  # type: ignore[return-value]
+                        message=f"{kind} drift: {current_window} vs {ref_window} "
+                                f"(drifted: {', '.join(result.drifted_columns)}); report {result.html_path}")
+        report_id: int = report.id  # type: ignore[assignment]
+    prune_reports(settings.drift_reports_keep)
+    return report_id
+
+
+def prune_reports(keep: int) -> list[int]:
+    """Delete the HTML files of reports older than the newest `keep` that have one, except reports that
+    found drift: each HTML is megabytes and beat writes one an hour. Rows and scores stay (html_path
+    becomes None). Only files under the reports directory are deleted. Returns the pruned report ids."""
+    reports_dir = get_settings().reports_dir.resolve()
+    pruned: list[int] = []
+    with session_scope() as session:
+        with_html = session.exec(select(DriftReport).where(col(DriftReport.html_path).is_not(None))
+                                 .order_by(col(DriftReport.id).desc())).all()
+        for report in with_html[keep:]:
+            path = Path(report.html_path)  # type: ignore[arg-type]
+            if report.drift_detected or not path.resolve().is_relative_to(reports_dir):
+                continue
+            path.unlink(missing_ok=True)
+            report.html_path = None
+            session.add(report)
+            pruned.append(report.id)  # type: ignore[arg-type]
+    if pruned:
+        log.info("drift reports %s: HTML deleted (keeping the newest %d and every drift)", pruned, keep)
+    return pruned
 
 
 def _general_vectors() -> np.ndarray:

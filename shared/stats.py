@@ -115,3 +115,53 @@ def _paired_arrays(candidate: Values, champion: Values) -> tuple[np.ndarray, np.
     if len(a) == 0:
         raise ValueError("no items to compare")
     return a, b
+
+
+# --- per-item series of stored suite results (shared/tables.SuiteResult.items) ------------------------
+
+def paired_series(metric: str) -> tuple[str, str] | None:
+    """(suite name, per-item series) a metric is the mean of, or None when it has no per-item form
+    (macro-F1, corpus BLEU). Perplexity metrics map to the series "nll" (with "tokens")."""
+    if metric.startswith("ppl_"):
+        return metric.removeprefix("ppl_"), "nll"
+    suite, _, series = metric.partition("_")
+    per_item = {"pubmedqa": {"acc": "correct", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL"},
+                "consumer": {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "fk_grade": "fk_grade"}}
+    name = per_item.get(suite, {}).get(series)
+    return (suite, name) if name else None
+
+
+def aligned(candidate: dict, baseline: dict, series: str) -> list[tuple[str, float, float, float]]:
+    """(item id, candidate value, baseline value, weight) for every item both scored, in candidate
+    order; `candidate` and `baseline` are per-item series keyed as SuiteResult.items. The weight is
+    the scored-token count for perplexity (series "nll"), else 1."""
+    base_at = {item: i for i, item in enumerate(baseline.get("item_id", []))}
+    out = []
+    for i, item in enumerate(candidate.get("item_id", [])):
+        j = base_at.get(item)
+        if j is None:
+            continue
+        a, b = candidate[series][i], baseline[series][j]
+        weight = candidate["tokens"][i] if series == "nll" else 1
+        if a is not None and b is not None and weight:
+            out.append((item, float(a), float(b), float(weight)))
+    return out
+
+
+def metric_interval(metric: str, candidate: dict, baseline: dict, *,
+                    confidence: float = 0.95) -> tuple[Interval, float | None] | None:
+    """The paired interval of candidate - baseline for `metric` over the items both scored, and the
+    exact McNemar p-value for accuracy; None when the metric has no per-item form or no common items.
+    Perplexity's interval is on the mean NLL per token (log-perplexity): math.expm1 of it is relative."""
+    source = paired_series(metric)
+    if source is None:
+        return None
+    series = source[1]
+    pairs = aligned(candidate, baseline, series)
+    if not pairs:
+        return None
+    a, b, w = ([p[k] for p in pairs] for k in (1, 2, 3))
+    if series == "nll":
+        return perplexity_interval(a, b, w, confidence=confidence), None
+    p_value = mcnemar_exact(a, b) if series == "correct" else None
+    return paired_bootstrap(a, b, confidence=confidence), p_value
