@@ -21,9 +21,10 @@ MedQuAD half replay never draws from (--retention), pubmedqa = decisions on held
 path is the same as every other mean). Guards measured: ppl_new (target: superiority), ppl_retention
 and pubmedqa_acc (non-inferiority at the policy's margins).
 
-Reported: bad rejected (goal 100% each), null rejected *as a regression* (a guard other than the
-target failing; goal <= 5%), which guards fired, the intervals, and gate time (scoring one
-candidate; the champion's scores are cached as in the gate). Progress goes to stderr.
+Reported: bad rejected (goal 100% each) and how often a guard (not only the target) caught them,
+null rejected *as a regression* (a guard other than the target failing; goal <= 5%), the guards
+that did not pass, the intervals, and gate time (scoring one candidate; the champion's scores are
+cached as in the gate). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def judged(policy, champion_scores: dict, adapter: Path, the_suites: list) -> tu
     regression = [m for m, g in guards.items() if not g.passed and m != policy.target]
     record = {"passed": verdict.passed, "regression": regression,
               "target": guards[policy.target].verdict if policy.target in guards else None,
-              "guards": {m: {"verdict": g.verdict, "estimate": round(g.estimate, 4), "low": round(g.low, 4),
+              "guards": {m: {"verdict": g.verdict, "passed": g.passed, "estimate": round(g.estimate, 4), "low": round(g.low, 4),
                              "high": round(g.high, 4), "detectable": round(g.detectable or 0, 4),
                              "underpowered": g.underpowered} for m, g in guards.items()}}
     return record, seconds, scores
@@ -213,7 +214,7 @@ def main() -> None:
         counts: dict[str, int] = {}
         for r in records[kind]:
             for m, g in r["guards"].items():
-                if g["verdict"] not in ("non-inferior", "superior"):
+                if not g["passed"]:
                     counts[m] = counts.get(m, 0) + 1
         return counts
 
@@ -222,9 +223,12 @@ def main() -> None:
         "suite_items": {s.name: len(s.items) for s in the_suites},
         "champion": metrics,
         "bad_rejected": {"shuffled": rate("shuffled", "rejected"), "flipped": rate("flipped", "rejected")},
-        "bad_guards_fired": {"shuffled": fired("shuffled"), "flipped": fired("flipped")},
+        # Rejected by a guard (a regression), not only by the target's demand for a significant gain.
+        "bad_rejected_as_regression": {"shuffled": rate("shuffled", "regression"),
+                                       "flipped": rate("flipped", "regression")},
+        "bad_guards_not_passed": {"shuffled": fired("shuffled"), "flipped": fired("flipped")},
         "null_false_rejection": {"rerun": rate("rerun", "regression"), "copy": float(bool(copy_record["regression"]))},
-        "null_guards_fired": {"rerun": fired("rerun")},
+        "null_guards_not_passed": {"rerun": fired("rerun")},
         "rerun_target_verdicts": [r["target"] for r in records["rerun"]],
         "copy_identical_to_champion": identical,
         "detectable": {m: [r["guards"][m]["detectable"] for r in records["rerun"]] for m in

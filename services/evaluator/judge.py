@@ -5,10 +5,14 @@ there is a champion) on the same items:
   - perplexity: a paired bootstrap of the token-weighted mean NLL, shown as a relative change;
   - accuracy: a paired bootstrap of the mean, with the exact McNemar p-value beside it;
   - ROUGE, reading grade: a paired bootstrap of the mean.
-A guard passes when its interval's worse end clears the margin (non-inferior). It fails when the
-whole interval lies beyond the margin (inferior), and also when the interval straddles the margin
-(inconclusive): the gate blesses only what its data can show. The target metric must in addition be
-significantly better when the policy's target_test is "superiority".
+A guard passes when its interval's worse end clears the margin (non-inferior), and fails when the
+whole interval lies beyond it (inferior). An interval that straddles the margin is inconclusive: the
+guard then fails when the estimate itself is beyond the margin, and passes (saying it is not shown)
+when it is not. On a suite sized for its margin (detectable effect <= margin) a candidate no worse
+than the champion is failed with probability below 0.3% (its estimate would have to be 2.8 standard
+errors out), while a regression of twice the margin is failed more than 99% of the time; on a
+smaller suite the reason says so. The target metric must in addition be significantly better when
+the policy's target_test is "superiority".
 
 Every guard also states the suite's minimum detectable effect, (z_conf + z_power) x the measured
 standard error, and says loudly when the margin is below it: such a guard cannot tell a regression
@@ -124,9 +128,15 @@ def _paired(policy: Policy, name: str, candidate: dict[str, SuiteScores],
         g.passed = bool(superior(interval, higher_is_better=higher))
         g.verdict = "superior" if g.passed else "not superior"
     else:
-        g.passed = bool(non_inferior(interval, log_margin, higher_is_better=higher))
+        shown_ok = bool(non_inferior(interval, log_margin, higher_is_better=higher))
         best_end = interval.high if higher else -interval.low
-        g.verdict = "non-inferior" if g.passed else ("inferior" if best_end < -log_margin else "inconclusive")
+        change = interval.estimate if higher else -interval.estimate  # < 0: the candidate is worse
+        if shown_ok:
+            g.verdict, g.passed = "non-inferior", True
+        elif best_end < -log_margin:
+            g.verdict, g.passed = "inferior", False
+        else:  # the interval straddles the margin: the estimate decides, and the reason says so
+            g.verdict, g.passed = "inconclusive", bool(change >= -log_margin)
         g.underpowered = bool(detectable > log_margin)
     g.reason = _reason(g, higher, confidence, policy.power, is_target, interval)
     return g
@@ -151,8 +161,11 @@ def _reason(g: Guard, higher: bool, confidence: float, power: float, is_target: 
     if g.p_value is not None:
         significance += f", McNemar p={g.p_value:.2g}"
     label = f"target {g.metric}" if is_target else g.metric
+    verdict = g.verdict
+    if verdict == "inconclusive":
+        verdict += ", estimate within the margin" if g.passed else ", estimate beyond the margin"
     text = (f"{'ok' if g.passed else 'FAIL'} {label} {fmt(g.estimate)} [{fmt(g.low)}, {fmt(g.high)}] "
-            f"vs margin {fmt(margin_shown)}: {g.verdict} ({significance}; {g.n_items} items, "
+            f"vs margin {fmt(margin_shown)}: {verdict} ({significance}; {g.n_items} items, "
             f"{confidence:.0%} interval)")
     if g.underpowered:
         shown = f"{g.detectable:.2%}" if (g.unit == 'relative') else f"{g.detectable:.3g}"
