@@ -136,7 +136,8 @@ def judged(policy, champion_scores: dict, adapter: Path, the_suites: list) -> tu
     record = {"passed": verdict.passed, "regression": regression,
               "target": guards[policy.target].verdict if policy.target in guards else None,
               "guards": {m: {"verdict": g.verdict, "passed": g.passed, "estimate": round(g.estimate, 4),
-                             "low": round(g.low, 4), "high": round(g.high, 4), "detectable": round(g.detectable or 0, 4),
+                             "low": round(g.low, 4), "high": round(g.high, 4),
+                             "detectable": round(g.detectable or 0, 4),
                              "underpowered": g.underpowered} for m, g in guards.items()}}
     return record, seconds, scores
 
