@@ -12,14 +12,15 @@ the voting columns at the monitor's family alpha (MEDQA_DRIFT_ALPHA).
 1. Detection power on real shifts from ../shared/data (--rows rows a side, seeded samples):
      nlm_vs_pubmedqa     NLM sample abstracts (title + abstract) vs PubMedQA contexts
      niddk_vs_ninds      MedQuAD NIDDK answers vs MedQuAD NINDS answers
-     old_vs_new_years    PubMedQA contexts from the oldest years vs the newest (split at the median year)
      patients_vs_pubmedqa  TREC LiveQA patients' questions vs PubMedQA questions
-   Goal: all detected.
+   Goal: all detected. Also reported, without a goal: old_vs_new_years, PubMedQA contexts from the
+   oldest years vs the newest (split at the median year), texts only: a time advance, which alone
+   is not drift (years do not vote); the line says whether the texts themselves moved.
 2. False alarms: --splits random halves of one distribution (PubMedQA contexts and MedQuAD answers
    alternately), each checked the same way. Goal: <= 5% flagged.
 3. Null with metadata, on the NLM files (pubmed_update_samples/{baseline,updatefiles}/*.xml):
    a. per-column false flags of the metadata tests (p < alpha: journal and subjects by the contingency
-      test, journal_name by the familiarity permutation test): --halves random
+      permutation test, journal_name by the familiarity permutation test): --halves random
       halves, spread over the files (each file on its own: one source) plus as many halves of all files
       pooled (larger tables). Goal: <= 5% per column.
    b. the dataset verdict end to end (text, descriptors, year, journal, subjects, embeddings):
@@ -219,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=300, help="rows a side in the shift checks (default 300)")
     parser.add_argument("--splits", type=int, default=20, help="same-distribution splits (default 20)")
-    parser.add_argument("--halves", type=int, default=200, help="NLM halves for the categorical null (default 200)")
+    parser.add_argument("--halves", type=int, default=1000, help="NLM halves for the categorical null (default 1000)")
     parser.add_argument("--e2e-halves", type=int, default=40, help="NLM halves through text_drift (default 40)")
     parser.add_argument("--shift-seeds", type=int, default=10, help="seeds per size of the target shift")
     parser.add_argument("--speed-rows", type=int, default=2000)
@@ -249,15 +250,18 @@ def main() -> None:
     shifts = {
         "nlm_vs_pubmedqa": (pick(c["nlm"], args.rows), pick(c["pubmedqa_contexts"], args.rows)),
         "niddk_vs_ninds": (pick(c["niddk"], args.rows), pick(c["ninds"], args.rows)),
-        "old_vs_new_years": ([t for t, _ in by_year[:half]][: args.rows], [t for t, _ in by_year[half:]][-args.rows:]),
         "patients_vs_pubmedqa": (pick(c["patients"], args.rows), pick(c["pubmedqa_questions"], args.rows)),
     }
+    # Older against newer PubMedQA contexts, texts only: a time advance. Reported, not a detection goal:
+    # years do not vote, and whether the texts moved is what this case measures.
+    time_only = ([t for t, _ in by_year[:half]][: args.rows], [t for t, _ in by_year[half:]][-args.rows:])
     result: dict = {"bench": "drift", "device": "cpu", "rule": "holm", "family_alpha": alpha,
                     "drift_min_rows": min_rows, "rows": args.rows, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="medqa-bench-drift-") as tmp:
         out = Path(tmp)
         log("shifts:")
         result["shifts"] = {name: check(ref, cur, vectors, out, name, alpha) for name, (ref, cur) in shifts.items()}
+        result["time_only"] = {"old_vs_new_years": check(*time_only, vectors, out, "old_vs_new_years", alpha)}
         log("same-distribution splits:")
         splits = []
         for i in range(args.splits):

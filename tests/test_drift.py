@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from services.monitor.drift import (
     HTML_VERDICT,
     NEEDED_ROWS,
+    PERMUTATIONS,
     DriftResult,
     auc_p_value,
     auc_threshold,
@@ -240,7 +241,9 @@ def test_contingency_detects_a_shift_and_handles_tiny_tables() -> None:
     rng = np.random.default_rng(1)
     ref = rng.choice(["a", "b", "c", "d"], 80, p=[0.4, 0.3, 0.2, 0.1])
     cur = rng.choice(["a", "b", "c", "d"], 80, p=[0.1, 0.2, 0.3, 0.4])
-    assert chi2_two_sample(ref, cur) < 1e-4
+    # A permutation p-value is at least 1 / (permutations + 1): no permutation reached the observed split.
+    assert chi2_two_sample(ref, cur) == pytest.approx(1 / (PERMUTATIONS + 1))
+    assert chi2_two_sample(ref, ref[::-1]) > 0.5  # the same values on both sides
     assert chi2_two_sample(["a"] * 5, ["a"] * 5) == 1.0  # one category: nothing to test
     # Too few rows for a chi-square: Fisher's exact test on commonest category vs the rest.
     assert chi2_two_sample(["a"] * 6, ["b"] * 6) == pytest.approx(stats.fisher_exact([[6, 0], [0, 6]]).pvalue)

@@ -158,52 +158,69 @@ def text_drift(
 # -- the tests ---------------------------------------------------------------------------------------
 
 
-def chi2_two_sample(reference: Iterable[Any], current: Iterable[Any], *, min_expected: float = MIN_EXPECTED) -> float:
+def chi2_two_sample(reference: Iterable[Any], current: Iterable[Any], *, min_expected: float = MIN_EXPECTED,
+                    permutations: int = PERMUTATIONS, seed: int = 0) -> float:
     """p-value that two samples of a categorical variable come from one distribution.
 
-    A chi-square test of independence on the 2 x k table (sample x category): unlike a goodness-of-fit
-    test against the reference's counts, it counts the reference's own sampling noise. Categories too
-    rare for `min_expected` rows in each cell are merged into one; where that leaves fewer than two
-    columns, Fisher's exact test on commonest category vs the rest. Merging looks only at the pooled
-    counts, which the test conditions on, so it cannot bias the p-value.
+    The chi-square statistic of independence on the 2 x k table (sample x category): unlike a
+    goodness-of-fit test against the reference's counts, it counts the reference's own sampling noise.
+    Its p-value comes from permuting the side labels (seeded, the observed split counted in), not
+    from the chi-square curve: on 1,000 halves of pooled NLM files the asymptotic p-value flagged
+    journal 5.2% and subjects 5.1% of the time at 0.05, a permutation p-value is exact by
+    construction. Categories too rare for `min_expected` rows in each cell are merged into one (which
+    looks only at pooled counts, so it cannot bias the test); where that leaves fewer than two
+    columns, Fisher's exact test on the commonest category vs the rest.
     """
-    table = _table(reference, current)
-    if table.shape[1] < 2:
+    ref = [str(v) for v in reference if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    cur = [str(v) for v in current if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    codes, categories = pd.factorize(pd.Series(ref + cur, dtype=object))
+    if len(categories) < 2 or not ref or not cur:
         return 1.0
-    merged = _merge_sparse(table, min_expected)
-    if merged.shape[1] >= 2:
-        return float(stats.chi2_contingency(merged, correction=False).pvalue)
-    top = int(np.argmax(table.sum(axis=0)))
-    two_by_two = np.stack([table[:, top], table.sum(axis=1) - table[:, top]], axis=1)
-    return float(stats.fisher_exact(two_by_two).pvalue)
+    is_ref = np.r_[np.ones(len(ref), bool), np.zeros(len(cur), bool)]
+    table = np.stack([np.bincount(codes[is_ref], minlength=len(categories)),
+                      np.bincount(codes[~is_ref], minlength=len(categories))]).astype(float)
+    column = _merge_columns(table, min_expected)
+    merged_codes = column[codes]
+    k = int(column.max()) + 1
+    if k < 2:
+        top = int(np.argmax(table.sum(axis=0)))
+        two_by_two = np.stack([table[:, top], table.sum(axis=1) - table[:, top]], axis=1)
+        return float(stats.fisher_exact(two_by_two).pvalue)
+    onehot = np.eye(k)[merged_codes]  # rows x merged categories
+    totals = onehot.sum(axis=0)
+    expected_ref = totals * len(ref) / len(codes)
+    expected_cur = totals - expected_ref
+
+    def statistic(ref_counts: np.ndarray) -> np.ndarray:
+        cur_counts = totals - ref_counts
+        return (((ref_counts - expected_ref) ** 2 / expected_ref).sum(-1)
+                + ((cur_counts - expected_cur) ** 2 / expected_cur).sum(-1))
+
+    observed = statistic(is_ref @ onehot)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permuted(np.tile(is_ref, (permutations, 1)), axis=1)
+    null = statistic(shuffled.astype(float) @ onehot)
+    return float((1 + np.sum(null >= observed - 1e-9)) / (1 + permutations))
 
 
-def _table(reference: Iterable[Any], current: Iterable[Any]) -> np.ndarray:
-    ref = pd.Series(list(reference), dtype=object).dropna().astype(str)
-    cur = pd.Series(list(current), dtype=object).dropna().astype(str)
-    categories = sorted(set(ref) | set(cur))
-    return np.array([ref.value_counts().reindex(categories, fill_value=0).to_numpy(),
-                     cur.value_counts().reindex(categories, fill_value=0).to_numpy()], dtype=float)
-
-
-def _merge_sparse(table: np.ndarray, min_expected: float) -> np.ndarray:
-    """Pool the categories whose expected count in the smaller sample is under `min_expected`; a pool
-    still under it joins the smallest kept category."""
+def _merge_columns(table: np.ndarray, min_expected: float) -> np.ndarray:
+    """Merged column index per category: the categories whose expected count in the smaller sample is
+    under `min_expected` are pooled into one; a pool still under it joins the smallest kept category."""
     n = table.sum()
-    if n == 0:
-        return table[:, :0]
-    smaller_share = table.sum(axis=1).min() / n
     totals = table.sum(axis=0)
+    smaller_share = table.sum(axis=1).min() / n
     keep = totals * smaller_share >= min_expected
-    kept, pool = table[:, keep], table[:, ~keep].sum(axis=1)
-    if pool.sum() == 0:
-        return kept
-    if pool.sum() * smaller_share >= min_expected or kept.shape[1] == 0:
-        return np.column_stack([kept, pool]) if kept.shape[1] else pool[:, None]
-    smallest = int(np.argmin(kept.sum(axis=0)))
-    kept = kept.copy()
-    kept[:, smallest] += pool
-    return kept
+    column = np.full(len(totals), -1)
+    column[keep] = np.arange(int(keep.sum()))
+    pool = totals[~keep].sum()
+    if pool == 0:
+        return column
+    if pool * smaller_share >= min_expected or not keep.any():
+        column[~keep] = int(keep.sum())
+    else:
+        kept = np.flatnonzero(keep)
+        column[~keep] = column[kept[int(np.argmin(totals[kept]))]]
+    return column
 
 
 def familiarity_two_sample(reference: Iterable[Any], current: Iterable[Any], *, permutations: int = PERMUTATIONS,
