@@ -34,7 +34,12 @@ def synth(directory: Path, files: int = typer.Option(3, min=1), per_file: int = 
 def emulator(corpus: Path = typer.Option(..., "--corpus", help="A PubMed XML file or folder (plain or .gz)."),
              port: int = typer.Option(8765, min=0, max=65535, help="Port on 127.0.0.1 (0: any free one).")) -> None:
     """Serve PubMed XML as a local E-utilities (esearch, efetch, einfo) until Ctrl-C."""
+    import signal
     import time
+
+    # Started from a background job, a process inherits SIGINT ignored and Python then leaves it so:
+    # Ctrl-C (or a test's SIGINT) would never stop the server.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from services.devkit.emulator import EntrezEmulator
     from services.ingest.store import pubmed_files
