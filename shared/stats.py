@@ -160,7 +160,9 @@ def metric_interval(metric: str, candidate: dict, baseline: dict, *,
     pairs = aligned(candidate, baseline, series)
     if not pairs:
         return None
-    a, b, w = ([p[k] for p in pairs] for k in (1, 2, 3))
+    a = [p[1] for p in pairs]
+    b = [p[2] for p in pairs]
+    w = [p[3] for p in pairs]
     if series == "nll":
         return perplexity_interval(a, b, w, confidence=confidence), None
     p_value = mcnemar_exact(a, b) if series == "correct" else None

@@ -153,8 +153,9 @@ def _shown_width(width: float, relative: bool) -> float:
 
 
 def _reason(g: Guard, higher: bool, confidence: float, power: float, is_target: bool, interval: Interval) -> str:
-    fmt = (lambda x: f"{x:+.2%}") if (g.unit == 'relative') else (lambda x: f"{x:+.4g}")
-    margin_shown = -g.margin if higher else g.margin  # the worst change allowed, signed
+    fmt = (lambda x: f"{x:+.2%}") if (g.unit == "relative") else (lambda x: f"{x:+.4g}")
+    margin = g.margin or 0.0
+    margin_shown = -margin if higher else margin  # the worst change allowed, signed
     zero_out = interval.low > 0 or interval.high < 0
     significance = ("not significant" if not zero_out
                     else ("significantly better" if (interval.low > 0) == higher else "significantly worse"))
@@ -168,10 +169,10 @@ def _reason(g: Guard, higher: bool, confidence: float, power: float, is_target: 
             f"vs margin {fmt(margin_shown)}: {verdict} ({significance}; {g.n_items} items, "
             f"{confidence:.0%} interval)")
     if g.underpowered:
-        shown = f"{g.detectable:.2%}" if (g.unit == 'relative') else f"{g.detectable:.3g}"
-        margin = f"{g.margin:.2%}" if (g.unit == 'relative') else f"{g.margin:.3g}"
+        shown = f"{g.detectable:.2%}" if (g.unit == "relative") else f"{g.detectable:.3g}"
+        allowed = f"{margin:.2%}" if (g.unit == "relative") else f"{margin:.3g}"
         text += (f"; SUITE TOO SMALL for this margin: {g.n_items} items detect {shown} at {power:.0%} power, "
-                 f"margin {margin}")
+                 f"margin {allowed}")
     return text
 
 

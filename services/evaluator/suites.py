@@ -92,7 +92,7 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
     answers = [a.split("Answer:")[0].strip() for a in answers]  # the long answer, before the decision
     refs = [long_answer_of(i) for i in items[:n_gen]]
     metrics |= {f"pubmedqa_{k}": v for k, v in text_scores(answers, refs).items() if k != "fk_grade"}
-    not_generated = [None] * (len(items) - n_gen)
+    not_generated: list[float | None] = [None] * (len(items) - n_gen)
     series |= {k: v + not_generated for k, v in per_answer_scores(answers, refs).items() if k != "fk_grade"}
     return metrics, series
 
