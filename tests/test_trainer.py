@@ -72,6 +72,18 @@ def test_qa_examples_take_loss_on_the_answer_only(model_cache):
     assert len(long_ids) <= 64 and long_labels[-1] == tok.eos_token_id  # context truncated, answer kept
 
 
+def test_an_over_long_answer_keeps_its_decision_line(model_cache):
+    """A long answer is cut in its body, never in its last line: the decision is what QA trains."""
+    _, tok = load_base_model(TINY_GPT2, model_cache)
+    decision = tok("\nAnswer: maybe", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids, labels = tokenize(tok, qa("Q?", "word " * 300 + "\nAnswer: maybe", "ctx"), 64)
+    answer = [t for t in labels if t != IGNORE]
+    assert len(ids) <= 64 and ids[-len(decision):] == decision and labels[-len(decision):] == decision
+    assert len(answer) < 300 and tok.decode(answer[:3]).startswith("word")  # body cut, its start kept
+    plain_ids, _ = tokenize(tok, qa("Q?", "x" * 900, "ctx"), 64)  # one line: plain truncation
+    assert len(plain_ids) <= 64
+
+
 def test_packed_attention_stays_within_an_example(model_cache):
     """With position ids restarting, transformers masks attention across the example boundary: the
     second example's logits do not depend on the first example's tokens."""

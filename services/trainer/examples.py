@@ -61,9 +61,24 @@ def tokenize(tokenizer: Any, spec: ExampleSpec, max_length: int) -> tuple[list[i
         ids = tokenizer(spec.text, add_special_tokens=False)["input_ids"][: max_length - 1] + [eos]
         return ids, list(ids)
     prompt = tokenizer(chat_prompt(tokenizer, spec.question, spec.context), add_special_tokens=False)["input_ids"]
-    answer = tokenizer(spec.answer, add_special_tokens=False)["input_ids"][: max_length // 2] + [eos]
+    answer = _answer_ids(tokenizer, spec.answer, max_length // 2 - 1) + [eos]
     prompt = prompt[: max_length - len(answer)]
     return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def _answer_ids(tokenizer: Any, answer: str, limit: int) -> list[int]:
+    """The answer's ids, at most `limit`. An over-long answer loses the end of its body, never its
+    last line: PubMedQA answers end "\nAnswer: <decision>", and a cut there would train the long
+    answer but not the decision."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit:
+        return ids
+    body, newline, last = answer.rpartition("\n")
+    tail = tokenizer(newline + last, add_special_tokens=False)["input_ids"] if body else []
+    if not tail or len(tail) >= limit // 2:
+        return ids[:limit]
+    head = tokenizer(body, add_special_tokens=False)["input_ids"][: limit - len(tail)]
+    return head + tail
 
 
 def pack(tokenizer: Any, specs: list[ExampleSpec], max_length: int) -> Packed:
