@@ -9,6 +9,7 @@ from services.trainer.config import TrainConfig
 from services.trainer.examples import IGNORE, lm, pack, qa, tokenize
 from services.trainer.train import LOSS_CHUNK, TrainingFailed, batch_indices, build_model, lm_loss_backward, train_lora
 from shared.lm.base_model import load_base_model
+from shared.lm.prompts import chat_prompt
 
 TEXTS = [f"Patient cohort {i} received treatment {i % 7} and showed outcome {i % 5} after follow-up." * 3
          for i in range(60)]
@@ -70,6 +71,10 @@ def test_qa_examples_take_loss_on_the_answer_only(model_cache):
     assert labels[:n_prompt] == [IGNORE] * n_prompt and labels[n_prompt:] == answer == ids[n_prompt:]
     long_ids, long_labels = tokenize(tok, qa("Q?", "short answer", "context " * 500), 64)
     assert len(long_ids) <= 64 and long_labels[-1] == tok.eos_token_id  # context truncated, answer kept
+    # ...and the prompt still ends as the evaluator's does (the template's answer cue survives)
+    n_answer = sum(label != IGNORE for label in long_labels)
+    tail = tok(chat_prompt(tok, "Q?", "context"), add_special_tokens=False)["input_ids"][-3:]
+    assert long_ids[len(long_ids) - n_answer - 3: len(long_ids) - n_answer] == tail
 
 
 def test_an_over_long_answer_keeps_its_decision_line(model_cache):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from services.trainer.errors import TrainingFailed
-from shared.lm.prompts import chat_prompt
+from shared.lm.prompts import prompt_ids
 
 IGNORE = -100  # cross-entropy's ignore_index
 
@@ -60,9 +60,10 @@ def tokenize(tokenizer: Any, spec: ExampleSpec, max_length: int) -> tuple[list[i
     if spec.kind == "lm":
         ids = tokenizer(spec.text, add_special_tokens=False)["input_ids"][: max_length - 1] + [eos]
         return ids, list(ids)
-    prompt = tokenizer(chat_prompt(tokenizer, spec.question, spec.context), add_special_tokens=False)["input_ids"]
     answer = _answer_ids(tokenizer, spec.answer, max_length // 2 - 1) + [eos]
-    prompt = prompt[: max_length - len(answer)]
+    # The evaluator's and the API's own prompt builder: an over-long context loses its tail and the
+    # chat template's assistant header survives, so the answer is trained where it is asked for.
+    prompt = prompt_ids(tokenizer, spec.question, spec.context, max_length - len(answer))
     return prompt + answer, [IGNORE] * len(prompt) + answer
 
 
