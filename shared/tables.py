@@ -58,6 +58,23 @@ class Abstract(SQLModel, table=True):
     train_run_id: int | None = Field(default=None, foreign_key="trainingrun.id", index=True)
 
 
+class MinedQA(SQLModel, table=True):
+    """A PubMedQA-format item mined from a stored abstract (services/ingest/mining): its title as the
+    question, the abstract without its conclusion as context, the conclusion as long answer, and the
+    rule's yes/no decision. Mined again when the abstract is revised; trained only while the abstract
+    is live (a retracted or deleted paper's item is never read)."""
+
+    pmid: int = Field(primary_key=True, foreign_key="abstract.pmid")
+    question: str = Field(sa_column=Column(Text, nullable=False))
+    context: str = Field(sa_column=Column(Text, nullable=False))
+    long_answer: str = Field(sa_column=Column(Text, nullable=False))
+    decision: str = Field(max_length=8)
+    confidence: float  # the rule's measured precision for this label
+    rule_version: int
+    content_hash: str = Field(max_length=64)  # of the abstract it was mined from
+    mined_at: datetime = Field(default_factory=utcnow)
+
+
 class AbstractEmbedding(SQLModel, table=True):
     """all-MiniLM-L6-v2 vector of an abstract (float16 bytes), for embedding drift and retrieval.
     content_hash ties it to the text it was computed from: a revised abstract is embedded again."""

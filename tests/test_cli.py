@@ -72,6 +72,24 @@ def test_ingest_status_counts(medqa_env, synth_dir, tmp_path):
     assert {c["source"] for c in doc["cursors"]} == {"file"}
 
 
+def test_ingest_mine_backfills_abstracts_stored_before_mining(medqa_env):
+    from shared.db import session_scope
+    from shared.tables import Abstract
+
+    medqa_env(trigger_min_new="1000")
+    invoke("ingest", "status")  # creates the store
+    text = "OBJECTIVE: To test tea.\nRESULTS: 90 adults drank tea.\nCONCLUSIONS: Tea did not lower blood pressure."
+    with session_scope() as s:  # rows as an ingest before mining left them: no mined item
+        s.add(Abstract(pmid=501, title="Does tea lower blood pressure?", text=text, content_hash="a" * 64, source="t"))
+        s.add(Abstract(pmid=502, title="Tea and blood pressure.", text=text, content_hash="b" * 64, source="t"))
+    res = invoke("ingest", "mine", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) | {"rule_version": 0} == {"abstracts": 2, "mined": 1, "rule_version": 0}
+    assert json.loads(invoke("ingest", "status", "--json").stdout)["counts"]["mined_qa"] == 1
+    assert json.loads(invoke("ingest", "mine", "--json").stdout)["mined"] == 1  # again: replaced, not doubled
+    assert json.loads(invoke("ingest", "status", "--json").stdout)["counts"]["mined_qa"] == 1
+
+
 def test_runs_show_progress_and_eta(medqa_env):
     from shared.db import session_scope
     from shared.tables import RunStatus, TrainingRun

@@ -125,3 +125,28 @@ def test_a_file_streams_in_chunks_inside_one_transaction(store_env, tmp_path, mo
     (tmp_path / "cut.xml").write_bytes(xml[: int(len(xml) * 0.9)])  # fails after several chunks
     assert ingest_file(tmp_path / "cut.xml").errors
     assert _count() == 20  # the earlier chunks of the broken file were rolled back
+
+
+def test_question_titles_with_a_conclusion_are_mined_and_mined_again_when_revised(store_env):
+    from shared.tables import MinedQA
+
+    recs = [r for r in parse_pubmed_bytes(pubmed_xml(generate_articles(3, seed=31)))]
+    structured = ("BACKGROUND: Night shifts are common among nurses and their effect on sleep is debated.\n"
+                  "RESULTS: Sleep was 40 minutes shorter after night shifts in 300 nurses over a year.\n"
+                  "CONCLUSIONS: Night shifts significantly shortened sleep.")
+    asked = dataclasses.replace(recs[0], title="Do night shifts shorten sleep?", abstract=structured)
+    plain = recs[1]  # a statement title: not mined
+    with session_scope() as s:
+        assert store_records(s, [asked, plain], source="t").mined == 1
+    with session_scope() as s:
+        item = s.get(MinedQA, asked.pmid)
+        assert (item.question, item.decision, item.long_answer) == (
+            "Do night shifts shorten sleep?", "yes", "Night shifts significantly shortened sleep.")
+        assert "CONCLUSIONS" not in item.context and item.content_hash == asked.content_hash
+        assert s.get(MinedQA, plain.pmid) is None
+    hedged = dataclasses.replace(asked, abstract=structured.replace("significantly shortened", "may shorten"))
+    with session_scope() as s:
+        res = store_records(s, [hedged], source="t")
+    assert (res.updated, res.mined) == (1, 0)
+    with session_scope() as s:
+        assert s.get(MinedQA, asked.pmid) is None  # the revised text yields no item: the old one is gone

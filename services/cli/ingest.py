@@ -32,9 +32,9 @@ def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder 
         task = bar.add_task("ingesting", total=len(files))
         result = ingest_path(path, progress=lambda _p: bar.advance(task))
     doc = vars(result)
-    emit(doc, as_json, table("ingest", ["files", "stored", "updated", "duplicates", "filtered", "deleted"],
+    emit(doc, as_json, table("ingest", ["files", "stored", "updated", "duplicates", "filtered", "deleted", "mined"],
                                [[result.files, result.stored, result.updated, result.duplicates, result.filtered,
-                                 result.deleted]]))
+                                 result.deleted, result.mined]]))
     for e in result.errors:
         err.print(f"[red]bad file[/] {e}", highlight=False)
     if result.errors:
@@ -45,7 +45,7 @@ def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder 
 def ingest_status(as_json: bool = JsonOpt) -> None:
     """Watermarks, counts of stored / with abstract / deleted / retracted / skipped, last errors."""
     from shared.db import session_scope
-    from shared.tables import Abstract, IngestCursor
+    from shared.tables import Abstract, IngestCursor, MinedQA
 
     ensure_store()
 
@@ -60,6 +60,7 @@ def ingest_status(as_json: bool = JsonOpt) -> None:
             "deleted": count(col(Abstract.deleted).is_(True)),
             "retracted": count(col(Abstract.retracted).is_(True)),
             "untrained": count(col(Abstract.train_run_id).is_(None), is_live()),
+            "mined_qa": session.exec(select(func.count()).select_from(MinedQA)).one(),
             "duplicates_skipped": sum(c["duplicates"] for c in cursors),
             "filtered": sum(c["filtered"] for c in cursors),
             "bad_documents": sum(c["errors"] for c in cursors),
@@ -74,6 +75,26 @@ def ingest_status(as_json: bool = JsonOpt) -> None:
                             (c["last_error"] or "")[:60]] for c in cursors]))
     if not as_json:
         out.print(table("abstracts", list(counts), [list(counts.values())]))
+
+
+@ingest_app.command("mine")
+def ingest_mine(as_json: bool = JsonOpt) -> None:
+    """Mine QA items from every stored abstract again (those stored before mining existed, or after a
+    rule change); an ingest mines what it stores by itself."""
+    from services.ingest.mining import RULE_VERSION, store_mined
+    from shared.db import session_scope
+    from shared.tables import Abstract
+
+    ensure_store()
+    seen = mined = 0
+    with session_scope() as session:
+        rows = session.exec(select(Abstract.pmid, Abstract.title, Abstract.text, Abstract.content_hash)
+                            .order_by(col(Abstract.pmid)).execution_options(yield_per=1000))
+        for chunk in rows.partitions(1000):  # bounded memory and IN-lists on a store of any size
+            seen += len(chunk)
+            mined += store_mined(session, [tuple(r) for r in chunk])
+    emit({"abstracts": seen, "mined": mined, "rule_version": RULE_VERSION}, as_json,
+         table("mined", ["abstracts", "mined", "rule version"], [[seen, mined, RULE_VERSION]]))
 
 
 @ingest_app.command("entrez")

@@ -15,7 +15,12 @@ bump RULE_VERSION and re-measure.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sqlmodel import Session, col, delete, insert
+
+from shared.tables import MinedQA, utcnow
 
 RULE_VERSION = 1
 # Measured by bench/mining.py on the 500 expert-labelled PubMedQA items (rule version 1).
@@ -102,3 +107,24 @@ def mine(pmid: int, title: str, abstract: str) -> MinedItem | None:
         return None
     return MinedItem(pmid=pmid, question=question, context=context, long_answer=conclusion, decision=decision,
                      confidence=PRECISION[decision])
+
+
+def store_mined(session: Session, abstracts: Sequence[tuple[int, str, str, str]]) -> int:
+    """Mine (pmid, title, abstract text, content hash) rows and store their items, replacing what
+    earlier text of the same PMIDs yielded (a revised abstract is mined again: its old item, if the new
+    text yields none, goes). Returns the number of items stored."""
+    if not abstracts:
+        return 0
+    session.exec(delete(MinedQA).where(col(MinedQA.pmid).in_([a[0] for a in abstracts])))
+    now = utcnow()
+    rows = []
+    for pmid, title, text, digest in abstracts:
+        item = mine(pmid, title, text)
+        if item is not None:
+            rows.append({"pmid": pmid, "question": item.question, "context": item.context,
+                         "long_answer": item.long_answer, "decision": item.decision,
+                         "confidence": item.confidence, "rule_version": item.rule_version,
+                         "content_hash": digest, "mined_at": now})
+    if rows:
+        session.exec(insert(MinedQA), params=rows)
+    return len(rows)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlmodel import Session, col, insert, select, update
 
+from services.ingest.mining import store_mined
 from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError, iter_records
 from shared.checksums import sha256_file
 from shared.db import session_scope
@@ -43,10 +44,12 @@ class IngestResult:
     filtered: int = 0
     deleted: int = 0
     retracted: int = 0
+    mined: int = 0  # QA items mined from the stored and revised abstracts (services/ingest/mining)
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: IngestResult) -> None:
-        for name in ("files", "files_skipped", "stored", "updated", "duplicates", "filtered", "deleted", "retracted"):
+        for name in ("files", "files_skipped", "stored", "updated", "duplicates", "filtered", "deleted", "retracted",
+                     "mined"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors += other.errors
 
@@ -57,17 +60,22 @@ def keep(record: ArticleRecord) -> bool:
 
 
 def store_records(session: Session, records: list[ArticleRecord | DeleteRecord], *, source: str) -> IngestResult:
-    """Upsert the articles that pass `keep`, then mark the deleted PMIDs and the retracted ones."""
+    """Upsert the articles that pass `keep` (mining QA items from the new and revised ones), then mark
+    the deleted PMIDs and the retracted ones."""
     articles = {r.pmid: r for r in records if isinstance(r, ArticleRecord)}
-    result = _upsert(session, articles, source=source)
+    result, fresh = _upsert(session, articles, source=source)
+    result.mined += store_mined(session, [(r.pmid, r.title, r.abstract, digest) for r, digest in fresh])
     result.deleted += _mark_deleted(session, [r for r in records if isinstance(r, DeleteRecord)])
     result.retracted += _mark_retracted(session, _retracted_pmids(articles.values()))
     return result
 
 
-def _upsert(session: Session, articles: dict[int, ArticleRecord], *, source: str) -> IngestResult:
-    """Insert new articles and revise changed ones; same content (by PMID or by text) is a duplicate."""
+def _upsert(session: Session, articles: dict[int, ArticleRecord], *,
+            source: str) -> tuple[IngestResult, list[tuple[ArticleRecord, str]]]:
+    """Insert new articles and revise changed ones; same content (by PMID or by text) is a duplicate.
+    Returns the counts and the (record, content hash) of every row inserted or revised."""
     result = IngestResult()
+    fresh: list[tuple[ArticleRecord, str]] = []
     existing = {a.pmid: a for a in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(articles))))}
     # content_hash is a sha256 over normalised text: compute it once per record, not at every use.
     digests = {pmid: r.content_hash for pmid, r in articles.items()}
@@ -94,9 +102,10 @@ def _upsert(session: Session, articles: dict[int, ArticleRecord], *, source: str
             result.duplicates += 1  # unchanged, or the same text under another PMID
             continue
         seen_hashes.add(digest)
+        fresh.append((record, digest))
     if new_rows:
         session.exec(insert(Abstract), params=new_rows)
-    return result
+    return result, fresh
 
 
 def _revise(row: Abstract, record: ArticleRecord, digest: str, source: str) -> None:
