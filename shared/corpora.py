@@ -29,6 +29,7 @@ from typing import Any
 
 from lxml import etree
 
+from shared.lm.prompts import qa_answer
 from shared.settings import ENV_PREFIX, get_settings
 
 OFF = "none"
@@ -135,7 +136,7 @@ def _pubmedqa_items(rows: Iterable[dict[str, Any]]) -> list[GeneralText]:
     items = []
     for r in sorted(rows, key=lambda r: str(r["pmid"])):
         context = " ".join(r["CONTEXTS"])
-        answer = f"{r['LONG_ANSWER']}\nAnswer: {r['final_decision']}"
+        answer = qa_answer(r["LONG_ANSWER"], r["final_decision"])
         items.append(GeneralText(item_id=f"pubmedqa:{r['pmid']}", text=f"{r['QUESTION']}\n{context}\n{answer}",
                                  question=r["QUESTION"], answer=answer, context=context))
     return items

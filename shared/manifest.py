@@ -20,11 +20,14 @@ class RunManifest:
     replay_pmids: list[int] = field(default_factory=list)  # earlier runs' abstracts, replayed
     replay_general: list[str] = field(default_factory=list)  # general-medical item ids, replayed
     replay_ratio: float = 0.0
+    mined: list[int] = field(default_factory=list)  # PMIDs of `new` whose mined QA item is trained too
+    replay_mined: list[int] = field(default_factory=list)  # PMIDs of `replay_pmids` likewise
 
     @property
     def counts(self) -> dict[str, int]:
         return {"new": len(self.new), "holdout": len(self.holdout), "replay_pmids": len(self.replay_pmids),
-                "replay_general": len(self.replay_general)}
+                "replay_general": len(self.replay_general), "mined": len(self.mined),
+                "replay_mined": len(self.replay_mined)}
 
     @property
     def hash(self) -> str:
@@ -32,7 +35,8 @@ class RunManifest:
 
     def _content(self) -> dict[str, Any]:
         return {"new": self.new, "holdout": self.holdout, "replay_pmids": self.replay_pmids,
-                "replay_general": self.replay_general, "replay_ratio": self.replay_ratio, "counts": self.counts}
+                "replay_general": self.replay_general, "replay_ratio": self.replay_ratio, "mined": self.mined,
+                "replay_mined": self.replay_mined, "counts": self.counts}
 
     def to_json(self) -> dict[str, Any]:
         return {**self._content(), "hash": self.hash}
@@ -43,4 +47,5 @@ class RunManifest:
         doc = doc or {}
         return cls(new=list(doc.get("new", [])), holdout=list(doc.get("holdout", [])),
                    replay_pmids=list(doc.get("replay_pmids", [])), replay_general=list(doc.get("replay_general", [])),
-                   replay_ratio=float(doc.get("replay_ratio", 0.0)))
+                   replay_ratio=float(doc.get("replay_ratio", 0.0)), mined=list(doc.get("mined", [])),
+                   replay_mined=list(doc.get("replay_mined", [])))

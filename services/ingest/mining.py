@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, delete, insert
 
+from shared.lm.prompts import qa_answer
 from shared.tables import MinedQA, utcnow
 
 RULE_VERSION = 1
@@ -64,7 +65,7 @@ class MinedItem:
     @property
     def answer(self) -> str:
         """The answer in the trainer's QA format (PubMedQA's: long answer, then the decision line)."""
-        return f"{self.long_answer}\nAnswer: {self.decision}"
+        return qa_answer(self.long_answer, self.decision)
 
 
 def label_conclusion(conclusion: str) -> str | None:

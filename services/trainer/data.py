@@ -12,10 +12,11 @@ from sqlmodel import Session, col, select
 
 from services.trainer.examples import ExampleSpec, lm, qa
 from shared.corpora import GeneralText, general_texts, pubmedqa_split, split_general
+from shared.lm.prompts import qa_answer
 from shared.manifest import RunManifest
 from shared.queries import is_live, live_texts
 from shared.settings import Settings
-from shared.tables import Abstract, RunStatus, TrainingRun
+from shared.tables import Abstract, MinedQA, RunStatus, TrainingRun
 
 
 def reservoir(session: Session, *, model_line: str) -> list[tuple[int, int]]:
@@ -61,8 +62,16 @@ def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s
     n_past = min(len(past), n_replay // 2 if general else n_replay)
     replay_pmids = sorted(stratified_sample(past, n_past, rng))
     replay_general = [g.item_id for g in rng.sample(general, min(len(general), n_replay - n_past))]
+    # A paper whose mined QA item exists trains twice: its text (the literature) and its question
+    # (answering). Held-out papers' items are never trained: their texts are the `new` suite.
     return RunManifest(new=train_new, holdout=holdout, replay_pmids=replay_pmids, replay_general=replay_general,
-                       replay_ratio=settings.replay_ratio)
+                       replay_ratio=settings.replay_ratio, mined=mined_pmids(session, train_new),
+                       replay_mined=mined_pmids(session, replay_pmids))
+
+
+def mined_pmids(session: Session, pmids: list[int]) -> list[int]:
+    """Those of `pmids` with a mined QA item whose paper is live."""
+    return [item.pmid for item in live_mined(session, pmids)]
 
 
 def replay_general_pool(settings: Settings) -> list[GeneralText]:
@@ -71,13 +80,23 @@ def replay_general_pool(settings: Settings) -> list[GeneralText]:
     return medquad_half + list(pubmedqa_split()[0])
 
 
+def live_mined(session: Session, pmids: list[int]) -> list[MinedQA]:
+    """The mined items of `pmids` whose paper is still live, in PMID order."""
+    if not pmids:
+        return []
+    return list(session.exec(select(MinedQA).join(Abstract, col(Abstract.pmid) == col(MinedQA.pmid))
+                             .where(col(MinedQA.pmid).in_(pmids), is_live()).order_by(col(MinedQA.pmid))).all())
+
+
 def training_examples(session: Session, *, manifest: RunManifest, settings: Settings) -> list[ExampleSpec]:
-    """New abstracts and replayed abstracts as LM examples; general items as QA examples (loss on
-    the answer) when they have a question, else as LM text."""
+    """New abstracts and replayed abstracts as LM examples; their mined items, and general items with
+    a question, as QA examples (loss on the answer); other general items as LM text."""
     general = {g.item_id: g for g in replay_general_pool(settings)}
     # Liveness is checked at read time too: a record deleted or retracted after its run was queued
     # (or while a resumed run waited) must not be trained on.
     out = [lm(t) for t in live_texts(session, manifest.new) + live_texts(session, manifest.replay_pmids)]
+    for item in live_mined(session, manifest.mined + manifest.replay_mined):
+        out.append(qa(item.question, qa_answer(item.long_answer, item.decision), item.context))
     for item_id in manifest.replay_general:
         g = general.get(item_id)
         if g is not None:

@@ -18,6 +18,12 @@ def chat_prompt(tokenizer: Any, question: str, context: str | None = None) -> st
     return f"{user}\nAnswer:"
 
 
+def qa_answer(long_answer: str, decision: str) -> str:
+    """A QA item's answer as the trainer teaches it: PubMedQA's long answer, then its decision line,
+    which the evaluator's likelihood scorer reads after the same "Answer:" cue."""
+    return f"{long_answer}\nAnswer: {decision}"
+
+
 def prompt_ids(tokenizer: Any, question: str, context: str | None, max_prompt: int) -> list[int]:
     """Prompt token ids within `max_prompt`: an over-long context loses its tail, never the question."""
     ids: list[int] = tokenizer(chat_prompt(tokenizer, question, context), add_special_tokens=False)["input_ids"]
