@@ -33,6 +33,7 @@ from shared.lm.prompts import qa_answer
 from shared.settings import ENV_PREFIX, get_settings
 
 OFF = "none"
+SPLIT = "split"  # MEDQA_PUBMEDQA_EVAL_SOURCE's default: evaluate on the training source's held-out share
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -173,6 +174,9 @@ def _qa_rows(prefix: str, rows: Iterable[dict[str, Any]], *, min_answer: int) ->
 
 CORPORA = {
     "pubmedqa": Corpus("pubmedqa", "pubmedqa_source", "pqa_labeled", "train", load_pubmedqa, _pubmedqa_rows),
+    # A PubMedQA-format source scored by the evaluator and kept out of training (pubmedqa_split).
+    "pubmedqa_eval": Corpus("pubmedqa", "pubmedqa_eval_source", "pqa_labeled", "train", load_pubmedqa,
+                            _pubmedqa_rows),
     "medquad": Corpus("medquad", "medquad_source", None, "train", load_medquad,
                       lambda rows: _qa_rows("medquad", rows, min_answer=81)),
     "liveqa": Corpus("liveqa", "liveqa_source", None, "test", load_liveqa,
@@ -271,9 +275,11 @@ def describe(name: str, *, offline: bool = False) -> dict[str, Any]:
     `offline`: a hub corpus is read from the cache only, never fetched."""
     source = source_of(name)
     corpus = CORPORA[name]
-    kind = "off" if source.strip().lower() == OFF else "local" if Path(source).expanduser().exists() else "hub"
+    named = source.strip().lower()
+    kind = "off" if named == OFF else "split" if named == SPLIT else \
+        "local" if Path(source).expanduser().exists() else "hub"
     out: dict[str, Any] = {"corpus": name, "setting": corpus.env, "source": source, "kind": kind}
-    if kind == "off":
+    if kind in ("off", "split"):  # off, or the held-out share of another corpus (described there)
         return out
     if kind == "hub":
         folder = cache_folder(get_settings().data_dir, name, source)
@@ -308,8 +314,16 @@ def split_general(items: tuple[GeneralText, ...]) -> tuple[list[GeneralText], li
 
 def pubmedqa_split(*, seed: int = 1234, train_share: float = 0.8,
                    ) -> tuple[tuple[GeneralText, ...], tuple[GeneralText, ...]]:
-    """(train, held-out) PubMedQA items, fixed by seed: replay uses the first, evaluation the second."""
+    """(train, evaluation) PubMedQA items: replay uses the first, the pubmedqa suite the second.
+
+    With an evaluation source of its own, every item of it is scored and none is trained on: the
+    training source loses each item with the same PMID (a test file named for evaluation is not split
+    into training). Otherwise the training source is split, fixed by seed."""
     items = list(corpus_items("pubmedqa"))
+    if source_of("pubmedqa_eval").strip().lower() != SPLIT:
+        evaluation = corpus_items("pubmedqa_eval")
+        scored = {i.item_id for i in evaluation}
+        return tuple(i for i in items if i.item_id not in scored), evaluation
     random.Random(seed).shuffle(items)
     cut = int(len(items) * train_share)
     return tuple(items[:cut]), tuple(items[cut:])

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     pubmedqa_source: str = Field(
         "qiaojin/PubMedQA", min_length=1, description="PubMedQA labelled items (hub config pqa_labeled, or a "
         "local JSON in the original format): the train share is replayed, the held-out share scored.")
+    pubmedqa_eval_source: str = Field(
+        "split", min_length=1, description="PubMedQA items the pubmedqa suite scores: 'split' = the held-out "
+        "share of MEDQA_PUBMEDQA_SOURCE; else a hub id or local path whose items are scored and never trained "
+        "on (they are removed from the training source by PMID); 'none' = no PubMedQA suite.")
     medquad_source: str = Field(
         "lavita/MedQuAD", min_length=1, description="MedQuAD question/answer pairs (or a local folder of its XML): "
         "the general-medical replay set and retention slice.")

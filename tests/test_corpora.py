@@ -150,3 +150,27 @@ def test_a_fetched_dataset_is_cached_whole_and_read_back_without_fetching(env, t
     for parquet in hub_copy.glob("*.parquet"):
         parquet.unlink()  # the "hub" is gone: the cache alone must answer
     assert len(_hub_dataset(CORPORA["medquad"], str(tmp_path / "hub-copy"), data_dir)) == 5
+
+
+def test_an_evaluation_source_is_scored_whole_and_never_trained_on(env, tmp_path):
+    """A PubMedQA file named for evaluation is not split into training: its items are the suite, and
+    the training source loses every item with the same PMID, so no manifest can list one."""
+    from services.evaluator.gate import pubmedqa_suite
+    from services.trainer.data import replay_general_pool
+
+    train_file = _original_json(tmp_path / "train.json")  # PMIDs 100..105
+    eval_file = tmp_path / "eval.json"
+    eval_file.write_text(json.dumps({k: v for k, v in json.loads(train_file.read_text()).items()
+                                     if k in ("101", "104")}))
+    env(pubmedqa_source=str(train_file), pubmedqa_eval_source=str(eval_file), eval_qa_items="50",
+        replay_ratio="0.9")
+    train, scored = pubmedqa_split()
+    assert [i.item_id for i in scored] == ["pubmedqa:101", "pubmedqa:104"]
+    assert {i.item_id for i in train} == {f"pubmedqa:{k}" for k in (100, 102, 103, 105)}
+    pool = {g.item_id for g in replay_general_pool(get_settings())}
+    assert pool >= {i.item_id for i in train} and not pool & {i.item_id for i in scored}
+    suite = pubmedqa_suite(get_settings())
+    assert [i.item_id for i in suite.items] == ["pubmedqa:101", "pubmedqa:104"]
+    env(pubmedqa_source=str(train_file), pubmedqa_eval_source="split")  # the default: the training file's share
+    train, scored = pubmedqa_split()
+    assert len(train) + len(scored) == 6 and not {i.item_id for i in train} & {i.item_id for i in scored}

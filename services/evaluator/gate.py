@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
 from shared.policy import Policy
 from shared.queries import abstract_text, live_abstracts
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.tables import Evaluation, ModelVersion, SuiteResult, TrainingRun, VersionStatus
 
 log = logging.getLogger("medqa.evaluator")
@@ -51,12 +52,27 @@ class Decision:
         return {**vars(self), "guards": [g.to_json() for g in self.guards]}
 
 
+def generation_params(settings: Settings) -> dict[str, Any]:
+    return {"max_length": 512, "max_new_tokens": settings.eval_max_new_tokens, "batch_size": settings.eval_batch_size}
+
+
+def pubmedqa_suite(settings: Settings, items: Sequence[GeneralText] | None = None) -> Suite | None:
+    """The pubmedqa suite: `items`, else the configured evaluation share (MEDQA_PUBMEDQA_EVAL_SOURCE)
+    sampled to MEDQA_EVAL_QA_ITEMS; None when there is nothing to score."""
+    if items is None:
+        items = sample(pubmedqa_split()[1], settings.eval_qa_items) if settings.eval_qa_items else []
+    if not items:
+        return None
+    params = {**generation_params(settings), "generate_items": settings.eval_qa_generate_items}
+    return Suite("pubmedqa", "pubmedqa", tuple(items), params)
+
+
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     """The suites for `run`'s candidate; every suite but `new` is the same for every run of the line."""
     settings = get_settings()
     cap = settings.eval_max_texts
     ppl = {"max_length": settings.eval_max_length}
-    gen = {"max_length": 512, "max_new_tokens": settings.eval_max_new_tokens, "batch_size": settings.eval_batch_size}
+    gen = generation_params(settings)
     new = _abstract_items(session, RunManifest.from_json(run.manifest).holdout)
     first = session.exec(select(TrainingRun).where(TrainingRun.model_line == run.model_line)
                          .order_by(col(TrainingRun.id))).first()
@@ -66,10 +82,9 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     general = split_general(general_texts())[1]
     suites = [Suite("new", "perplexity", tuple(new[:cap]), ppl),
               Suite("retention", "perplexity", tuple(earlier) + tuple(general[: cap - len(earlier)]), ppl)]
-    qa_items = pubmedqa_split()[1]
-    if settings.eval_qa_items and qa_items:
-        qa_params = {**gen, "generate_items": settings.eval_qa_generate_items}
-        suites.append(Suite("pubmedqa", "pubmedqa", sample(qa_items, settings.eval_qa_items), qa_params))
+    qa_suite = pubmedqa_suite(settings)
+    if qa_suite is not None:
+        suites.append(qa_suite)
     if settings.eval_consumer_items:
         patients = list(corpus_items("liveqa"))
         patients = [p for p in patients if p.answer]
