@@ -193,6 +193,12 @@ def corpus_items(name: str) -> tuple[GeneralText, ...]:
     return _load(name, source_of(name), get_settings().data_dir)
 
 
+def load_corpus(name: str, source: str | None) -> tuple[GeneralText, ...]:
+    """Items of corpus `name` (its format) from `source`, a local path or hub id; None = the configured
+    source. Raises CorpusUnavailable naming the source when it cannot be read."""
+    return corpus_items(name) if source is None else _load(name, source, get_settings().data_dir)
+
+
 @functools.cache
 def _load(name: str, source: str, data_dir: Path) -> tuple[GeneralText, ...]:
     corpus = CORPORA[name]

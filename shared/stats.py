@@ -63,6 +63,13 @@ def paired_bootstrap(candidate: Values, champion: Values, *,
     return Interval(difference(np.arange(len(a))), float(low), float(high), confidence, len(a))
 
 
+def mean_interval(values: Values, *, weights: Values | None = None, confidence: float = 0.95,
+                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of one model's (weighted) mean over its items."""
+    return paired_bootstrap(values, np.zeros(len(values)), weights=weights, confidence=confidence,
+                            resamples=resamples, seed=seed)
+
+
 def perplexity_interval(cand_nll: Values, champ_nll: Values, tokens: Values, *,
                         confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
     """Difference of token-weighted mean NLL per token (log-perplexity; negative = candidate better).

@@ -92,7 +92,7 @@ def ingest_mine(as_json: bool = JsonOpt) -> None:
                             .order_by(col(Abstract.pmid)).execution_options(yield_per=1000))
         for chunk in rows.partitions(1000):  # bounded memory and IN-lists on a store of any size
             seen += len(chunk)
-            mined += store_mined(session, [tuple(r) for r in chunk])
+            mined += store_mined(session, [(r[0], r[1], r[2], r[3]) for r in chunk])
     emit({"abstracts": seen, "mined": mined, "rule_version": RULE_VERSION}, as_json,
          table("mined", ["abstracts", "mined", "rule version"], [[seen, mined, RULE_VERSION]]))
 

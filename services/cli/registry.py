@@ -1,4 +1,4 @@
-"""Registry commands: evaluate, versions, promote, rollback, history, report, policy check."""
+"""Registry commands: evaluate, score, versions, promote, rollback, history, report, policy check."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from sqlmodel import col, select
 
-from services.cli.common import JsonOpt, actor_or_user, die, emit, ensure_store, fmt, out, table
+from services.cli.common import JsonOpt, actor_or_user, die, emit, ensure_store, err, fmt, out, table
 from services.cli.root import app
 from shared.settings import get_settings
 
@@ -33,6 +33,39 @@ def evaluate(version: str, as_json: bool = JsonOpt) -> None:
                   f"{' and promoted' if decision.promoted else ''}")
         for r in decision.reasons:
             out.print(f"  {r}", highlight=False)
+
+
+@app.command("score")
+def score_cmd(target: str = typer.Argument(..., help="base, champion, or a version (v3 or 3)"),
+              suite: str = typer.Option(..., "--suite", help="pubmedqa, consumer or retention"),
+              source: str | None = typer.Option(None, "--source", help="A local path or hub id in the suite's "
+                                                "format (default: the gate's own items)"),
+              items: str | None = typer.Option(None, "--items", help="N or all (default: the gate's size)"),
+              as_json: bool = JsonOpt) -> None:
+    """Score one model on one suite: metrics with 95% intervals, items, PubMedQA's predicted labels."""
+    from services.evaluator.scoring import ScoreError, score_one
+    from shared.corpora import CorpusUnavailable
+    from shared.db import session_scope
+
+    if items is not None and items != "all" and not (items.isdigit() and int(items) > 0):
+        die(f"--items must be a positive number or 'all', not {items!r}")
+    ensure_store()
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("scoring {task.description}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err, disable=as_json or not err.is_terminal, transient=True) as bar:
+            bar.add_task(f"{target} on {suite}", total=None)
+            doc = score_one(session_scope, target, suite, get_settings(), source=source, items=items)
+    except (ScoreError, CorpusUnavailable) as exc:
+        die(str(exc))
+    emit(doc, as_json, table(
+        f"{doc['target']} on {doc['suite']} ({doc['items']} items, {doc['seconds']} s"
+        f"{', stored result' if doc['reused'] else ''})", ["metric", "value", "95% interval"],
+        [[m, fmt(v["value"], 4), f"[{fmt(v['low'], 4)}, {fmt(v['high'], 4)}]" if "low" in v else ""]
+         for m, v in doc["metrics"].items()]))
+    if not as_json and "predicted_labels" in doc:
+        out.print(f"predicted labels: {doc['predicted_labels']}", highlight=False)
 
 
 @app.command()

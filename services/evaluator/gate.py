@@ -72,7 +72,6 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     settings = get_settings()
     cap = settings.eval_max_texts
     ppl = {"max_length": settings.eval_max_length}
-    gen = generation_params(settings)
     new = _abstract_items(session, RunManifest.from_json(run.manifest).holdout)
     first = session.exec(select(TrainingRun).where(TrainingRun.model_line == run.model_line)
                          .order_by(col(TrainingRun.id))).first()
@@ -85,16 +84,22 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     qa_suite = pubmedqa_suite(settings)
     if qa_suite is not None:
         suites.append(qa_suite)
-    if settings.eval_consumer_items:
-        patients = list(corpus_items("liveqa"))
-        patients = [p for p in patients if p.answer]
-        medquad = [g for g in general if g.question]
-        half = settings.eval_consumer_items // 2 if patients and medquad else settings.eval_consumer_items
-        chosen = sample(patients, half)
-        items = chosen + sample(medquad, settings.eval_consumer_items - len(chosen))
-        if items:
-            suites.append(Suite("consumer", "consumer", items, gen))
+    consumer = consumer_suite(settings, list(corpus_items("liveqa")), general, settings.eval_consumer_items)
+    if consumer is not None:
+        suites.append(consumer)
     return suites
+
+
+def consumer_suite(settings: Settings, patients: Sequence[GeneralText], medquad: Sequence[GeneralText],
+                   n: int) -> Suite | None:
+    """Consumer questions: half patients' (LiveQA) and half MedQuAD's, n in all, those with a
+    reference answer; None when there are none."""
+    asked = [p for p in patients if p.answer]
+    answered = [g for g in medquad if g.question]
+    half = n // 2 if asked and answered else n
+    chosen = sample(asked, half)
+    items = chosen + sample(answered, n - len(chosen))
+    return Suite("consumer", "consumer", items, generation_params(settings)) if items else None
 
 
 def _abstract_items(session: Session, pmids: list[int]) -> list[GeneralText]:

@@ -1,0 +1,56 @@
+"""`medqa score`: one model on one suite from any compatible source, with intervals, stored per item."""
+
+import json
+
+from typer.testing import CliRunner
+
+from services.cli import app
+
+ITEMS = {str(300 + k): {"QUESTION": f"Does drug {k} lower fever in children?",
+                        "CONTEXTS": [f"We gave drug {k} to {30 + k} children with fever.", "Fever fell."],
+                        "LONG_ANSWER": f"Drug {k} lowered fever.", "final_decision": ("yes", "no", "maybe")[k % 3]}
+         for k in range(7)}
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args))
+
+
+def test_score_base_on_a_pubmedqa_file_with_every_item(medqa_env, tmp_path):
+    medqa_env()
+    source = tmp_path / "test.json"
+    source.write_text(json.dumps(ITEMS))
+    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["target"], doc["suite"], doc["items"], doc["reused"]) == ("base", "pubmedqa", 7, False)
+    acc = doc["metrics"]["pubmedqa_acc"]
+    assert 0 <= acc["low"] <= acc["value"] <= acc["high"] <= 1
+    assert sum(doc["predicted_labels"].values()) == 7 and set(doc["predicted_labels"]) <= {"yes", "no", "maybe"}
+    assert "low" not in doc["metrics"]["pubmedqa_f1"]  # macro-F1 has no per-item form: no interval claimed
+    again = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
+                              "--json").stdout)
+    assert again["reused"] and again["metrics"] == doc["metrics"]  # the stored per-item result, not a rerun
+    three = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "3",
+                              "--json").stdout)
+    assert three["items"] == 3 and not three["reused"]
+
+
+def test_score_refuses_what_it_cannot_score(medqa_env, tmp_path):
+    medqa_env()
+    assert "no champion" in invoke("score", "champion", "--suite", "pubmedqa").output
+    res = invoke("score", "base", "--suite", "bleu")
+    assert res.exit_code == 1 and "unknown suite 'bleu'" in res.output
+    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(tmp_path / "missing.json"))
+    assert res.exit_code == 1 and "missing.json does not exist" in res.output
+    res = invoke("score", "base", "--suite", "pubmedqa", "--items", "0")
+    assert res.exit_code == 1 and "--items must be a positive number" in res.output
+    assert invoke("score", "v9", "--suite", "retention").exit_code == 1
+
+
+def test_score_retention_gives_a_perplexity_interval(medqa_env):
+    medqa_env()
+    res = invoke("score", "base", "--suite", "retention", "--items", "6", "--json")
+    assert res.exit_code == 0, res.output
+    ppl = json.loads(res.stdout)["metrics"]["ppl_retention"]
+    assert 1 < ppl["low"] <= ppl["value"] <= ppl["high"]
