@@ -4,6 +4,7 @@ emulator through Bio.Entrez, two increments, a summary that reports real figures
 import json
 
 import pytest
+from conftest import SHARED_DATA
 from typer.testing import CliRunner
 
 from services.devkit.cli import app
@@ -27,3 +28,12 @@ def test_demo_runs_the_whole_loop(medqa_env, tmp_path, monkeypatch):
     assert summary["rounds"][1]["started_from"] == summary["rounds"][0]["version"]
     assert summary["champion"] is not None and summary["drift"]
     assert all(r["ppl_new"]["after"] > 0 for r in summary["rounds"])
+    for r in summary["rounds"]:
+        assert isinstance(r["mined_qa"], int) and r["mined_qa"] >= 0
+    if (SHARED_DATA / "pubmedqa").is_dir():  # the QA story: PubMedQA before and after each round
+        for r in summary["rounds"]:
+            q = r["pubmedqa"]
+            assert q["before"] is not None and q["items"] == 8
+            for x in (q["before"], q["after"]):
+                assert x["interval"][0] <= x["accuracy"] <= x["interval"][1]
+                assert sum(x["labels"].values()) == 8 and 0 <= x["macro_f1"] <= 1

@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from sqlmodel import Session, col, func, select
@@ -230,8 +231,34 @@ def _rounds(session: Session) -> list[dict]:
                               "after": ev.metrics.get("ppl_retention")} if ev else None,
             "decision": (version.status.value if version else None),
             "reasons": ev.reasons if ev else [],
+            "mined_qa": len(manifest.mined),
+            "pubmedqa": _pubmedqa(session, version, ev) if version and ev else None,
         })
     return rounds
+
+
+def _pubmedqa(session: Session, version: Any, ev: Any) -> dict | None:
+    """PubMedQA before (the baseline the gate compared with) and after (the version), on the gate's
+    items: accuracy with its 95% interval, macro-F1 and the predicted labels."""
+    from shared.stats import mean_interval
+    from shared.tables import SuiteResult
+
+    after = session.exec(select(SuiteResult).where(SuiteResult.subject == f"v{version.id}",
+                                                   SuiteResult.suite == "pubmedqa")
+                         .order_by(col(SuiteResult.id).desc())).first()
+    if after is None or not after.items:
+        return None
+    baseline = f"v{ev.baseline_version_id}" if ev.baseline_version_id else f"base:{version.base_model}"
+    before = session.exec(select(SuiteResult).where(SuiteResult.subject == baseline,
+                                                    SuiteResult.suite_hash == after.suite_hash)).first()
+
+    def shown(row: Any) -> dict:
+        acc = mean_interval(row.items["correct"])
+        return {"accuracy": round(acc.estimate, 3), "interval": [round(acc.low, 3), round(acc.high, 3)],
+                "macro_f1": round(row.metrics["pubmedqa_f1"], 3), "labels": dict(Counter(row.items["label"]))}
+
+    return {"items": len(after.items["correct"]), "before": shown(before) if before and before.items else None,
+            "after": shown(after)}
 
 
 def _print_summary(con: Console, summary: dict) -> None:
@@ -243,8 +270,8 @@ def _print_summary(con: Console, summary: dict) -> None:
               f"{src['entrez_emulator']['requests']} requests)", highlight=False)
     for r in summary["rounds"]:
         con.print(f"run {r['run']} ({r['status']}) from {r['started_from']} on {r['new_abstracts']} new abstracts "
-                  f"+ replay {r['replay']['replay_pmids']} past / {r['replay']['replay_general']} general",
-                  highlight=False)
+                  f"({r['mined_qa']} mined QA items) + replay {r['replay']['replay_pmids']} past / "
+                  f"{r['replay']['replay_general']} general", highlight=False)
         if r["error"]:
             con.print(f"  error: {r['error']}", highlight=False)
             continue
@@ -253,6 +280,14 @@ def _print_summary(con: Console, summary: dict) -> None:
         for key in ("ppl_new", "ppl_retention"):
             if r[key]:
                 con.print(f"  {key:<14} before {r[key]['before']:.3f}  after {r[key]['after']:.3f}")
+        if r["pubmedqa"]:
+            q = r["pubmedqa"]
+            for when in ("before", "after"):
+                if q[when]:
+                    x = q[when]
+                    con.print(f"  pubmedqa {when:<6} accuracy {x['accuracy']:.3f} [{x['interval'][0]:.3f}, "
+                              f"{x['interval'][1]:.3f}]  macro-F1 {x['macro_f1']:.3f}  labels {x['labels']} "
+                              f"({q['items']} items)", highlight=False)
         con.print(f"  gate: {r['decision']}")
         for reason in r["reasons"]:
             con.print(f"    {reason}", highlight=False)
