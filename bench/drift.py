@@ -1,8 +1,8 @@
 """Benchmark: drift detection power, false alarms, needed window size and speed of the monitor's drift
 check (one JSON line last).
 
-Run: .venv/bin/python bench/drift.py [--rows 300] [--splits 20] [--speed-rows 2000]
-                                     [--halves 200] [--e2e-halves 40] [--shift-seeds 10]
+Run: .venv/bin/python bench/drift.py [--rows 300] [--splits 100] [--speed-rows 2000]
+                                     [--halves 2000] [--e2e-halves 100] [--shift-seeds 10]
 
 Every end-to-end comparison goes through services.monitor.drift.text_drift as the monitor calls it:
 the text column, Evidently's offline descriptors, metadata columns where both sides have them
@@ -16,6 +16,9 @@ the voting columns at the monitor's family alpha (MEDQA_DRIFT_ALPHA).
    Goal: all detected. Also reported, without a goal: old_vs_new_years, PubMedQA contexts from the
    oldest years vs the newest (split at the median year), texts only: a time advance, which alone
    is not drift (years do not vote); the line says whether the texts themselves moved.
+Every rate comes with its one-sided 95% upper bound (Clopper-Pearson, "upper95"): an exact test
+flags about alpha of null runs, so a rate measured on N runs scatters around 5% by sqrt(0.05/N).
+
 2. False alarms: --splits random halves of one distribution (PubMedQA contexts and MedQuAD answers
    alternately), each checked the same way. Goal: <= 5% flagged.
 3. Null with metadata, on the NLM files (pubmed_update_samples/{baseline,updatefiles}/*.xml):
@@ -141,6 +144,14 @@ def text_of(record) -> str:  # type: ignore[no-untyped-def]
     return f"{record.title}\n{record.abstract}"
 
 
+def upper95(hits: int, trials: int) -> float | None:
+    """One-sided 95% Clopper-Pearson upper bound of a rate: how high the true rate could be, given
+    that `trials` runs flagged `hits` (a rate measured on 20 runs says little about 5%)."""
+    from scipy import stats
+
+    return round(float(stats.beta.ppf(0.95, hits + 1, trials - hits)), 3) if trials and hits < trials else 1.0
+
+
 def halves(rows: list, rng: random.Random) -> tuple[list, list]:
     shuffled = rng.sample(rows, len(rows))
     return shuffled[: len(rows) // 2], shuffled[len(rows) // 2:]
@@ -164,7 +175,8 @@ def categorical_null(by_file: dict[str, list], n_halves: int, rng: random.Random
             for column, test in tests.items():
                 flags[column] += test(ref[column], cur[column]) < alpha
         out[kind] = {"halves": n_halves, "rows_a_side": sorted({len(p) // 2 for p in pools}),
-                     "false_flag_rate": {c: round(k / n_halves, 3) for c, k in flags.items()}}
+                     "false_flag_rate": {c: round(k / n_halves, 3) for c, k in flags.items()},
+                     "upper95": {c: upper95(k, n_halves) for c, k in flags.items()}}
         log(f"  categorical null, {kind}: {out[kind]['false_flag_rate']}")
     return out
 
@@ -183,6 +195,7 @@ def dataset_null(by_file: dict[str, list], n_halves: int, rng: random.Random, ve
     columns = sorted(runs[0]["scores"]) if runs else []
     return {"halves": n_halves, "rows_a_side": len(pooled) // 2,
             "false_alarm_rate": round(sum(r["detected"] for r in runs) / max(1, n_halves), 3),
+            "upper95": upper95(sum(r["detected"] for r in runs), n_halves),
             "column_flag_rate": {c: round(sum(c in r["column_flags"] for r in runs) / max(1, n_halves), 3)
                                  for c in columns}}
 
@@ -219,9 +232,9 @@ def target_shift(by_file: dict[str, list], seeds: int, vectors: Vectors, out: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=300, help="rows a side in the shift checks (default 300)")
-    parser.add_argument("--splits", type=int, default=20, help="same-distribution splits (default 20)")
-    parser.add_argument("--halves", type=int, default=1000, help="NLM halves for the categorical null (default 1000)")
-    parser.add_argument("--e2e-halves", type=int, default=40, help="NLM halves through text_drift (default 40)")
+    parser.add_argument("--splits", type=int, default=100, help="same-distribution splits (default 100)")
+    parser.add_argument("--halves", type=int, default=2000, help="NLM halves for the categorical null (default 2000)")
+    parser.add_argument("--e2e-halves", type=int, default=100, help="NLM halves through text_drift (default 100)")
     parser.add_argument("--shift-seeds", type=int, default=10, help="seeds per size of the target shift")
     parser.add_argument("--speed-rows", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
@@ -282,6 +295,7 @@ def main() -> None:
         speed = check(big[: args.speed_rows], big[args.speed_rows:], vectors, out, "speed", alpha)
     result["false_alarms"] = {"splits": args.splits, "flagged": sum(alarms),
                               "rate": round(sum(alarms) / max(1, args.splits), 3),
+                              "upper95": upper95(sum(alarms), args.splits),
                               "checks": [{k: x[k] for k in ("detected", "drifted_columns", "column_flags")}
                                          for x in splits]}
     # Embedding cost over the whole run (every distinct text once; the speed rows were mostly embedded

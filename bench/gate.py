@@ -1,13 +1,17 @@
 """Benchmark: does the gate reject planted bad candidates and pass null ones? (one JSON line last)
 
-Run: .venv/bin/python bench/gate.py [--seeds 10] [--steps 24]
+Run: .venv/bin/python bench/gate.py [--seeds 10] [--steps 32] (about an hour on 2 CPU cores)
 
 Every candidate is judged by the gate's own code: its suites (services/evaluator/suites.Suite), its
 scorer (gate.score), and its paired judge (judge.judge) under shared/policy.toml. Model:
 SmolLM2-135M-Instruct (offline package), CPU.
 
 The increment D: --abstracts NLM sample abstracts (causal-LM examples) plus --qa PubMedQA training
-items (QA examples, as the trainer's replay takes them). The champion is a LoRA adapter trained from
+items (QA examples in the trainer's chat format, answered by their decision line "Answer: <decision>"
+alone: the line the gate's likelihood scorer reads; with the long answer first, the decision is one
+loss token in ~60, and a CPU budget of steps does not move it). The recipe (--steps 32, --lr 2e-3,
+batch 4 x 256 tokens) covers D about 1.7 times, so a re-run sees the same data as the champion and
+differs by its seed alone. The champion is a LoRA adapter trained from
 the base on D with seed 0. Candidates, each trained from the base with seed s = 1..--seeds, the same
 steps and learning rate:
   bad   shuffled  D with every abstract's tokens shuffled (word salad of the same tokens)
@@ -73,7 +77,7 @@ def load_data(args: argparse.Namespace) -> dict:
     }
 
 
-def examples(data: dict, *, shuffle_seed: int | None = None, flip: bool = False) -> list:
+def examples(data: dict, *, shuffle_seed: int | None = None, flip: bool = False, decision_only: bool = True) -> list:
     """D as the trainer's example specs; optionally token-shuffled abstracts or flipped labels."""
     from services.trainer.examples import lm, qa
     from shared.lm.base_model import load_base_model
@@ -91,11 +95,11 @@ def examples(data: dict, *, shuffle_seed: int | None = None, flip: bool = False)
         abstracts = shuffled
     out = [lm(t) for t in abstracts]
     for item in data["train_qa"]:
-        answer = item.answer
+        body, _, decision = item.answer.rpartition("Answer:")
+        decision = decision.strip()
         if flip:
-            body, _, decision = answer.rpartition("Answer:")
-            decision = {"yes": "no", "no": "yes"}.get(decision.strip(), decision.strip())
-            answer = f"{body}Answer: {decision}"
+            decision = {"yes": "no", "no": "yes"}.get(decision, decision)
+        answer = f"Answer: {decision}" if decision_only else f"{body}Answer: {decision}"
         out.append(qa(item.question, answer, item.context))
     return out
 
@@ -145,13 +149,13 @@ def judged(policy, champion_scores: dict, adapter: Path, the_suites: list) -> tu
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--qa-max-length", type=int, default=384)
-    ap.add_argument("--abstracts", type=int, default=96, help="NLM abstracts in the increment")
-    ap.add_argument("--qa", type=int, default=160, help="PubMedQA training items in the increment")
+    ap.add_argument("--qa-max-length", type=int, default=512, help="the gate's PubMedQA prompt length")
+    ap.add_argument("--abstracts", type=int, default=16, help="NLM abstracts in the increment")
+    ap.add_argument("--qa", type=int, default=64, help="PubMedQA training items in the increment")
     ap.add_argument("--new", type=int, default=48, help="held-out NLM abstracts (the new suite)")
     ap.add_argument("--retention", type=int, default=48)
     ap.add_argument("--qa-items", type=int, default=100, help="held-out PubMedQA items (all 100 by default)")
@@ -220,7 +224,7 @@ def main() -> None:
         return counts
 
     result = {
-        "bench": "gate", "model": SMOLLM2, "seeds": args.seeds, "steps": args.steps, "lr": args.lr,
+        "bench": "gate", "model": SMOLLM2, "seeds": args.seeds, "recipe": vars(args),
         "suite_items": {s.name: len(s.items) for s in the_suites},
         "champion": metrics,
         "bad_rejected": {"shuffled": rate("shuffled", "rejected"), "flipped": rate("flipped", "rejected")},
