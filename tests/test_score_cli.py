@@ -28,6 +28,8 @@ def test_score_base_on_a_pubmedqa_file_with_every_item(medqa_env, tmp_path):
     assert 0 <= acc["low"] <= acc["value"] <= acc["high"] <= 1
     assert sum(doc["predicted_labels"].values()) == 7 and set(doc["predicted_labels"]) <= {"yes", "no", "maybe"}
     assert "low" not in doc["metrics"]["pubmedqa_f1"]  # macro-F1 has no per-item form: no interval claimed
+    for name, metric in doc["metrics"].items():  # every interval claimed is around its own value
+        assert "low" not in metric or metric["low"] <= metric["value"] <= metric["high"], name
     again = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
                               "--json").stdout)
     assert again["reused"] and again["metrics"] == doc["metrics"]  # the stored per-item result, not a rerun
@@ -38,7 +40,8 @@ def test_score_base_on_a_pubmedqa_file_with_every_item(medqa_env, tmp_path):
 
 def test_score_refuses_what_it_cannot_score(medqa_env, tmp_path):
     medqa_env()
-    assert "no champion" in invoke("score", "champion", "--suite", "pubmedqa").output
+    res = invoke("score", "champion", "--suite", "pubmedqa")
+    assert res.exit_code == 1 and "no champion" in res.output
     res = invoke("score", "base", "--suite", "bleu")
     assert res.exit_code == 1 and "unknown suite 'bleu'" in res.output
     res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(tmp_path / "missing.json"))

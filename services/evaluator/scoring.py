@@ -122,7 +122,10 @@ def describe(who: Target, suite: Suite, result: SuiteScores, *, reused: bool, se
 
 
 def _interval(metric: str, items: dict[str, list], confidence: float) -> tuple[float, float] | None:
-    """The bootstrap interval of `metric` from its per-item series; None for one without (macro-F1)."""
+    """The bootstrap interval of `metric` from its per-item series; None for one that is not a mean
+    of per-item values (macro-F1; corpus BLEU, which is not the mean of sentence BLEU)."""
+    if metric.endswith(("_f1", "_bleu")):
+        return None
     if metric.startswith("ppl_") or metric == "ppl":
         nll, tokens = items["nll"], items["tokens"]
         per_token = mean_interval([a / t for a, t in zip(nll, tokens, strict=True)], weights=tokens,

@@ -16,8 +16,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Abstracts stored before this revision are not mined here: the next ingest of each file, or `medqa ingest mine`, does it (a
-    # migration should not parse every stored abstract inside its transaction).
+    # Abstracts stored before this revision are not mined here (a migration should not parse every
+    # stored abstract inside its transaction), nor by a later ingest (an imported file is skipped by
+    # its sha256): `medqa ingest mine` does it.
     op.create_table('minedqa',
     sa.Column('pmid', sa.Integer(), nullable=False),
     sa.Column('question', sa.Text(), nullable=False),
