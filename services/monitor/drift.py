@@ -29,6 +29,7 @@ our verdict is written at its top.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import warnings
@@ -159,12 +160,12 @@ def text_drift(
 
 
 def chi2_two_sample(reference: Iterable[Any], current: Iterable[Any], *, min_expected: float = MIN_EXPECTED,
-                    permutations: int = PERMUTATIONS, seed: int = 0) -> float:
+                    permutations: int = PERMUTATIONS, seed: int | None = None) -> float:
     """p-value that two samples of a categorical variable come from one distribution.
 
     The chi-square statistic of independence on the 2 x k table (sample x category): unlike a
     goodness-of-fit test against the reference's counts, it counts the reference's own sampling noise.
-    Its p-value comes from permuting the side labels (seeded, the observed split counted in), not
+    Its p-value comes from permuting the side labels (seeded by the data, the observed split counted in), not
     from the chi-square curve: on 1,000 halves of pooled NLM files the asymptotic p-value flagged
     journal 5.2% and subjects 5.1% of the time at 0.05, a permutation p-value is exact by
     construction. Categories too rare for `min_expected` rows in each cell are merged into one (which
@@ -197,10 +198,22 @@ def chi2_two_sample(reference: Iterable[Any], current: Iterable[Any], *, min_exp
                 + ((cur_counts - expected_cur) ** 2 / expected_cur).sum(-1))
 
     observed = statistic(is_ref @ onehot)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_data_seed(ref, cur) if seed is None else seed)
     shuffled = rng.permuted(np.tile(is_ref, (permutations, 1)), axis=1)
     null = statistic(shuffled.astype(float) @ onehot)
     return float((1 + np.sum(null >= observed - 1e-9)) / (1 + permutations))
+
+
+def _data_seed(reference: list[str], current: list[str]) -> int:
+    """A permutation seed drawn from the data: the same windows give the same p-value, and different
+    windows get independent permutations. One fixed seed would reuse one set of permutations for every
+    window of a size, so one unlucky draw of the null's tail would bias every verdict the same way (on
+    2,000 NLM halves the subjects column flagged 5.2% with seed 0)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for side in (reference, current):
+        digest.update(b"\x1e".join(v.encode() for v in side))
+        digest.update(b"\x1d")
+    return int.from_bytes(digest.digest(), "little")
 
 
 def _merge_columns(table: np.ndarray, min_expected: float) -> np.ndarray:
@@ -224,14 +237,15 @@ def _merge_columns(table: np.ndarray, min_expected: float) -> np.ndarray:
 
 
 def familiarity_two_sample(reference: Iterable[Any], current: Iterable[Any], *, permutations: int = PERMUTATIONS,
-                           seed: int = 0) -> float:
+                           seed: int | None = None) -> float:
     """One-sided p-value that the two sides' values are strangers to each other (a journal shift).
 
     Statistic, over every row: the share whose value recurs on its own side minus the share whose value
     appears on the other side. Rows of one source find partners on either side about equally; after a
     complete journal shift no row finds one across, while the journals that recur (on both sides) still
     find partners at home. Rows sharing a value are not independent, so the null distribution comes from
-    permuting the side labels (exact whatever the clustering), seeded, the observed split counted in it.
+    permuting the side labels (exact whatever the clustering), seeded by the data, the observed split
+    counted in it.
     """
     ref = [str(v) for v in reference if isinstance(v, str) and v]
     cur = [str(v) for v in current if isinstance(v, str) and v]
@@ -240,7 +254,7 @@ def familiarity_two_sample(reference: Iterable[Any], current: Iterable[Any], *, 
     codes = pd.factorize(pd.Series(ref + cur))[0]
     is_ref = np.r_[np.ones(len(ref), bool), np.zeros(len(cur), bool)]
     observed = _familiarity_gap(codes, is_ref)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_data_seed(ref, cur) if seed is None else seed)
     null = np.array([_familiarity_gap(codes, rng.permutation(is_ref)) for _ in range(permutations)])
     return float((1 + np.sum(null >= observed - 1e-12)) / (1 + permutations))
 
