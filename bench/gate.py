@@ -1,6 +1,6 @@
 """Benchmark: does the gate reject planted bad candidates and pass null ones? (one JSON line last)
 
-Run: .venv/bin/python bench/gate.py [--seeds 10] [--steps 32] (about an hour on 2 CPU cores)
+Run: .venv/bin/python bench/gate.py [--seeds 10] [--steps 16] (about 70 minutes on 2 CPU cores)
 
 Every candidate is judged by the gate's own code: its suites (services/evaluator/suites.Suite), its
 scorer (gate.score), and its paired judge (judge.judge) under shared/policy.toml. Model:
@@ -9,9 +9,12 @@ SmolLM2-135M-Instruct (offline package), CPU.
 The increment D: --abstracts NLM sample abstracts (causal-LM examples) plus --qa PubMedQA training
 items (QA examples in the trainer's chat format, answered by their decision line "Answer: <decision>"
 alone: the line the gate's likelihood scorer reads; with the long answer first, the decision is one
-loss token in ~60, and a CPU budget of steps does not move it). The recipe (--steps 32, --lr 2e-3,
-batch 4 x 256 tokens) covers D about 1.7 times, so a re-run sees the same data as the champion and
-differs by its seed alone. The champion is a LoRA adapter trained from
+loss token in ~60, and a CPU budget of steps does not move it). The recipe (--steps 16, --lr 2e-3,
+batch 4 x 256 tokens) covers D about 0.8 times: a re-run draws the same increment in another order
+(its seed). Measured before choosing it (pubmedqa_acc of re-runs, seeds 0-2): 16 steps at 2e-3 gave
+0.57, 0.59, 0.59 (a stable answer prior); 32 steps at 2e-3 scattered ten re-runs from 0.31 to 0.60
+around a champion at 0.43 (the answer prior flipped between "no" and "yes"), so a re-run was no null
+candidate. The champion is a LoRA adapter trained from
 the base on D with seed 0. Candidates, each trained from the base with seed s = 1..--seeds, the same
 steps and learning rate:
   bad   shuffled  D with every abstract's tokens shuffled (word salad of the same tokens)
@@ -21,9 +24,9 @@ steps and learning rate:
                   and stands for every seed; the bench checks it matches the champion exactly)
 Suites (the gate's defaults unless given): new = held-out NLM abstracts (--new), retention = the
 MedQuAD half replay never draws from (--retention), pubmedqa = decisions on held-out PubMedQA items
-(--qa-items; likelihood only: generation guards are left out here for time, and their paired code
-path is the same as every other mean). Guards measured: ppl_new (target: superiority), ppl_retention
-and pubmedqa_acc (non-inferiority at the policy's margins).
+(--qa-items; likelihood only, calibrated as --calibration says: generation guards are left out here
+for time, and their paired code path is the same as every other mean). Guards measured: ppl_new
+(target: superiority), ppl_retention and pubmedqa_acc (non-inferiority at the policy's margins).
 
 Reported: bad rejected (goal 100% each) and how often a guard (not only the target) caught them,
 null rejected *as a regression* (a guard other than the target failing; goal <= 5%), the guards
@@ -72,6 +75,7 @@ def load_data(args: argparse.Namespace) -> dict:
         "train_abstracts": nlm[: args.abstracts],
         "new": [GeneralText(f"nlm:{i}", t) for i, t in enumerate(nlm[args.abstracts: args.abstracts + args.new])],
         "train_qa": qa[: min(args.qa, cut)],
+        "train_share": qa[:cut],
         "heldout_qa": qa[cut:][: args.qa_items],
         "retention": general[: args.retention],
     }
@@ -118,10 +122,12 @@ def train(spec: list, seed: int, out: Path, args: argparse.Namespace) -> tuple[P
 
 
 def suites(data: dict, args: argparse.Namespace) -> list:
+    from services.evaluator.gate import calibration_params
     from services.evaluator.suites import Suite
 
     ppl = {"max_length": args.max_length}
-    gen = {"max_length": args.qa_max_length, "max_new_tokens": 0, "batch_size": 16, "generate_items": 0}
+    gen = {"max_length": args.qa_max_length, "max_new_tokens": 0, "batch_size": 16, "generate_items": 0,
+           **calibration_params(args.calibration, data["train_share"])}
     return [Suite("new", "perplexity", tuple(data["new"]), ppl),
             Suite("retention", "perplexity", tuple(data["retention"]), ppl),
             Suite("pubmedqa", "pubmedqa", tuple(data["heldout_qa"]), gen)]
@@ -149,7 +155,7 @@ def judged(policy, champion_scores: dict, adapter: Path, the_suites: list) -> tu
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
@@ -159,6 +165,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=48, help="held-out NLM abstracts (the new suite)")
     ap.add_argument("--retention", type=int, default=48)
     ap.add_argument("--qa-items", type=int, default=100, help="held-out PubMedQA items (all 100 by default)")
+    ap.add_argument("--calibration", default=None, help="pubmedqa decisions: none, contextual or prior "
+                    "(default: the gate's MEDQA_PUBMEDQA_CALIBRATION)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -170,6 +178,7 @@ def main() -> None:
     from shared.settings import get_settings
 
     policy = Policy.load(get_settings().policy_file)  # type: ignore[arg-type]
+    args.calibration = args.calibration or get_settings().pubmedqa_calibration
     data = load_data(args)
     the_suites = suites(data, args)
     log(f"increment: {len(data['train_abstracts'])} abstracts + {len(data['train_qa'])} QA items; suites "
