@@ -7,6 +7,7 @@ Run: .venv/bin/python bench/evaluate.py [--items 32] [--batch-size 8] [--seed-ta
    (services.evaluator.qa), once with --batch-size items per forward and once with 1. Both halves of
    the pubmedqa suite are timed: yes/no/maybe by answer likelihood, and greedy long answers
    (--max-new-tokens). Goal: batched >= 4x the items/s of one at a time, for the suite as a whole.
+   Peak RSS (the process's high-water mark) is reported after this part and at the end.
 2. The full suite set the gate runs (services.evaluator.suites: new, retention, pubmedqa, consumer),
    timed on the base model, with the default item counts from settings. The "new" slice here is 48
    abstracts from ../shared/data/pubmed_update_samples, standing in for an increment's held-out part.
@@ -123,6 +124,7 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
+    from services.evaluator.gate import pubmedqa_suite
     from services.evaluator.qa import decision_scores
     from services.evaluator.suites import Suite, sample
     from services.ingest.parser import ArticleRecord, iter_pubmed
@@ -170,6 +172,7 @@ def main() -> None:
                                                                 / timing["one_at_a_time"]["generation_items_per_s"], 2),
                                       "same_answers_batched_and_single": same}
         result["goal"] = {**GOAL, "met": ratio >= GOAL["batched_items_per_s_ratio_min"]}
+        result["peak_rss_mb_after_scoring"] = peak_rss_mb()
 
         # The full suite set, as the gate builds it (a stand-in "new" slice: see the docstring).
         files = sorted((DATA / "pubmed_update_samples").glob("*/*.xml"))
@@ -182,22 +185,29 @@ def main() -> None:
         ppl = {"max_length": s.eval_max_length}
         suites = [Suite("new", "perplexity", tuple(new), ppl),
                   Suite("retention", "perplexity", tuple(general[: s.eval_max_texts]), ppl),
-                  Suite("pubmedqa", "pubmedqa", sample(held_out, s.eval_qa_items),
-                        {**gen, "generate_items": s.eval_qa_generate_items}),
+                  pubmedqa_suite(s),
                   Suite("consumer", "consumer", sample(patients, half) + sample(
                       [g for g in general if g.question], s.eval_consumer_items - half), gen)]
         per_suite, metrics = {}, {}
         for suite in suites:
             out, took = timed(suite.run, model, tok)
             per_suite[suite.name] = {"items": len(suite.items), "seconds": round(took, 1)}
-            metrics.update({k: round(v, 4) for k, v in out.items()})
+            metrics.update({k: round(v, 4) for k, v in out.metrics.items()})
             log(f"suite {suite.name}: {len(suite.items)} items, {took:.1f} s")
         result["full_suite"] = {"seconds": round(sum(x["seconds"] for x in per_suite.values()), 1),
                                 "suites": per_suite, "base_metrics": metrics}
 
         if args.seed_table:
             result["seed_table"] = seed_table(args.model, models_dir, items, args.batch_size, args.max_new_tokens)
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (ru_maxrss is in KiB on Linux)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         "local TREC XML, file or folder) for the consumer-health suite.")
     eval_qa_items: int = Field(100, ge=0, description="PubMedQA held-out items whose yes/no/maybe decision the "
                                "pubmedqa suite scores (0 = skip the suite).")
+    pubmedqa_calibration: Literal["none", "contextual", "prior"] = Field(
+        "none", description="How the pubmedqa suite turns answer likelihoods into decisions: none (raw "
+        "argmax), contextual (divided by the answers to content-free inputs) or prior (the model's own label "
+        "bias replaced by the training share's label shares). Chosen on the development share: README.")
     eval_qa_generate_items: int = Field(32, ge=0, description="Of those, the items whose long answers are "
                                         "generated for BLEU/ROUGE (generation is most of a suite's time).")
     eval_consumer_items: int = Field(24, ge=0, description="Questions in the consumer-health suite (0 = skip).")

@@ -36,4 +36,4 @@ def test_demo_runs_the_whole_loop(medqa_env, tmp_path, monkeypatch):
             assert q["before"] is not None and q["items"] == 8
             for x in (q["before"], q["after"]):
                 assert x["interval"][0] <= x["accuracy"] <= x["interval"][1]
-                assert sum(x["labels"].values()) == 8 and 0 <= x["macro_f1"] <= 1
+                assert sum(x["labels"].values()) == 8 and 0 <= x["macro_f1"] <= 1 and 0 <= x["ece"] <= 1

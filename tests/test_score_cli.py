@@ -36,6 +36,11 @@ def test_score_base_on_a_pubmedqa_file_with_every_item(medqa_env, tmp_path):
     three = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "3",
                               "--json").stdout)
     assert three["items"] == 3 and not three["reused"]
+    assert 0 <= doc["metrics"]["pubmedqa_ece"]["value"] <= 1
+    raw = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
+                            "--calibration", "none", "--json").stdout)
+    # Another calibration is another test: its own suite hash, scored afresh, not the stored result.
+    assert raw["suite_hash"] != doc["suite_hash"] and not raw["reused"] and raw["items"] == 7
 
 
 def test_score_refuses_what_it_cannot_score(medqa_env, tmp_path):
@@ -49,6 +54,8 @@ def test_score_refuses_what_it_cannot_score(medqa_env, tmp_path):
     res = invoke("score", "base", "--suite", "pubmedqa", "--items", "0")
     assert res.exit_code == 1 and "--items must be a positive number" in res.output
     assert invoke("score", "v9", "--suite", "retention").exit_code == 1
+    res = invoke("score", "base", "--suite", "pubmedqa", "--calibration", "platt")
+    assert res.exit_code == 1 and "--calibration must be one of none, contextual, prior" in res.output
 
 
 def test_score_retention_gives_a_perplexity_interval(medqa_env):

@@ -41,6 +41,8 @@ def score_cmd(target: str = typer.Argument(..., help="base, champion, or a versi
               source: str | None = typer.Option(None, "--source", help="A local path or hub id in the suite's "
                                                 "format (default: the gate's own items)"),
               items: str | None = typer.Option(None, "--items", help="N or all (default: the gate's size)"),
+              calibration: str | None = typer.Option(None, "--calibration", help="pubmedqa: none, contextual "
+                                                     "or prior (default: MEDQA_PUBMEDQA_CALIBRATION)"),
               as_json: bool = JsonOpt) -> None:
     """Score one model on one suite: metrics with 95% intervals, items, PubMedQA's predicted labels."""
     from services.evaluator.scoring import ScoreError, score_one
@@ -49,6 +51,13 @@ def score_cmd(target: str = typer.Argument(..., help="base, champion, or a versi
 
     if items is not None and items != "all" and not (items.isdigit() and int(items) > 0):
         die(f"--items must be a positive number or 'all', not {items!r}")
+    settings = get_settings()
+    if calibration is not None:
+        from services.evaluator.qa import CALIBRATIONS
+
+        if calibration not in CALIBRATIONS:
+            die(f"--calibration must be one of {', '.join(CALIBRATIONS)}, not {calibration!r}")
+        settings = settings.model_copy(update={"pubmedqa_calibration": calibration})
     ensure_store()
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -56,7 +65,7 @@ def score_cmd(target: str = typer.Argument(..., help="base, champion, or a versi
     try:
         with Progress(*columns, console=err, disable=as_json or not err.is_terminal, transient=True) as bar:
             bar.add_task(f"{target} on {suite}", total=None)
-            doc = score_one(session_scope, target, suite, get_settings(), source=source, items=items)
+            doc = score_one(session_scope, target, suite, settings, source=source, items=items)
     except (ScoreError, CorpusUnavailable) as exc:
         die(str(exc))
     emit(doc, as_json, table(

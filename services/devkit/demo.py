@@ -239,7 +239,7 @@ def _rounds(session: Session) -> list[dict]:
 
 def _pubmedqa(session: Session, version: Any, ev: Any) -> dict | None:
     """PubMedQA before (the baseline the gate compared with) and after (the version), on the gate's
-    items: accuracy with its 95% interval, macro-F1 and the predicted labels."""
+    items: accuracy with its 95% interval, macro-F1, expected calibration error and the predicted labels."""
     from shared.stats import mean_interval
     from shared.tables import SuiteResult
 
@@ -255,7 +255,8 @@ def _pubmedqa(session: Session, version: Any, ev: Any) -> dict | None:
     def shown(row: Any) -> dict:
         acc = mean_interval(row.items["correct"])
         return {"accuracy": round(acc.estimate, 3), "interval": [round(acc.low, 3), round(acc.high, 3)],
-                "macro_f1": round(row.metrics["pubmedqa_f1"], 3), "labels": dict(Counter(row.items["label"]))}
+                "macro_f1": round(row.metrics["pubmedqa_f1"], 3), "ece": round(row.metrics.get("pubmedqa_ece", 0), 3),
+                "labels": dict(Counter(row.items["label"]))}
 
     return {"items": len(after.items["correct"]), "before": shown(before) if before and before.items else None,
             "after": shown(after)}
@@ -286,8 +287,8 @@ def _print_summary(con: Console, summary: dict) -> None:
                 if q[when]:
                     x = q[when]
                     con.print(f"  pubmedqa {when:<6} accuracy {x['accuracy']:.3f} [{x['interval'][0]:.3f}, "
-                              f"{x['interval'][1]:.3f}]  macro-F1 {x['macro_f1']:.3f}  labels {x['labels']} "
-                              f"({q['items']} items)", highlight=False)
+                              f"{x['interval'][1]:.3f}]  macro-F1 {x['macro_f1']:.3f}  ECE {x['ece']:.3f}  "
+                              f"labels {x['labels']} ({q['items']} items)", highlight=False)
         con.print(f"  gate: {r['decision']}")
         for reason in r["reasons"]:
             con.print(f"    {reason}", highlight=False)

@@ -20,7 +20,7 @@ from peft import PeftModel
 from sqlmodel import Session, col, select
 
 from services.evaluator.judge import Guard, judge
-from services.evaluator.suites import Suite, SuiteScores, sample
+from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
 from shared import registry
 from shared.corpora import GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope
@@ -63,8 +63,15 @@ def pubmedqa_suite(settings: Settings, items: Sequence[GeneralText] | None = Non
         items = sample(pubmedqa_split()[1], settings.eval_qa_items) if settings.eval_qa_items else []
     if not items:
         return None
-    params = {**generation_params(settings), "generate_items": settings.eval_qa_generate_items}
+    params = {**generation_params(settings), "generate_items": settings.eval_qa_generate_items,
+              **calibration_params(settings.pubmedqa_calibration, pubmedqa_split()[0])}
     return Suite("pubmedqa", "pubmedqa", tuple(items), params)
+
+
+def calibration_params(method: str, training_items: Sequence[GeneralText]) -> dict[str, Any]:
+    """The pubmedqa suite's calibration: the method, and for "prior" the training share's label shares
+    (part of the suite hash: another training share is another test)."""
+    return {"calibration": method, **({"prior": label_shares(tuple(training_items))} if method == "prior" else {})}
 
 
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:

@@ -6,6 +6,7 @@ Generation and the prompt format are the shared LM runtime's (shared/lm).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,3 +74,70 @@ def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
         fn = sum(g == label != p for g, p in zip(gold, pred, strict=True))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+# -- calibration: so that a label's prior does not decide the answer --------------------------------
+
+# Content-free inputs (Zhao et al. 2021, "Calibrate before use"): what the model answers with no question.
+CONTENT_FREE = ("N/A", "", "[MASK]")
+CALIBRATIONS = ("none", "contextual", "prior")
+
+
+def softmax(row: Sequence[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def prior_offsets(scores: Sequence[Sequence[float]], prior: Sequence[float], *, iterations: int = 200) -> list[float]:
+    """Log-offsets b with mean_i softmax(scores_i + b) = prior (iterative proportional fitting).
+
+    The model's own answer bias (the base says "no" to 72% of PubMedQA items) is replaced by the label
+    shares of the training data. It reads no gold label of the scored items, only the model's scores on
+    them, so it may run on the evaluation items themselves."""
+    offsets = [0.0] * len(prior)
+    for _ in range(iterations):
+        shifted = [softmax([v + b for v, b in zip(row, offsets, strict=True)]) for row in scores]
+        mean = [sum(col) / len(shifted) for col in zip(*shifted, strict=True)]
+        offsets = [b + math.log(max(p, 1e-12)) - math.log(max(m, 1e-12))
+                   for b, p, m in zip(offsets, prior, mean, strict=True)]
+    return offsets
+
+
+def calibrate(scores: Sequence[Sequence[float]], method: str, *, prior: Sequence[float] | None = None,
+              content_free: Sequence[Sequence[float]] | None = None) -> list[list[float]]:
+    """Calibrated log-scores per item (argmax = the answer; softmax = its probabilities).
+
+    none        the raw log-likelihoods
+    contextual  divided by the label probabilities the model gives content-free inputs (`content_free`:
+                their raw scores), Zhao et al. 2021
+    prior       shifted so the predicted label shares over these items match `prior` (prior_offsets)
+    """
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {method!r}; expected one of {', '.join(CALIBRATIONS)}")
+    normalised = [[math.log(p) for p in softmax(row)] for row in scores]
+    if method == "none":
+        return normalised
+    if method == "contextual":
+        if not content_free:
+            raise ValueError("contextual calibration needs the content-free inputs' scores")
+        probs = [softmax(row) for row in content_free]
+        mean = [sum(col) / len(probs) for col in zip(*probs, strict=True)]
+        offsets = [-math.log(max(m, 1e-12)) for m in mean]
+    else:
+        if not prior or (scores and len(prior) != len(scores[0])):
+            raise ValueError("prior calibration needs one prior share per label")
+        offsets = prior_offsets(normalised, prior)
+    return [[math.log(p) for p in softmax([v + b for v, b in zip(row, offsets, strict=True)])] for row in normalised]
+
+
+def expected_calibration_error(probabilities: Sequence[Sequence[float]], gold: Sequence[int], *,
+                               bins: int = 10) -> float:
+    """ECE: over equal-width bins of the top probability, |accuracy - mean confidence| weighted by bin size."""
+    buckets: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    for row, g in zip(probabilities, gold, strict=True):
+        top = max(range(len(row)), key=row.__getitem__)
+        buckets[min(bins - 1, int(row[top] * bins))].append((row[top], top == g))
+    n = len(gold)
+    return sum(len(b) / n * abs(sum(c for _, c in b) / len(b) - sum(p for p, _ in b) / len(b)) for b in buckets if b)

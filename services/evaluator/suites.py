@@ -20,18 +20,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.evaluator.metrics import per_answer_scores, text_scores
 from services.evaluator.perplexity import perplexity_of, text_nll
-from services.evaluator.qa import DECISIONS, decision_scores, macro_f1
+from services.evaluator.qa import (
+    CONTENT_FREE,
+    DECISIONS,
+    calibrate,
+    decision_scores,
+    expected_calibration_error,
+    macro_f1,
+)
 from shared.corpora import GeneralText
 from shared.lm.generation import generate
 
 # Version 2: per-item values are stored; results of version 1 (aggregates only) are never reused.
-SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 2, "consumer": 2}
+# pubmedqa 3: decisions calibrated (params "calibration"), expected calibration error reported.
+SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 3, "consumer": 2}
 
 
 @dataclass
@@ -76,11 +85,13 @@ def _perplexity(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float
 def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
     items, p = suite.items, suite.params
     pairs = [(i.question, i.context) for i in items]
-    scores = decision_scores(net, tokenizer, pairs, batch_size=p["batch_size"], max_length=p["max_length"])
+    scores = calibrated_decisions(suite, net, tokenizer, pairs)
     pred = [DECISIONS[max(range(len(DECISIONS)), key=s.__getitem__)] for s in scores]
     gold = [decision_of(i) for i in items]
     correct = [int(g == q) for g, q in zip(gold, pred, strict=True)]
-    metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred)}
+    probabilities = [[math.exp(v) for v in row] for row in scores]
+    metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred),
+               "pubmedqa_ece": expected_calibration_error(probabilities, [DECISIONS.index(g) for g in gold])}
     series: dict[str, list] = {"correct": correct, "label": pred}
     # Long answers for the first `generate_items` items only: a decision costs one forward pass, an
     # answer dozens, so the decisions can cover many more items for the same time.
@@ -95,6 +106,27 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
     not_generated: list[float | None] = [None] * (len(items) - n_gen)
     series |= {k: v + not_generated for k, v in per_answer_scores(answers, refs).items() if k != "fk_grade"}
     return metrics, series
+
+
+def calibrated_decisions(suite: Suite, net: Any, tokenizer: Any,
+                         pairs: list[tuple[str, str | None]]) -> list[list[float]]:
+    """Per item, calibrated log-probabilities of DECISIONS (services/evaluator/qa.calibrate) by the suite's
+    "calibration" parameter; the "prior" method fits on these items' scores and the suite's "prior" (the
+    training share's label shares), never on their gold labels."""
+    p = suite.params
+    raw = decision_scores(net, tokenizer, pairs, batch_size=p["batch_size"], max_length=p["max_length"])
+    method = p.get("calibration", "none")
+    content_free = None
+    if method == "contextual":
+        content_free = decision_scores(net, tokenizer, [(c, c or None) for c in CONTENT_FREE],
+                                       batch_size=p["batch_size"], max_length=p["max_length"])
+    return calibrate(raw, method, prior=p.get("prior"), content_free=content_free)
+
+
+def label_shares(items: tuple[GeneralText, ...] | list[GeneralText]) -> list[float]:
+    """Share of each of DECISIONS among the items' gold decisions (the "prior" calibration's target)."""
+    gold = [decision_of(i) for i in items]
+    return [round(gold.count(d) / len(gold), 4) if gold else 0.0 for d in DECISIONS]
 
 
 def _consumer(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
