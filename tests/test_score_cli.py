@@ -37,10 +37,11 @@ def test_score_base_on_a_pubmedqa_file_with_every_item(medqa_env, tmp_path):
                               "--json").stdout)
     assert three["items"] == 3 and not three["reused"]
     assert 0 <= doc["metrics"]["pubmedqa_ece"]["value"] <= 1
-    raw = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
-                            "--calibration", "none", "--json").stdout)
+    calibrated = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items",
+                                   "all", "--calibration", "prior", "--json").stdout)
     # Another calibration is another test: its own suite hash, scored afresh, not the stored result.
-    assert raw["suite_hash"] != doc["suite_hash"] and not raw["reused"] and raw["items"] == 7
+    assert calibrated["suite_hash"] != doc["suite_hash"] and not calibrated["reused"] and calibrated["items"] == 7
+    assert sum(calibrated["predicted_labels"].values()) == 7
 
 
 def test_score_refuses_what_it_cannot_score(medqa_env, tmp_path):
