@@ -127,7 +127,7 @@ def suites(data: dict, args: argparse.Namespace) -> list:
 
     ppl = {"max_length": args.max_length}
     gen = {"max_length": args.qa_max_length, "max_new_tokens": 0, "batch_size": 16, "generate_items": 0,
-           **calibration_params(args.calibration, data["train_share"])}
+           **calibration_params(args.calibration, lambda: data["train_share"])}
     return [Suite("new", "perplexity", tuple(data["new"]), ppl),
             Suite("retention", "perplexity", tuple(data["retention"]), ppl),
             Suite("pubmedqa", "pubmedqa", tuple(data["heldout_qa"]), gen)]

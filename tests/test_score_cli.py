@@ -65,3 +65,16 @@ def test_score_retention_gives_a_perplexity_interval(medqa_env):
     assert res.exit_code == 0, res.output
     ppl = json.loads(res.stdout)["metrics"]["ppl_retention"]
     assert 1 < ppl["low"] <= ppl["value"] <= ppl["high"]
+
+
+def test_scoring_a_file_needs_no_training_source_unless_prior_calibration_reads_it(medqa_env, tmp_path):
+    """The prior calibration's label shares come from the training share; without it, a file of one's own
+    is still scored, and asking for `prior` says which source is missing."""
+    medqa_env(pubmedqa_source=str(tmp_path / "no-such-pubmedqa.json"))
+    source = tmp_path / "test.json"
+    source.write_text(json.dumps(ITEMS))
+    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["items"] == 7
+    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--calibration", "prior")
+    assert res.exit_code == 1 and "no-such-pubmedqa.json" in res.output

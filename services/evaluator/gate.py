@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,14 +64,17 @@ def pubmedqa_suite(settings: Settings, items: Sequence[GeneralText] | None = Non
     if not items:
         return None
     params = {**generation_params(settings), "generate_items": settings.eval_qa_generate_items,
-              **calibration_params(settings.pubmedqa_calibration, pubmedqa_split()[0])}
+              **calibration_params(settings.pubmedqa_calibration, lambda: pubmedqa_split()[0])}
     return Suite("pubmedqa", "pubmedqa", tuple(items), params)
 
 
-def calibration_params(method: str, training_items: Sequence[GeneralText]) -> dict[str, Any]:
+def calibration_params(method: str, training_items: Callable[[], Sequence[GeneralText]]) -> dict[str, Any]:
     """The pubmedqa suite's calibration: the method, and for "prior" the training share's label shares
-    (part of the suite hash: another training share is another test)."""
-    return {"calibration": method, **({"prior": label_shares(tuple(training_items))} if method == "prior" else {})}
+    (part of the suite hash: another training share is another test). The training share is read only
+    for "prior", so scoring a file of one's own needs no training source otherwise."""
+    if method != "prior":
+        return {"calibration": method}
+    return {"calibration": method, "prior": label_shares(tuple(training_items()))}
 
 
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:

@@ -1,0 +1,101 @@
+"""Benchmark: PubMedQA answer calibration on the development share (one JSON line last).
+
+Run: .venv/bin/python bench/calibration.py [--seed 0]   (about 5 minutes on 2 CPU cores)
+
+The development share is the gate's: the 100 held-out items of the 80/20 split of
+../shared/data/pubmedqa (seed 1234), the items the gate's pubmedqa suite scores; the 500 expert items
+the issue's owner keeps are never read. Two models: the base SmolLM2-135M-Instruct, and a fine-tune
+by bench/gate.py's champion recipe (16 NLM abstracts + 64 PubMedQA decisions, 16 steps, lr 2e-3,
+--seed). Each model's raw decision scores (services.evaluator.qa.decision_scores, the gate's code, 512
+tokens) are computed once; every calibration (services.evaluator.qa.calibrate) is applied to those
+same scores, so "none" is the baseline of the same run on the same items. Reported per model and
+calibration: accuracy, macro-F1, expected calibration error and the predicted labels, plus the change
+against "none". The prior is the training share's label shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+
+def _gate_bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("gate_bench", ROOT / "bench" / "gate.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--seed", type=int, default=0, help="the fine-tune's seed (0 = bench/gate.py's champion)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+    from peft import PeftModel
+
+    from services.evaluator.qa import (
+        CALIBRATIONS,
+        CONTENT_FREE,
+        DECISIONS,
+        calibrate,
+        decision_scores,
+        expected_calibration_error,
+        macro_f1,
+        softmax,
+    )
+    from services.evaluator.suites import decision_of, label_shares
+    from shared.lm.base_model import load_base_model
+    from shared.settings import get_settings
+
+    torch.set_num_threads(args.threads)
+    gb = _gate_bench()
+    recipe = argparse.Namespace(steps=16, lr=2e-3, batch_size=4, max_length=256, abstracts=16, qa=64, new=48,
+                                retention=48, qa_items=100)
+    data = gb.load_data(recipe)
+    dev, prior = data["heldout_qa"], label_shares(data["train_share"])
+    gold = [DECISIONS.index(decision_of(i)) for i in dev]
+    result: dict = {"bench": "calibration", "model": gb.SMOLLM2, "dev_items": len(dev), "prior": prior,
+                    "fine_tune": {"recipe": "bench/gate.py champion", "seed": args.seed}, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="medqa-calibration-") as tmp:
+        adapter, train_s = gb.train(gb.examples(data), args.seed, Path(tmp) / "fine-tune", recipe)
+        result["fine_tune"]["train_s"] = round(train_s, 1)
+        for name, path in (("base", None), ("fine_tune", adapter)):
+            net, tok = load_base_model(gb.SMOLLM2, get_settings().models_dir)
+            if path is not None:
+                net = PeftModel.from_pretrained(net, str(path))
+            t0 = time.perf_counter()
+            raw = decision_scores(net, tok, [(i.question, i.context) for i in dev], batch_size=16, max_length=512)
+            content_free = decision_scores(net, tok, [(c, c or None) for c in CONTENT_FREE], batch_size=3)
+            rows = {"score_s": round(time.perf_counter() - t0, 1)}
+            for method in CALIBRATIONS:
+                cal = calibrate(raw, method, prior=prior, content_free=content_free)
+                pred = [max(range(len(DECISIONS)), key=r.__getitem__) for r in cal]
+                rows[method] = {
+                    "accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold),
+                    "macro_f1": round(macro_f1([DECISIONS[g] for g in gold], [DECISIONS[p] for p in pred]), 3),
+                    "ece": round(expected_calibration_error([softmax(r) for r in cal], gold), 3),
+                    "labels": {d: pred.count(k) for k, d in enumerate(DECISIONS)}}
+            for method in CALIBRATIONS:
+                rows[method]["vs_none"] = {k: round(rows[method][k] - rows["none"][k], 3)
+                                           for k in ("accuracy", "macro_f1", "ece")}
+            result["models"][name] = rows
+            print(f"{name}: " + json.dumps(rows), file=sys.stderr, flush=True)
+    # The pick: the best mean accuracy over both models, macro-F1 breaking ties.
+    means = {m: (sum(r[m]["accuracy"] for r in result["models"].values()) / 2,
+                 sum(r[m]["macro_f1"] for r in result["models"].values()) / 2) for m in CALIBRATIONS}
+    result["mean_accuracy_macro_f1"] = {m: [round(a, 3), round(f, 3)] for m, (a, f) in means.items()}
+    result["best_on_dev"] = max(CALIBRATIONS, key=lambda m: means[m])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
