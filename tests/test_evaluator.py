@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_GPT2, needs_shared_data
 from sqlmodel import select
 
@@ -14,7 +15,7 @@ from services.devkit.synth import write_corpus
 from services.evaluator import gate
 from services.evaluator.judge import judge
 from services.evaluator.metrics import fk_grade, text_scores
-from services.evaluator.qa import decision_scores, macro_f1
+from services.evaluator.qa import DECISION_CUE, DECISIONS, decision_scores, macro_f1
 from services.evaluator.suites import SuiteScores
 from services.ingest.tasks import ingest_path
 from services.trainer.config import TrainConfig
@@ -24,6 +25,7 @@ from shared.corpora import load_liveqa
 from shared.db import session_scope
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import generate
+from shared.lm.prompts import prompt_ids
 from shared.policy import Policy, PolicyError
 from shared.queries import live_texts as texts_for
 from shared.settings import get_settings
@@ -180,6 +182,16 @@ def test_batched_scoring_equals_one_item_at_a_time(model_cache):
     single = [decision_scores(model, tok, [it], batch_size=1)[0] for it in items]
     for a, b in zip(batched, single, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+    # The scorer projects only the answer positions onto the vocabulary: the same numbers as the full
+    # logits of prompt + cue + option, summed over the option's tokens.
+    prompt = prompt_ids(tok, *items[5], 512) + tok(DECISION_CUE, add_special_tokens=False)["input_ids"]
+    reference = []
+    for decision in DECISIONS:
+        option = tok(" " + decision, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([prompt + option])).logits[0].log_softmax(-1)
+        reference.append(sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(option)))
+    assert batched[5] == pytest.approx(reference, abs=1e-4)
     answers = generate(model, tok, items[:3], max_new_tokens=5, batch_size=3)
     assert answers == [generate(model, tok, [it], max_new_tokens=5, batch_size=1)[0] for it in items[:3]]
 

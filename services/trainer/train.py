@@ -25,7 +25,7 @@ from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec, Packed, lm, pack
 from shared.checksums import sha256_folder
 from shared.lm.base_model import load_base_model
-from shared.lm.generation import use_bf16
+from shared.lm.generation import body_and_head, use_bf16
 
 log = logging.getLogger("medqa.trainer")
 
@@ -252,14 +252,12 @@ def _save_adapter(model: Any, out_dir: Path) -> None:
 LOSS_CHUNK = 256  # tokens per slice of the LM head: full logits for 8x512 tokens x 49k vocab are 0.8 GB
 
 
-def _body_and_head(model: Any) -> tuple[Any, Any] | None:
-    """(transformer body, LM head) of a causal LM under PEFT, or None for a layout we do not know."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(causal_lm, getattr(causal_lm, "base_model_prefix", ""), None)
-    head = causal_lm.get_output_embeddings() if hasattr(causal_lm, "get_output_embeddings") else None
-    if body is None or head is None or any(p.requires_grad for p in head.parameters()):
+def _body_and_frozen_head(model: Any) -> tuple[Any, Any] | None:
+    """(body, LM head) when the head is frozen (the sliced loss below never trains it), else None."""
+    parts = body_and_head(model)
+    if parts is None or any(p.requires_grad for p in parts[1].parameters()):
         return None
-    return body, head
+    return parts
 
 
 def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, autocast: Any) -> torch.Tensor:
@@ -271,7 +269,7 @@ def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, a
     exist, and the numbers equal model(**batch).loss. Layouts we do not know take that plain path.
     Forwards run under `autocast`, backwards outside it (as torch.autocast asks).
     """
-    parts = _body_and_head(model)
+    parts = _body_and_frozen_head(model)
     if parts is None:
         with autocast:
             loss = model(**batch, use_cache=False).loss

@@ -38,6 +38,20 @@ def model_device(net: Any) -> torch.device:
     return next(net.parameters()).device
 
 
+def body_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(transformer body, LM head) of a causal LM, under PEFT or not; None for a layout we do not know.
+
+    The vocabulary projection is the largest activation of a small LM (8 x 512 tokens x 49k vocab is
+    0.8 GB in fp32): callers that need logits at a few positions run the body and project only those.
+    LoRA layers live inside the body's modules, so the body computes the adapted model."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(causal_lm, getattr(causal_lm, "base_model_prefix", ""), None)
+    head = causal_lm.get_output_embeddings() if hasattr(causal_lm, "get_output_embeddings") else None
+    if body is None or head is None:
+        return None
+    return body, head
+
+
 @torch.no_grad()
 def generate(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | None]], *, max_new_tokens: int = 48,
              batch_size: int = 8, max_length: int = 512) -> list[str]:
