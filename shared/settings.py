@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     eval_qa_items: int = Field(100, ge=0, description="PubMedQA held-out items whose yes/no/maybe decision the "
                                "pubmedqa suite scores (0 = skip the suite).")
     pubmedqa_calibration: Literal["none", "contextual", "prior"] = Field(
-        "none", description="How the pubmedqa suite turns answer likelihoods into decisions: none (raw "
+        "prior", description="How the pubmedqa suite turns answer likelihoods into decisions: none (raw "
         "argmax), contextual (divided by the answers to content-free inputs) or prior (the model's own label "
         "bias replaced by the training share's label shares). Chosen on the development share: README.")
     eval_qa_generate_items: int = Field(32, ge=0, description="Of those, the items whose long answers are "

@@ -37,11 +37,11 @@ def test_score_base_on_a_pubmedqa_file_with_every_item(medqa_env, tmp_path):
                               "--json").stdout)
     assert three["items"] == 3 and not three["reused"]
     assert 0 <= doc["metrics"]["pubmedqa_ece"]["value"] <= 1
-    calibrated = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items",
-                                   "all", "--calibration", "prior", "--json").stdout)
-    # Another calibration is another test: its own suite hash, scored afresh, not the stored result.
-    assert calibrated["suite_hash"] != doc["suite_hash"] and not calibrated["reused"] and calibrated["items"] == 7
-    assert sum(calibrated["predicted_labels"].values()) == 7
+    raw = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items",
+                            "all", "--calibration", "none", "--json").stdout)
+    # Another calibration than the default (prior) is another test: its own suite hash, scored afresh.
+    assert raw["suite_hash"] != doc["suite_hash"] and not raw["reused"] and raw["items"] == 7
+    assert sum(raw["predicted_labels"].values()) == 7
 
 
 def test_score_refuses_what_it_cannot_score(medqa_env, tmp_path):
@@ -67,14 +67,16 @@ def test_score_retention_gives_a_perplexity_interval(medqa_env):
     assert 1 < ppl["low"] <= ppl["value"] <= ppl["high"]
 
 
-def test_scoring_a_file_needs_no_training_source_unless_prior_calibration_reads_it(medqa_env, tmp_path):
-    """The prior calibration's label shares come from the training share; without it, a file of one's own
-    is still scored, and asking for `prior` says which source is missing."""
+def test_scoring_a_file_without_a_training_source_needs_calibration_none(medqa_env, tmp_path):
+    """The default (prior) calibration's label shares come from the training share: without it, scoring
+    says which source is missing and how to score anyway; with --calibration none a file of one's own
+    is scored."""
     medqa_env(pubmedqa_source=str(tmp_path / "no-such-pubmedqa.json"))
     source = tmp_path / "test.json"
     source.write_text(json.dumps(ITEMS))
-    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all", "--json")
+    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all")
+    assert res.exit_code == 1 and "no-such-pubmedqa.json" in res.output and "--calibration none" in res.output
+    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
+                 "--calibration", "none", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["items"] == 7
-    res = invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--calibration", "prior")
-    assert res.exit_code == 1 and "no-such-pubmedqa.json" in res.output

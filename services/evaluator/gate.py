@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from services.evaluator.judge import Guard, judge
 from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
 from shared import registry
-from shared.corpora import GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
+from shared.corpora import CorpusUnavailable, GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import use_bf16
@@ -74,7 +74,16 @@ def calibration_params(method: str, training_items: Callable[[], Sequence[Genera
     for "prior", so scoring a file of one's own needs no training source otherwise."""
     if method != "prior":
         return {"calibration": method}
-    return {"calibration": method, "prior": label_shares(tuple(training_items()))}
+    fix = "or read decisions without it (MEDQA_PUBMEDQA_CALIBRATION=none, `medqa score --calibration none`)"
+    try:
+        training = tuple(training_items())
+    except CorpusUnavailable as exc:
+        raise CorpusUnavailable(f"the prior calibration reads the PubMedQA training share's label shares: {exc}; "
+                                f"{fix}") from exc
+    if not training:
+        raise CorpusUnavailable("the prior calibration reads the PubMedQA training share's label shares, and the "
+                                f"training share is empty (MEDQA_PUBMEDQA_SOURCE); {fix}")
+    return {"calibration": method, "prior": label_shares(training)}
 
 
 def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
