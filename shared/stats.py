@@ -70,6 +70,19 @@ def mean_interval(values: Values, *, weights: Values | None = None, confidence: 
                             resamples=resamples, seed=seed)
 
 
+def statistic_interval(n_items: int, statistic: Callable[[np.ndarray], float], *, confidence: float = 0.95,
+                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of one model's statistic that is not a mean of per-item values
+    (macro-F1): statistic(item indices) over resamples of the items, with replacement."""
+    if n_items < 1:
+        raise ValueError("an interval needs at least one item")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(row) for row in rng.integers(0, n_items, size=(resamples, n_items))])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return Interval(statistic(np.arange(n_items)), float(low), float(high), confidence, n_items)
+
+
 def perplexity_interval(cand_nll: Values, champ_nll: Values, tokens: Values, *,
                         confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
     """Difference of token-weighted mean NLL per token (log-perplexity; negative = candidate better).

@@ -13,6 +13,8 @@ from services.evaluator.qa import (
     calibrate,
     decision_scores,
     expected_calibration_error,
+    macro_f1,
+    macro_f1_interval,
     prior_offsets,
     softmax,
 )
@@ -89,3 +91,13 @@ def test_a_tiny_model_with_biased_answers_gets_the_training_prior_instead(model_
     content_free = decision_scores(model, tok, [(c, c or None) for c in CONTENT_FREE], batch_size=3)
     contextual = calibrate(raw, "contextual", content_free=content_free)
     assert len(contextual) == len(items) and contextual != calibrate(raw, "none")
+
+
+def test_macro_f1_interval_is_a_bootstrap_around_the_macro_f1():
+    gold = ["yes"] * 6 + ["no"] * 3 + ["maybe"]
+    pred = ["yes"] * 5 + ["no"] * 2 + ["no"] * 2 + ["yes"]
+    f1 = macro_f1_interval(gold, pred)
+    assert f1.estimate == pytest.approx(macro_f1(gold, pred)) and f1.n_items == 10
+    assert 0 <= f1.low < f1.estimate < f1.high <= 1
+    perfect = macro_f1_interval(gold, gold)  # every resample is perfect too
+    assert (perfect.low, perfect.estimate, perfect.high) == (1.0, 1.0, 1.0)

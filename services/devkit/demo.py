@@ -240,6 +240,7 @@ def _rounds(session: Session) -> list[dict]:
 def _pubmedqa(session: Session, version: Any, ev: Any) -> dict | None:
     """PubMedQA before (the baseline the gate compared with) and after (the version), on the gate's
     items: accuracy with its 95% interval, macro-F1, expected calibration error and the predicted labels."""
+    from services.evaluator.qa import macro_f1_interval
     from shared.stats import mean_interval
     from shared.tables import SuiteResult
 
@@ -254,9 +255,10 @@ def _pubmedqa(session: Session, version: Any, ev: Any) -> dict | None:
 
     def shown(row: Any) -> dict:
         acc = mean_interval(row.items["correct"])
+        f1 = macro_f1_interval(row.items["gold"], row.items["label"])
         return {"accuracy": round(acc.estimate, 3), "interval": [round(acc.low, 3), round(acc.high, 3)],
-                "macro_f1": round(row.metrics["pubmedqa_f1"], 3), "ece": round(row.metrics.get("pubmedqa_ece", 0), 3),
-                "labels": dict(Counter(row.items["label"]))}
+                "macro_f1": round(f1.estimate, 3), "macro_f1_interval": [round(f1.low, 3), round(f1.high, 3)],
+                "ece": round(row.metrics.get("pubmedqa_ece", 0), 3), "labels": dict(Counter(row.items["label"]))}
 
     return {"items": len(after.items["correct"]), "before": shown(before) if before and before.items else None,
             "after": shown(after)}
@@ -286,8 +288,10 @@ def _print_summary(con: Console, summary: dict) -> None:
             for when in ("before", "after"):
                 if q[when]:
                     x = q[when]
+                    f1_low, f1_high = x["macro_f1_interval"]
                     con.print(f"  pubmedqa {when:<6} accuracy {x['accuracy']:.3f} [{x['interval'][0]:.3f}, "
-                              f"{x['interval'][1]:.3f}]  macro-F1 {x['macro_f1']:.3f}  ECE {x['ece']:.3f}  "
+                              f"{x['interval'][1]:.3f}]  macro-F1 {x['macro_f1']:.3f} [{f1_low:.3f}, {f1_high:.3f}]  "
+                              f"ECE {x['ece']:.3f}  "
                               f"labels {x['labels']} ({q['items']} items)", highlight=False)
         con.print(f"  gate: {r['decision']}")
         for reason in r["reasons"]:

@@ -14,6 +14,7 @@ import torch
 
 from shared.lm.generation import body_and_head, length_batches, model_device
 from shared.lm.prompts import prompt_ids
+from shared.stats import Interval, statistic_interval
 
 DECISIONS = ("yes", "no", "maybe")
 DECISION_CUE = "Answer:"  # the trainer's QA answers end "...\nAnswer: <decision>"
@@ -98,6 +99,12 @@ def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
 # Content-free inputs (Zhao et al. 2021, "Calibrate before use"): what the model answers with no question.
 CONTENT_FREE = ("N/A", "", "[MASK]")
 CALIBRATIONS = ("none", "contextual", "prior")
+
+
+def macro_f1_interval(gold: Sequence[str], pred: Sequence[str], *, confidence: float = 0.95) -> Interval:
+    """macro_f1 with a percentile bootstrap interval over the items (resampled with replacement)."""
+    return statistic_interval(len(gold), lambda idx: macro_f1([gold[i] for i in idx], [pred[i] for i in idx]),
+                              confidence=confidence)
 
 
 def softmax(row: Sequence[float]) -> list[float]:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlmodel import Session
 
 from services.evaluator.gate import cached_scores, consumer_suite, pubmedqa_suite, score, store_scores
+from services.evaluator.qa import macro_f1_interval
 from services.evaluator.suites import Suite, SuiteScores, sample
 from shared import registry
 from shared.corpora import general_texts, load_corpus, pubmedqa_split, split_general
@@ -122,8 +123,12 @@ def describe(who: Target, suite: Suite, result: SuiteScores, *, reused: bool, se
 
 
 def _interval(metric: str, items: dict[str, list], confidence: float) -> tuple[float, float] | None:
-    """The bootstrap interval of `metric` from its per-item series; None for one that is not a mean
-    of per-item values (macro-F1; corpus BLEU, which is not the mean of sentence BLEU)."""
+    """The bootstrap interval of `metric` from its per-item series: macro-F1 recomputed on each resample
+    of the items (from their gold and chosen decisions); None for corpus BLEU, which is not the mean of
+    sentence BLEU, and for a result stored without gold decisions."""
+    if metric == "pubmedqa_f1" and items.get("gold"):
+        f1 = macro_f1_interval(items["gold"], items["label"], confidence=confidence)
+        return f1.low, f1.high
     if metric.endswith(("_f1", "_bleu")):
         return None
     if metric.startswith("ppl_") or metric == "ppl":

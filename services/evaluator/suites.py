@@ -40,7 +40,8 @@ from shared.lm.generation import generate
 
 # Version 2: per-item values are stored; results of version 1 (aggregates only) are never reused.
 # pubmedqa 3: decisions calibrated (params "calibration"), expected calibration error reported.
-SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 3, "consumer": 2}
+# pubmedqa 4: the gold decision is kept per item (series "gold"), so macro-F1 gets a bootstrap interval.
+SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 4, "consumer": 2}
 
 
 @dataclass
@@ -48,8 +49,8 @@ class SuiteScores:
     """One model on one suite: aggregate metrics, and per-item series aligned with `items["item_id"]`.
 
     Series: perplexity suites `nll` (summed over the item's tokens) and `tokens`; pubmedqa `correct`
-    (0/1), `label` (the chosen decision) and per-answer `bleu`, `rouge1/2/L`; consumer per-answer
-    `rouge1/2/L` and `fk_grade` (None for an empty answer)."""
+    (0/1), `label` (the chosen decision), `gold` (the item's decision) and per-answer `bleu`,
+    `rouge1/2/L`; consumer per-answer `rouge1/2/L` and `fk_grade` (None for an empty answer)."""
 
     metrics: dict[str, float]
     items: dict[str, list[Any]]
@@ -92,7 +93,7 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
     probabilities = [[math.exp(v) for v in row] for row in scores]
     metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred),
                "pubmedqa_ece": expected_calibration_error(probabilities, [DECISIONS.index(g) for g in gold])}
-    series: dict[str, list] = {"correct": correct, "label": pred}
+    series: dict[str, list] = {"correct": correct, "label": pred, "gold": gold}
     # Long answers for the first `generate_items` items only: a decision costs one forward pass, an
     # answer dozens, so the decisions can cover many more items for the same time.
     n_gen = min(p["generate_items"], len(items))
