@@ -37,3 +37,4 @@ def test_demo_runs_the_whole_loop(medqa_env, tmp_path, monkeypatch):
             for x in (q["before"], q["after"]):
                 assert x["interval"][0] <= x["accuracy"] <= x["interval"][1]
                 assert sum(x["labels"].values()) == 8 and 0 <= x["macro_f1"] <= 1 and 0 <= x["ece"] <= 1
+                assert x["macro_f1_interval"][0] <= x["macro_f1"] <= x["macro_f1_interval"][1]
