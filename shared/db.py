@@ -19,6 +19,7 @@ from sqlmodel import Session, create_engine
 from shared.settings import get_settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+WRITE_LOCK = "medqa_write_lock"  # execution option: begin a SQLite transaction with the write lock
 
 
 @functools.cache
@@ -38,6 +39,17 @@ def engine_for(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            # pysqlite would open transactions itself, lazily, at the first write: the BEGIN below
+            # is SQLAlchemy's instead, so a transaction can take the write lock up front.
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(eng, "begin")
+        def _begin(conn):  # type: ignore[no-untyped-def]
+            # SQLite has no SELECT ... FOR UPDATE, and a deferred transaction reads a snapshot that a
+            # concurrent writer can make stale before this one writes. A session that reads in order
+            # to write (write_lock below) begins IMMEDIATE: it waits for the write lock first, so what
+            # it reads is current until it commits.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_LOCK) else "BEGIN")
 
         return eng
     return create_engine(url, pool_pre_ping=True)
@@ -57,6 +69,23 @@ def session_scope() -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def write_lock(session: Session) -> None:
+    """Make `session`'s transaction hold the store's write lock, as PostgreSQL's row locks (SELECT ...
+    FOR UPDATE) do for the rows read. Called before the session's first statement, a SQLite transaction
+    begins IMMEDIATE: it waits for the lock, so all it reads stays current. Called later, a no-op write
+    takes the lock now; if another writer committed since this transaction's first read, SQLite refuses
+    it (OperationalError, "database is locked") rather than let a stale read be written on."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    if not session.in_transaction():
+        session.connection(execution_options={WRITE_LOCK: True})
+        return
+    connection = session.connection()
+    if not connection.get_execution_options().get(WRITE_LOCK):
+        # Every migrated store has this one-row table; WHERE 0 changes nothing but takes the lock.
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = version_num WHERE 0")
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
+from shared.db import write_lock
 from shared.pipeline import Event, emit
 from shared.tables import Alias, AuditEvent, Evaluation, ModelVersion, TrainingRun, VersionStatus, utcnow
 
@@ -50,9 +51,11 @@ def _alias(session: Session, *, model_line: str, for_update: bool = False) -> Al
 def set_champion(
     session: Session, *, model_line: str, version: ModelVersion, actor: str, action: str, reason: str,
 ) -> AuditEvent:
-    """Point the champion alias at `version` and write the audit row, in the caller's transaction."""
+    """Point the champion alias at `version` and write the audit row, in the caller's transaction,
+    which must hold the write lock from its start (shared.db.write_lock)."""
     if not reason.strip():
         raise RegistryError("a reason is required")
+    write_lock(session)
     alias = _alias(session, model_line=model_line, for_update=True)
     previous = alias.version_id if alias else None
     if alias is None:
@@ -71,6 +74,7 @@ def set_champion(
 
 
 def promote(session: Session, *, version_id: int, actor: str, reason: str, force: bool = False) -> AuditEvent:
+    write_lock(session)  # before the first read: the champion read below stays current until commit
     version = get_version(session, version_id=version_id)
     if version.status != VersionStatus.blessed and not force:
         raise RegistryError(
@@ -84,6 +88,7 @@ def promote(session: Session, *, version_id: int, actor: str, reason: str, force
 
 
 def rollback(session: Session, *, model_line: str, actor: str, reason: str, to: int | None = None) -> AuditEvent:
+    write_lock(session)
     current = champion(session, model_line=model_line, for_update=True)
     if current is None:
         raise RegistryError(f"model line {model_line!r} has no champion to roll back")

@@ -93,17 +93,18 @@ def test_one_active_run_per_line_is_enforced_by_the_database(store_env):
         s.add(TrainingRun(model_line="other", base_model="m", status=RunStatus.queued))
 
 
-@pytest.mark.postgres
-def test_parallel_promote_and_rollback_leave_one_consistent_alias(medqa_env, pg_url):
-    """Eight operators at once on PostgreSQL: row locks serialise them, so the audit rows form one
-    chain (each change starts where the previous one ended) and the alias is where the chain ends."""
+@pytest.mark.parametrize("held_lock", [False, True], ids=["free", "writer-holding-the-lock"])
+def test_parallel_promote_and_rollback_leave_one_consistent_alias(store_env, held_lock):
+    """Eight operators at once, on SQLite and PostgreSQL, optionally while another writer holds the
+    store's write lock (a long import): the changes serialise, so the audit rows form one chain (each
+    change starts where the previous one ended) and the alias is where the chain ends."""
     import threading
+    import time
 
-    medqa_env(database_url=pg_url)
     ids = _versions([VersionStatus.blessed] * 4)
     with session_scope() as s:
         registry.promote(s, version_id=ids[-1], actor="setup", reason="start")
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(9)
     outcomes: list[str] = []
 
     def operator(n: int) -> None:
@@ -118,9 +119,20 @@ def test_parallel_promote_and_rollback_leave_one_consistent_alias(medqa_env, pg_
         except registry.RegistryError as exc:  # e.g. "already the champion": refused, changes nothing
             outcomes.append(f"refused: {exc}")
 
+    def long_writer() -> None:
+        with session_scope() as s:
+            s.add(TrainingRun(model_line="other", base_model="m", status=RunStatus.queued))
+            s.flush()  # the write lock is held from here to the commit
+            barrier.wait()
+            time.sleep(1.0)
+
     threads = [threading.Thread(target=operator, args=(n,)) for n in range(8)]
+    if held_lock:
+        threads.append(threading.Thread(target=long_writer))
     for t in threads:
         t.start()
+    if not held_lock:
+        barrier.wait()
     for t in threads:
         t.join(timeout=60)
     assert len(outcomes) == 8

@@ -23,7 +23,7 @@ from services.evaluator.judge import Guard, judge
 from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
 from shared import registry
 from shared.corpora import CorpusUnavailable, GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
-from shared.db import session_scope
+from shared.db import session_scope, write_lock
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import use_bf16
 from shared.manifest import RunManifest
@@ -224,6 +224,7 @@ def evaluate_version(version_id: int) -> Decision | None:
     metrics = {name: flat_metrics(scores[name]) for name in ("candidate", "baseline")}
 
     with session_scope() as session:
+        write_lock(session)  # this transaction may move the champion alias (auto-promote)
         row = session.get(ModelVersion, version_id)
         assert row is not None
         version = row

@@ -19,7 +19,7 @@ from services.api.schemas import (
     VersionOut,
 )
 from shared import registry
-from shared.db import session_scope
+from shared.db import session_scope, write_lock
 from shared.tables import ModelVersion
 
 router = APIRouter()
@@ -75,6 +75,7 @@ def champion(settings: SettingsDep, runtime: RuntimeDep) -> ChampionOut:
 def _alias_change(runtime: Runtime, action: str, actor: str, reason: str, **kwargs: Any) -> AliasChange:
     try:
         with session_scope() as session:
+            write_lock(session)  # before the checks below read: the alias change needs a current view
             for key in ("version_id", "to"):
                 vid = kwargs.get(key)
                 if vid is not None and session.get(ModelVersion, vid) is None:
