@@ -222,3 +222,44 @@ def test_oom_in_the_task_marks_the_run_failed_once(medqa_env, synth_dir, monkeyp
         run = s.exec(select(TrainingRun)).one()
         assert run.status == RunStatus.failed and "out of memory" in run.error and run.deliveries == 1
         assert s.exec(select(ModelVersion)).first() is None
+
+
+def test_a_failed_run_releases_its_abstracts_and_retry_trains_them(medqa_env, synth_dir, monkeypatch):
+    """Before: a failed run kept its claim on its abstracts, `medqa train --force` in eager mode exited 0
+    saying "queued" while the run failed, and nothing retried it. After: the claim is released, eager
+    `train` exits 1 with the run's error, and `medqa runs retry N` trains the same abstracts."""
+    from sqlmodel import col, func, select
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.ingest.tasks import ingest_path
+    from shared.db import session_scope
+    from shared.manifest import RunManifest
+    from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    def claimed() -> int:
+        with session_scope() as s:
+            query = select(func.count()).select_from(Abstract).where(col(Abstract.train_run_id).is_not(None))
+            return s.exec(query).one()
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.utils, "clip_grad_norm_", oom)
+        ingest_path(synth_dir)  # eager: trigger -> train -> OOM
+        assert claimed() == 0  # released with the failure: they count as new again
+        res = CliRunner().invoke(app, ["train", "--force"])  # fails the same way, and says so
+        assert res.exit_code == 1 and "failed" in res.output and "out of memory" in res.output
+    res = CliRunner().invoke(app, ["runs", "retry", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    with session_scope() as s:
+        first, _second, third = s.exec(select(TrainingRun).order_by(col(TrainingRun.id))).all()
+        assert third.status == RunStatus.succeeded and s.exec(select(ModelVersion)).one().run_id == third.id
+        # The retry trained what the failed run had claimed (its new and held-out papers).
+        old, new = RunManifest.from_json(first.manifest), RunManifest.from_json(third.manifest)
+        assert set(old.new) | set(old.holdout) <= set(new.new) | set(new.holdout)
+    assert claimed() > 0
+    res = CliRunner().invoke(app, ["runs", "retry", "3"])
+    assert res.exit_code == 1 and "is succeeded; only a failed run is retried" in res.output
+    assert CliRunner().invoke(app, ["runs", "retry", "99"]).exit_code == 1

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select, update
 
 from services.trainer.config import TrainConfig
 from services.trainer.data import training_examples
@@ -26,7 +26,7 @@ from shared.db import session_scope
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
 from shared.settings import Settings, get_settings
-from shared.tables import ModelVersion, RunStatus, TrainingRun, utcnow
+from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.trainer")
 
@@ -35,9 +35,16 @@ def _fail(run_id: int, reason: str) -> None:
     with session_scope() as session:
         run = session.get(TrainingRun, run_id)
         if run is not None and run.status in (RunStatus.queued, RunStatus.running):
-            run.status, run.error, run.finished_at = RunStatus.failed, reason, utcnow()
-            session.add(run)
+            mark_failed(session, run, reason)
     log.error("training run %d failed: %s", run_id, reason)
+
+
+def mark_failed(session: Session, run: TrainingRun, reason: str) -> None:
+    """Fail `run` and release the new abstracts it claimed, in one transaction: they count as new
+    again, so the next run (the trigger, `medqa runs retry`) trains them instead of stranding them."""
+    run.status, run.error, run.finished_at = RunStatus.failed, reason, utcnow()
+    session.add(run)
+    session.exec(update(Abstract).where(col(Abstract.train_run_id) == run.id).values(train_run_id=None))
 
 
 def _give_up(run_id: int) -> None:
@@ -94,9 +101,7 @@ def _start(session: Session, run: TrainingRun, settings: Settings) -> bool:
     delivered more than max_deliveries times without finishing."""
     run.deliveries += 1
     if run.deliveries > settings.max_deliveries:
-        run.status, run.finished_at = RunStatus.failed, utcnow()
-        run.error = f"started {run.deliveries - 1} times without finishing; not retrying"
-        session.add(run)
+        mark_failed(session, run, f"started {run.deliveries - 1} times without finishing; not retrying")
         return False
     run.status, run.started_at, run.heartbeat_at = RunStatus.running, run.started_at or utcnow(), utcnow()
     run.checkpoint_path = str(_work_dir(run, settings) / "checkpoint.pt")
