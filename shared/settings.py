@@ -289,12 +289,30 @@ class Settings(BaseSettings):
         return self.data_dir / "reports"
 
 
+# Settings whose values can hold a credential: a database or broker URL with its password, tokens, keys,
+# a webhook URL (Slack's carry their secret in the path). Their values are never printed.
+SECRET_SETTINGS = frozenset({"database_url", "broker_url", "api_token", "alert_webhook_url",
+                             "alert_smtp_password", "ncbi_api_key"})
+
+
 def _explain(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
-        lines.append(f"{ENV_PREFIX}{field.upper()}={e.get('input')!r}: {e['msg']}")
+        shown = "<redacted>" if field in SECRET_SETTINGS else repr(e.get("input"))
+        lines.append(f"{ENV_PREFIX}{field.upper()}={shown}: {e['msg']}")
     return "bad setting: " + "; ".join(lines)
+
+
+def redacted_url(url: str) -> str:
+    """A connection URL fit to print: its password replaced by ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -166,6 +166,33 @@ def test_a_corrupt_adapter_is_refused_and_the_old_one_keeps_serving(api_env, tmp
         assert ask(c, "Is aspirin safe?")["model_version"] == v1
 
 
+def test_credentials_in_the_query_string_are_refused_and_blanked_before_logging(api_env, tmp_path):
+    """Before: /v1/refresh?token=... was served, and uvicorn's access line held the token."""
+    import asyncio
+
+    from services.api.middleware import NoQueryCredentials
+
+    make_version(tmp_path, seed=1, champion=True)
+    with client() as c:
+        for path in (f"/v1/refresh?token={TOKEN}", f"/healthz?x=1&API_KEY={TOKEN}",
+                     f"/v1/versions?access_token={TOKEN}"):
+            r = c.request("POST" if "refresh" in path else "GET", path)
+            assert r.status_code == 400 and "Authorization header" in r.json()["detail"] and TOKEN not in r.text
+        assert c.get("/healthz?verbose=1").status_code == 200  # other parameters pass
+    # uvicorn writes its access line from the request's scope: the secret is gone from it.
+    scope = {"type": "http", "query_string": f"token={TOKEN}".encode(), "headers": []}
+    sent: list = []
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    async def app(*_):  # type: ignore[no-untyped-def]
+        raise AssertionError("the app must not be reached")
+
+    asyncio.run(NoQueryCredentials(app)(scope, None, send))
+    assert TOKEN.encode() not in scope["query_string"] and sent[0]["status"] == 400
+
+
 def test_operator_endpoints_refuse_without_the_right_token(api_env, tmp_path):
     make_version(tmp_path, seed=1, champion=True)
     v2 = make_version(tmp_path, seed=2)

@@ -101,3 +101,15 @@ def test_runs_show_progress_and_eta(medqa_env):
     assert runs[0]["eta_s"] == pytest.approx(50 * 1000 / 1000.0)
     status = json.loads(invoke("status", "--json").stdout)
     assert status["active_runs"][0]["step"] == 10 and status["active_runs"][0]["eta_s"] == pytest.approx(50.0)
+
+
+@pytest.mark.postgres
+def test_db_upgrade_never_prints_the_database_password(medqa_env, pg_url):
+    """Before: "schema at head on postgresql+psycopg://postgres:<password>@..." (compose's migrate
+    service runs it, so the password reached `docker compose logs`)."""
+    with_password = pg_url.replace("postgres@", "postgres:hunter2@", 1)  # trust auth ignores it
+    assert "hunter2" in with_password
+    medqa_env(database_url=with_password)
+    res = invoke("db", "upgrade")
+    assert res.exit_code == 0, res.output
+    assert "hunter2" not in res.output and "postgres:***@" in res.output

@@ -15,8 +15,6 @@ def test_defaults_derive_paths(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("var", "value", "needle"), [
     ("MEDQA_TRAIN_MAX_STEPS", "zero", "MEDQA_TRAIN_MAX_STEPS"),
     ("MEDQA_REPLAY_RATIO", "1.5", "MEDQA_REPLAY_RATIO"),
-    ("MEDQA_BROKER_URL", "amqp://x", "MEDQA_BROKER_URL"),
-    ("MEDQA_DATABASE_URL", "mysql://x", "MEDQA_DATABASE_URL"),
     ("MEDQA_TRAIN_PRECISION", "fp8", "MEDQA_TRAIN_PRECISION"),
 ])
 def test_bad_value_names_the_setting(monkeypatch, var, value, needle):
@@ -24,6 +22,27 @@ def test_bad_value_names_the_setting(monkeypatch, var, value, needle):
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert needle in str(err.value) and repr(value) in str(err.value)
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("MEDQA_BROKER_URL", "amqp://guest:hunter2@rabbit//"),
+    ("MEDQA_DATABASE_URL", "mysql://root:hunter2@db/medqa"),
+    ("MEDQA_ALERT_WEBHOOK_URL", "ftp://hooks.example/hunter2"),
+])
+def test_a_bad_secret_setting_is_named_but_never_echoed(monkeypatch, var, value):
+    """Before: the error repeated the value, password included."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert f"{var}=<redacted>" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_redacted_url_hides_only_the_password():
+    from shared.settings import redacted_url
+
+    assert redacted_url("postgresql+psycopg://medqa:hunter2@db:5432/medqa") == \
+        "postgresql+psycopg://medqa:***@db:5432/medqa"
+    assert redacted_url("sqlite:////data/medqa.db") == "sqlite:////data/medqa.db"
 
 
 def test_env_file_is_read(tmp_path, monkeypatch):

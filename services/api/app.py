@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import Runtime
 from services.api.metrics import ApiMetrics
-from services.api.middleware import BodyLimit, RequestMetrics
+from services.api.middleware import BodyLimit, NoQueryCredentials, RequestMetrics
 from services.api.routes import health, registry
 from services.api.routes.answer import answer_router
 from shared.settings import Settings, get_settings
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Answers health questions from recent PubMed abstracts. Not medical advice.")
     app.state.settings, app.state.metrics = settings, metrics
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(NoQueryCredentials)
     app.add_middleware(RequestMetrics, metrics=metrics)  # added last = outermost: it also counts 413s
     app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(answer_router(settings))

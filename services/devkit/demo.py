@@ -24,7 +24,7 @@ from sqlmodel import Session, col, func, select
 
 from services.cli.tasks import load_task_modules
 from services.devkit.emulator import EntrezEmulator
-from shared.settings import Settings, get_settings, reset_settings
+from shared.settings import Settings, get_settings, redacted_url, reset_settings
 
 if TYPE_CHECKING:
     from services.ingest.store import IngestResult
@@ -202,7 +202,7 @@ def _summary(session: Session, settings: Settings, *, label: str, as_files: list
         "base_model_prep_seconds": round(model_seconds, 1),
         "loop_seconds": round(loop_seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
-        "database": settings.database_url.split("@")[-1],  # never the credentials
+        "database": redacted_url(settings.database_url),  # never the credentials
     }
 
 
