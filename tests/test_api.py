@@ -240,6 +240,12 @@ def test_operator_errors_map_to_404_409_422(api_env, tmp_path):
         assert promote({"version": "³", "reason": "x"})[0] == 422
         assert promote({"version": "abc", "reason": "x"})[0] == 422
         assert promote({"version": v2, "reason": "   "})[0] == 422
+        # Before: NUL gave 500 on PostgreSQL; "yes" and true were coerced to a forced promotion of v1.
+        code, text = promote({"version": v2, "reason": "a\u0000b", "force": True})
+        assert code == 422 and "control characters" in text
+        assert promote({"version": v2, "reason": "x", "force": "yes"})[0] == 422
+        assert promote({"version": True, "reason": "x", "force": True})[0] == 422
+        assert c.post("/v1/rollback", json={"reason": "ok\u001b[2J"}, headers=AUTH).status_code == 422
         code, text = promote({"version": v2, "reason": "x"})
         assert code == 409 and "not blessed" in text
         code, text = promote({"version": v1, "reason": "x"})
@@ -267,8 +273,10 @@ def test_input_limits(api_env):
             assert r.status_code == (200 if bad is None else 422), (bad, r.text)
         r = c.post("/v1/answer", json={"question": "Why?", "max_new_tokens": 257})
         assert "256" in r.json()["message"] and "MEDQA_API_MAX_NEW_TOKENS" in r.json()["message"]
-        for body in ({}, {"question": ""}, {"question": "   "}, {"question": 5}, {"max_new_tokens": 3}):
+        for body in ({}, {"question": ""}, {"question": "   "}, {"question": 5}, {"max_new_tokens": 3},
+                     {"question": "Why\u0000?"}, {"question": "Why\u0007?"}):
             assert c.post("/v1/answer", json=body).status_code == 422, body
+        assert c.post("/v1/answer", json={"question": "Why?\nAnd\thow?"}).status_code == 200
         assert c.post("/v1/answer", content=b"{not json", headers={"content-type": "application/json"}
                       ).status_code == 422
 
