@@ -14,6 +14,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, create_engine
 
 from shared.settings import get_settings
@@ -86,6 +87,24 @@ def write_lock(session: Session) -> None:
     if not connection.get_execution_options().get(WRITE_LOCK):
         # Every migrated store has this one-row table; WHERE 0 changes nothing but takes the lock.
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = version_num WHERE 0")
+
+
+# Operational errors that mean "another transaction holds what this one needs", not "the store is down".
+CONFLICT_MARKERS = ("database is locked", "could not obtain lock", "deadlock detected", "could not serialize",
+                    "lock timeout")
+
+
+def store_unavailable(exc: BaseException) -> str | None:
+    """Why the store cannot be used, for an error that says it is down (refused, gone, unreadable):
+    the driver's first line, which names neither the URL nor a password. None for any other error,
+    a lock conflict included (the caller may retry that at once)."""
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    if any(marker in reason.lower() for marker in CONFLICT_MARKERS):
+        return None
+    return reason[:300]
 
 
 def alembic_config(url: str | None = None) -> Config:

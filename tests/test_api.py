@@ -421,3 +421,31 @@ def test_question_log_retention(api_env):
         c.app.state.runtime.refresh()  # type: ignore[attr-defined]  # what the periodic refresher runs
     with session_scope() as s:
         assert [r.text for r in s.exec(select(QuestionLog))] == ["recent"]
+
+
+@pytest.mark.postgres
+def test_a_store_that_goes_down_answers_503_with_a_reason(medqa_env, pg_url, tmp_path):
+    """Before: /v1/versions, /v1/champion, /v1/refresh and /v1/answer answered a bare 500, and promote
+    and rollback a misleading 409 "the alias changed concurrently", once PostgreSQL was gone."""
+    import sqlalchemy
+    from conftest import PG_ADMIN_URL
+
+    from shared.db import engine_for
+
+    medqa_env(**API_ENV, database_url=pg_url)
+    ingest_synth(tmp_path / "corpus", files=1, per_file=30, seed=7)
+    v1 = make_version(tmp_path, seed=1, champion=True)
+    with client() as c:
+        ready(c)
+        assert c.get("/v1/versions").status_code == 200
+        engine_for(pg_url).dispose()
+        admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # the store is gone: every new connection fails
+            conn.exec_driver_sql(f'DROP DATABASE "{pg_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        admin.dispose()
+        for method, path, body in (("GET", "/v1/versions", None), ("GET", "/v1/champion", None),
+                                   ("POST", "/v1/promote", {"version": v1, "reason": "x", "force": True}),
+                                   ("POST", "/v1/rollback", {"reason": "x"}), ("POST", "/v1/refresh", {})):
+            r = c.request(method, path, json=body, headers=AUTH)
+            assert r.status_code == 503, (path, r.status_code, r.text)
+            assert r.json()["detail"].startswith("the store is unavailable") and r.headers["retry-after"] == "5"

@@ -113,3 +113,23 @@ def test_db_upgrade_never_prints_the_database_password(medqa_env, pg_url):
     res = invoke("db", "upgrade")
     assert res.exit_code == 0, res.output
     assert "hunter2" not in res.output and "postgres:***@" in res.output
+
+
+def test_a_store_that_is_down_is_one_line_not_a_traceback(tmp_path):
+    """Before: `medqa status` printed a 522-line traceback when PostgreSQL was down."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDQA_")}
+    env |= {"MEDQA_DATABASE_URL": f"postgresql+psycopg://medqa:hunter2@127.0.0.1:{port}/medqa",
+            "MEDQA_DATA_DIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", "from services.cli import main; main()", "status"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1
+    assert "the store is unavailable" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 3 and "hunter2" not in res.stderr + res.stdout

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import Runtime
@@ -23,6 +24,7 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, NoQueryCredentials, RequestMetrics
 from services.api.routes import health, registry
 from services.api.routes.answer import answer_router
+from shared.db import store_unavailable
 from shared.settings import Settings, get_settings
 
 # Which setting bounds a field, named in the 422 message so a client knows what limit it hit.
@@ -46,6 +48,15 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content=_validation_body(exc.errors()))
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 with the reason when the store is down (a client may retry later); 409 for a lock conflict."""
+    reason = store_unavailable(exc)
+    if reason is None:
+        return JSONResponse(status_code=409, content={"detail": "another change held the store; try again"})
+    return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                        content={"detail": f"the store is unavailable: {reason}"})
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = Runtime(app.state.settings, app.state.metrics)
@@ -67,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NoQueryCredentials)
     app.add_middleware(RequestMetrics, metrics=metrics)  # added last = outermost: it also counts 413s
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(OperationalError, _store_error)
+    app.add_exception_handler(InterfaceError, _store_error)
     app.include_router(answer_router(settings))
     app.include_router(registry.router)
     app.include_router(health.router)

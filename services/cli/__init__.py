@@ -13,4 +13,25 @@ app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(policy_app, name="policy")
 
-__all__ = ["app"]
+
+
+def main() -> None:
+    """The `medqa` entry point: the app, with a store that is down reported in one line (exit 1)
+    instead of a driver traceback hundreds of lines long."""
+    import sys
+
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from services.cli.common import err
+    from shared.db import store_unavailable
+
+    try:
+        app()
+    except (OperationalError, InterfaceError) as exc:
+        reason = store_unavailable(exc)
+        err.print("[bold red]error:[/] " + (f"the store is unavailable: {reason}" if reason
+                                             else "another change held the store; try again"), highlight=False)
+        sys.exit(1)
+
+
+__all__ = ["app", "main"]

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from services.api.deps import OperatorDep, Runtime, RuntimeDep, SettingsDep
 from services.api.schemas import (
@@ -84,8 +84,8 @@ def _alias_change(runtime: Runtime, action: str, actor: str, reason: str, **kwar
             doc = event.model_dump()
     except registry.RegistryError as exc:
         raise HTTPException(409, str(exc)) from None
-    except (IntegrityError, OperationalError) as exc:  # a concurrent change won the race (or the lock wait)
-        raise HTTPException(409, f"the alias changed concurrently; try again ({type(exc).__name__})") from None
+    except IntegrityError:  # a concurrent change won the race (store errors: the app's handler, 503 or 409)
+        raise HTTPException(409, "the alias changed concurrently; try again") from None
     runtime.sync_champion()  # this replica follows at once; the others at their next poll
     served = runtime.server.served
     return AliasChange(action=doc["action"], from_version=doc["from_version_id"], to_version=doc["to_version_id"],
