@@ -18,21 +18,30 @@ from shared.tables import Alias, AuditEvent, Evaluation, ModelVersion, TrainingR
 CHAMPION = "champion"
 
 
+MAX_ID = 2**31 - 1
+
+
 class RegistryError(ValueError):
     """An operator asked for something the registry cannot do; the message says why."""
+
+
+class UnknownVersion(RegistryError):
+    """No such version (the API's 404)."""
 
 
 def parse_version_id(text: str | int) -> int:
     raw = str(text).strip().lower().removeprefix("v")
     if not (raw.isascii() and raw.isdigit()):  # "²".isdigit() is true, but int() refuses it
         raise RegistryError(f"not a version id: {text!r} (expected a number such as 3 or v3)")
+    if int(raw) > MAX_ID:  # the store's ids are 32-bit: a larger one can only be unknown
+        raise UnknownVersion(f"unknown version v{raw}")
     return int(raw)
 
 
 def get_version(session: Session, *, version_id: int) -> ModelVersion:
     version = session.get(ModelVersion, version_id)
     if version is None:
-        raise RegistryError(f"unknown version v{version_id}")
+        raise UnknownVersion(f"unknown version v{version_id}")
     return version
 
 

@@ -133,3 +133,42 @@ def test_a_store_that_is_down_is_one_line_not_a_traceback(tmp_path):
     assert res.returncode == 1
     assert "the store is unavailable" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) <= 3 and "hunter2" not in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["promote", str(2**31), "--reason", "x"], ["promote", "v99999999999999999999", "--reason", "x"],
+    ["rollback", "--to", str(2**31), "--reason", "x"], ["evaluate", str(2**40)], ["report", str(2**31)],
+    ["drift", "show", str(2**31)], ["alerts", "ack", str(2**31)]])
+def test_ids_beyond_the_store_are_unknown_not_a_traceback(medqa_env, args):
+    """Before: ids >= 2^31 gave 200-line tracebacks (the store's ids are 32-bit)."""
+    res = invoke(*args)
+    assert res.exit_code in (1, 2) and not isinstance(res.exception, OverflowError), res.output
+    assert res.exit_code == 2 or "unknown version" in res.output
+
+
+def test_actor_and_reason_are_bounded_and_printed_escaped(medqa_env):
+    """Before: a 101-character --actor was a traceback on PostgreSQL and kept silently on SQLite, and
+    `medqa history` printed escape sequences from stored reasons raw."""
+    from conftest import TINY_GPT2
+
+    from shared import registry
+    from shared.db import session_scope
+    from shared.tables import ModelVersion, RunStatus, TrainingRun, VersionStatus
+
+    with session_scope() as s:
+        run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded)
+        s.add(run)
+        s.flush()
+        v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path="/x",
+                         sha256="0" * 64, status=VersionStatus.blessed)
+        s.add(v)
+        s.flush()
+        vid = v.id
+    res = invoke("promote", str(vid), "--reason", "x", "--actor", "a" * 101)
+    assert res.exit_code == 1 and "--actor must be 1 to 100 characters" in res.output
+    res = invoke("promote", str(vid), "--reason", "bad\x00reason")
+    assert res.exit_code == 1 and "--reason must not contain NUL" in res.output
+    with session_scope() as s:  # a row written before these checks existed
+        registry.promote(s, version_id=vid, actor="old", reason="ok\x1b[2J cleared")
+    res = invoke("history")
+    assert res.exit_code == 0 and "\x1b" not in res.output and "\\x1b[2J" in res.output

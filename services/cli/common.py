@@ -12,7 +12,10 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from shared.text import has_control, terminal_safe
 
 # Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -54,8 +57,8 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+    for r in rows:  # stored text is shown escaped: neither rich markup nor terminal control codes act
+        t.add_row(*["" if v is None else escape(terminal_safe(str(v))) for v in r])
     return t
 
 
@@ -63,5 +66,17 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
+MAX_ACTOR = 100  # AuditEvent.actor's column
+
+
 def actor_or_user(actor: str | None) -> str:
+    if actor is not None and (not actor.strip() or len(actor) > MAX_ACTOR or has_control(actor)):
+        die(f"--actor must be 1 to {MAX_ACTOR} characters without control characters")
     return actor or f"cli:{getpass.getuser()}"
+
+
+def printable_reason(reason: str) -> str:
+    """An operator's --reason, refused with a clear message if it holds control characters."""
+    if has_control(reason):
+        die("--reason must not contain NUL or other control characters")
+    return reason

@@ -31,7 +31,8 @@ def drift(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 
 
 @drift_app.command("show")
-def drift_show(report_id: int = typer.Argument(..., metavar="ID", help="The report's id (see `medqa drift`)."),
+def drift_show(report_id: int = typer.Argument(..., metavar="ID", min=1, max=2**31 - 1,
+                                               help="The report's id (see `medqa drift`)."),
                as_json: bool = JsonOpt) -> None:
     """One drift report: its verdict, per-column scores and the path of Evidently's HTML."""
     from shared.db import session_scope
@@ -88,7 +89,8 @@ def alerts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 
 
 @alerts_app.command("ack")
-def alerts_ack(alert_id: int = typer.Argument(..., metavar="ID", help="The alert's id (see `medqa alerts`)."),
+def alerts_ack(alert_id: int = typer.Argument(..., metavar="ID", min=1, max=2**31 - 1,
+                                           help="The alert's id (see `medqa alerts`)."),
                actor: str | None = typer.Option(None, help="Who acknowledges; default cli:<user>.")) -> None:
     """Acknowledge alert ID: it no longer counts as open."""
     from shared.db import session_scope

@@ -8,7 +8,18 @@ from typing import Any
 import typer
 from sqlmodel import col, select
 
-from services.cli.common import JsonOpt, actor_or_user, die, emit, ensure_store, err, fmt, out, table
+from services.cli.common import (
+    JsonOpt,
+    actor_or_user,
+    die,
+    emit,
+    ensure_store,
+    err,
+    fmt,
+    out,
+    printable_reason,
+    table,
+)
 from services.cli.root import app
 from shared.settings import get_settings
 
@@ -126,7 +137,7 @@ def promote(version: str, reason: str = typer.Option(..., help="Why; stored in t
         vid = parse_version_id(version)
     except RegistryError as exc:
         die(str(exc))
-    _alias_change("promote", version_id=vid, actor=actor_or_user(actor), reason=reason, force=force)
+    _alias_change("promote", version_id=vid, actor=actor_or_user(actor), reason=printable_reason(reason), force=force)
 
 
 @app.command()
@@ -139,8 +150,8 @@ def rollback(to: str | None = typer.Option(None, "--to", help="Version to go bac
         target = parse_version_id(to) if to is not None else None
     except RegistryError as exc:
         die(str(exc))
-    _alias_change("rollback", model_line=get_settings().model_line, actor=actor_or_user(actor), reason=reason,
-                  to=target)
+    _alias_change("rollback", model_line=get_settings().model_line, actor=actor_or_user(actor),
+                  reason=printable_reason(reason), to=target)
 
 
 @app.command()

@@ -10,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 
 from services.api.deps import OperatorDep, Runtime, RuntimeDep, SettingsDep
 from services.api.schemas import (
-    MAX_VERSION_ID,
     AliasChange,
     ChampionOut,
     PromoteRequest,
@@ -42,13 +41,12 @@ def _version_out(version: ModelVersion, champion_id: int | None) -> VersionOut:
 
 def _version_id(ref: str | int) -> int:
     try:
-        vid = registry.parse_version_id(ref)
+        return registry.parse_version_id(ref)
+    except registry.UnknownVersion as exc:  # beyond the store's ids
+        raise HTTPException(404, str(exc)) from None
     except ValueError as exc:  # RegistryError, or int() refusing a digit-like character such as "²"
         detail = str(exc) if isinstance(exc, registry.RegistryError) else f"not a version id: {ref!r}"
         raise HTTPException(422, detail) from None
-    if vid > MAX_VERSION_ID:
-        raise HTTPException(404, f"unknown version v{vid}")
-    return vid
 
 
 @router.get("/v1/versions", response_model=list[VersionOut], summary="Model versions of this model line")
