@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     api_max_length: int = Field(
         1024, ge=32, le=32_768, description="Prompt plus answer tokens per item (capped by the model's positions).")
     api_max_body_bytes: int = Field(16_384, ge=256, description="Largest request body; larger gets 413.")
+    api_max_header_bytes: int = Field(
+        16_384, ge=1024, le=1_048_576, description="Largest request line plus headers the API reads; a larger "
+        "request is refused before it is read whole (a 96 MB header once stalled /healthz for 10 s).")
     api_batching: bool = Field(True, description="Gather concurrent questions into one generate call.")
     api_batch_max: int = Field(8, ge=1, le=256, description="Questions per generate call at most.")
     api_batch_wait_ms: float = Field(10.0, ge=0, le=1000, description="How long a batch waits for company.")

@@ -53,7 +53,9 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 i
 
     ensure_store()
     # One process: the model, the batcher and the alias poller live in it (replicas = more processes).
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    # h11 enforces a limit on the request line and headers (httptools, uvicorn's default, has none).
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", http="h11",
+                h11_max_incomplete_event_size=get_settings().api_max_header_bytes)
 
 
 @app.command()
