@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     replay_ratio: float = Field(0.3, ge=0, lt=1, description="Share of each run's examples drawn from replay.")
     holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of new abstracts kept for evaluation.")
     checkpoint_every: int = Field(10, ge=1, description="Steps between resumable checkpoints.")
+    keep_run_checkpoints: int = Field(0, ge=0, description="Checkpoint folders (artifacts/runs/N) of finished "
+                                      "runs kept, newest first; a checkpoint only serves to resume an unfinished run.")
     seed: int = 0
 
     # -- evaluation and promotion

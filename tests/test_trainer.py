@@ -1,5 +1,7 @@
 """The LoRA increment on the tiny GPT-2: what changes, what must not, packing, exact resume."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TINY_GPT2
@@ -263,3 +265,42 @@ def test_a_failed_run_releases_its_abstracts_and_retry_trains_them(medqa_env, sy
     res = CliRunner().invoke(app, ["runs", "retry", "3"])
     assert res.exit_code == 1 and "is succeeded; only a failed run is retried" in res.output
     assert CliRunner().invoke(app, ["runs", "retry", "99"]).exit_code == 1
+
+
+def test_a_full_disk_is_named_and_leaves_no_temporary_files(model_cache, tmp_path, monkeypatch):
+    """Before: "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ..." with no word
+    of the disk, and runs/N/checkpoint.tmp left behind."""
+    import shutil
+    from collections import namedtuple
+
+    import services.trainer.train as train_module
+
+    def full_disk_save(obj, path, *a, **k):  # torch's failure on a full disk, after a partial write
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4032")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train_module.torch, "save", full_disk_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9 - 4096, 4096))
+    cfg = TrainConfig(max_steps=2, batch_size=2, grad_accum=1, max_length=64, checkpoint_every=1, precision="fp32")
+    with pytest.raises(TrainingFailed, match="could not write the checkpoint .* no space left on device"):
+        train_lora(base_spec=TINY_GPT2, models_dir=model_cache, examples=TEXTS, cfg=cfg, out_dir=tmp_path / "a",
+                   work_dir=tmp_path / "w")
+    assert not list((tmp_path / "w").glob("*.tmp")) and not (tmp_path / "a").exists()
+
+
+def test_checkpoints_of_finished_runs_are_pruned_beyond_the_setting(medqa_env, synth_dir):
+    from services.ingest.tasks import ingest_path
+    from services.trainer.tasks import prune_checkpoints
+    from shared.settings import get_settings
+
+    medqa_env(keep_run_checkpoints="0")
+    ingest_path(synth_dir)  # eager: one run trains to the end
+    runs = get_settings().artifacts / "runs"
+    assert not (runs / "1").exists()  # pruned when the run finished
+    (runs / "1").mkdir(parents=True)  # as a finished run's folder would be with the old code
+    (runs / "77").mkdir()  # no such run: not ours to judge, kept
+    medqa_env(keep_run_checkpoints="1")
+    assert prune_checkpoints(get_settings()) == [] and (runs / "1").exists()
+    medqa_env(keep_run_checkpoints="0")
+    assert prune_checkpoints(get_settings()) == [1] and not (runs / "1").exists() and (runs / "77").exists()

@@ -8,6 +8,7 @@ Emits: run.queued (through the trigger), version.created.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -78,9 +79,25 @@ def train_run(run_id: int) -> int | None:
             return None
         inputs = _inputs(session, run, settings)
     result = _train(inputs, settings)
-    if result is None:
-        return None
-    return _register_version(inputs, result)
+    version_id = _register_version(inputs, result) if result is not None else None
+    prune_checkpoints(settings)
+    return version_id
+
+
+def prune_checkpoints(settings: Settings) -> list[int]:
+    """Remove the checkpoint folders of finished runs beyond the newest MEDQA_KEEP_RUN_CHECKPOINTS
+    (a full disk once held every run's checkpoint forever); returns the run ids pruned."""
+    root = settings.artifacts / "runs"
+    ids = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    if not ids:
+        return []
+    with session_scope() as session:
+        finished = sorted(session.exec(select(TrainingRun.id).where(
+            col(TrainingRun.id).in_(ids), col(TrainingRun.status).in_([RunStatus.succeeded, RunStatus.failed]))).all())
+    doomed = [i for i in finished if i is not None][: max(0, len(finished) - settings.keep_run_checkpoints)]
+    for run_id in doomed:
+        shutil.rmtree(root / str(run_id), ignore_errors=True)
+    return doomed
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Celery task relies on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -119,12 +120,32 @@ def _kbit_config(cfg: TrainConfig):  # type: ignore[no-untyped-def]
 
 def _save_checkpoint(model, opt, sched, step: int, path: Path, cfg: TrainConfig) -> None:  # type: ignore[no-untyped-def]
     tmp = path.with_suffix(".tmp")
-    torch.save({
-        "step": step, "config": cfg.to_dict(), "adapter": get_peft_model_state_dict(model),
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-    }, tmp)
+    try:
+        torch.save({
+            "step": step, "config": cfg.to_dict(), "adapter": get_peft_model_state_dict(model),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }, tmp)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise TrainingFailed(write_failure("the checkpoint", tmp, exc)) from None
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def write_failure(what: str, path: Path, exc: BaseException) -> str:
+    """The reason a write failed, naming a full disk when it is one: torch's own message for it reads
+    "[enforce fail at inline_container.cc] unexpected pos ..." and says nothing of the disk."""
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else path.anchor).free
+    except OSError:
+        free = -1
+    full = getattr(exc, "errno", None) == errno.ENOSPC or 0 <= free < DISK_FULL_BYTES
+    reason = (f"no space left on device ({free // 2**20} MiB free on {path.parent})" if full
+              else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return f"could not write {what} to {path}: {reason}"
+
+
+DISK_FULL_BYTES = 64 * 2**20  # less free than this after a failed write: the disk is (all but) full
 
 
 def train_lora(
@@ -244,7 +265,11 @@ def _save_adapter(model: Any, out_dir: Path) -> None:
     """Save through a sibling temporary folder, so `out_dir` never holds a half-written adapter."""
     tmp_out = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
-    model.save_pretrained(str(tmp_out))
+    try:
+        model.save_pretrained(str(tmp_out))
+    except (OSError, RuntimeError) as exc:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise TrainingFailed(write_failure("the adapter", tmp_out, exc)) from None
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_out, out_dir)
 
