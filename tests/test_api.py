@@ -449,3 +449,36 @@ def test_a_store_that_goes_down_answers_503_with_a_reason(medqa_env, pg_url, tmp
             r = c.request(method, path, json=body, headers=AUTH)
             assert r.status_code == 503, (path, r.status_code, r.text)
             assert r.json()["detail"].startswith("the store is unavailable") and r.headers["retry-after"] == "5"
+
+
+def test_the_openapi_spec_documents_error_responses(api_env):
+    """Before: the spec listed only 200 and 422."""
+    with client() as c:
+        paths = c.get("/openapi.json").json()["paths"]
+    assert set(paths["/v1/promote"]["post"]["responses"]) >= {"200", "400", "401", "403", "404", "409", "413", "503",
+                                                             "422"}
+    assert set(paths["/v1/answer"]["post"]["responses"]) >= {"200", "400", "413", "422", "503"}
+    assert "Retry-After" in paths["/v1/versions"]["get"]["responses"]["503"]["description"]
+
+
+def test_a_client_that_leaves_is_counted_499_not_500():
+    """Before: a client abort was counted as status 500 in /metrics."""
+    import asyncio
+
+    from services.api.metrics import ApiMetrics
+    from services.api.middleware import RequestMetrics
+
+    metrics = ApiMetrics()
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        assert (await receive())["type"] == "http.disconnect"  # gone before the answer
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return {"type": "http.disconnect"}
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        raise AssertionError("nothing to send to a client that left")
+
+    asyncio.run(RequestMetrics(app, metrics=metrics)({"type": "http", "method": "POST"}, receive, send))
+    assert metrics.requests.labels("unmatched", "POST", "499")._value.get() == 1
+    assert metrics.requests.labels("unmatched", "POST", "500")._value.get() == 0

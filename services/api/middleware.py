@@ -3,6 +3,7 @@ a request-body limit, credentials refused in query strings, and request metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from services.api.metrics import ApiMetrics
 
 Scope = dict[str, Any]
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+CLIENT_CLOSED = 499  # nginx's code for a request its client abandoned before the answer
 
 
 async def _reply(send: Any, status: int, detail: str) -> None:
@@ -103,17 +105,28 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), 500
+        started, status, responded, left = time.perf_counter(), 500, False, False
 
         async def send_status(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
 
+        async def receive_watched() -> dict[str, Any]:
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"
+            return dict(message)
+
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_watched, send_status)
+        except asyncio.CancelledError:  # the server cancels a request whose client went away
+            left = True
+            raise
         finally:
+            if left and not responded:
+                status = CLIENT_CLOSED  # not a server error: nobody was left to answer
             # The router writes the matched route into this same scope dict.
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"

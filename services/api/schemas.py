@@ -100,3 +100,23 @@ class RefreshOut(BaseModel):
     removed: int
     size: int
     pending: int
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+ERROR_MEANINGS = {
+    400: "Credentials in the query string (send them in the Authorization header).",
+    401: "No bearer token.",
+    403: "Wrong bearer token.",
+    404: "Unknown version.",
+    409: "Refused by the registry (e.g. not blessed, already the champion), or a concurrent change won.",
+    413: "Request body over MEDQA_API_MAX_BODY_BYTES.",
+    503: "The store is unavailable (Retry-After is set), or the operator endpoints are off (no MEDQA_API_TOKEN).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route: what each error status means, with its body."""
+    return {code: {"model": ErrorOut, "description": ERROR_MEANINGS[code]} for code in codes}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException
 
 from services.api.deps import RuntimeDep
 from services.api.pipeline import Question
-from services.api.schemas import DISCLAIMER, AnswerResponse, Citation, answer_request_model
+from services.api.schemas import DISCLAIMER, AnswerResponse, Citation, answer_request_model, error_responses
 from shared.settings import Settings
 
 
@@ -21,7 +21,8 @@ def answer_router(settings: Settings) -> APIRouter:
     AnswerRequest = answer_request_model(settings)  # noqa: N806  (a class, used as one below)
     default_new_tokens = min(settings.api_default_new_tokens, settings.api_max_new_tokens)
 
-    @router.post("/v1/answer", response_model=AnswerResponse, summary="Answer a question, citing PubMed abstracts")
+    @router.post("/v1/answer", response_model=AnswerResponse, summary="Answer a question, citing PubMed abstracts",
+                 responses=error_responses(400, 413, 503))
     async def answer(body: AnswerRequest, runtime: RuntimeDep) -> AnswerResponse:  # type: ignore[valid-type]
         started = time.perf_counter()
         req: Any = body  # its class is built at run time, so the type checker cannot see its fields

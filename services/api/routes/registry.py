@@ -16,6 +16,7 @@ from services.api.schemas import (
     RefreshOut,
     RollbackRequest,
     VersionOut,
+    error_responses,
 )
 from shared import registry
 from shared.db import session_scope, write_lock
@@ -49,7 +50,8 @@ def _version_id(ref: str | int) -> int:
         raise HTTPException(422, detail) from None
 
 
-@router.get("/v1/versions", response_model=list[VersionOut], summary="Model versions of this model line")
+@router.get("/v1/versions", response_model=list[VersionOut], summary="Model versions of this model line",
+            responses=error_responses(400, 503))
 def versions(settings: SettingsDep) -> list[VersionOut]:
     with session_scope() as session:
         champ = registry.champion(session, model_line=settings.model_line)
@@ -57,7 +59,8 @@ def versions(settings: SettingsDep) -> list[VersionOut]:
                 for v in registry.list_versions(session, model_line=settings.model_line)]
 
 
-@router.get("/v1/champion", response_model=ChampionOut, summary="The champion version, and what is serving")
+@router.get("/v1/champion", response_model=ChampionOut, summary="The champion version, and what is serving",
+            responses=error_responses(400, 503))
 def champion(settings: SettingsDep, runtime: RuntimeDep) -> ChampionOut:
     with session_scope() as session:
         champ = registry.champion(session, model_line=settings.model_line)
@@ -91,18 +94,21 @@ def _alias_change(runtime: Runtime, action: str, actor: str, reason: str, **kwar
                        serving_version=served.version_id if served else None)
 
 
-@router.post("/v1/promote", response_model=AliasChange, summary="Make a version the champion (operator)")
+@router.post("/v1/promote", response_model=AliasChange, summary="Make a version the champion (operator)",
+             responses=error_responses(400, 401, 403, 404, 409, 413, 503))
 def promote(body: PromoteRequest, actor: OperatorDep, runtime: RuntimeDep) -> AliasChange:
     return _alias_change(runtime, "promote", actor, body.reason, version_id=_version_id(body.version),
                          force=body.force)
 
 
-@router.post("/v1/rollback", response_model=AliasChange, summary="Point the champion back (operator)")
+@router.post("/v1/rollback", response_model=AliasChange, summary="Point the champion back (operator)",
+             responses=error_responses(400, 401, 403, 404, 409, 413, 503))
 def rollback(body: RollbackRequest, actor: OperatorDep, settings: SettingsDep, runtime: RuntimeDep) -> AliasChange:
     to = _version_id(body.to) if body.to is not None else None
     return _alias_change(runtime, "rollback", actor, body.reason, model_line=settings.model_line, to=to)
 
 
-@router.post("/v1/refresh", response_model=RefreshOut, summary="Refresh the retrieval index now (operator)")
+@router.post("/v1/refresh", response_model=RefreshOut, summary="Refresh the retrieval index now (operator)",
+             responses=error_responses(400, 401, 403, 503))
 def refresh(actor: OperatorDep, runtime: RuntimeDep) -> RefreshOut:
     return RefreshOut(**runtime.refresh())
