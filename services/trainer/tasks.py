@@ -92,9 +92,10 @@ def prune_checkpoints(settings: Settings) -> list[int]:
     if not ids:
         return []
     with session_scope() as session:
-        finished = sorted(session.exec(select(TrainingRun.id).where(
-            col(TrainingRun.id).in_(ids), col(TrainingRun.status).in_([RunStatus.succeeded, RunStatus.failed]))).all())
-    doomed = [i for i in finished if i is not None][: max(0, len(finished) - settings.keep_run_checkpoints)]
+        rows = session.exec(select(TrainingRun.id).where(
+            col(TrainingRun.id).in_(ids), col(TrainingRun.status).in_([RunStatus.succeeded, RunStatus.failed]))).all()
+    finished = sorted(i for i in rows if i is not None)
+    doomed = finished[: max(0, len(finished) - settings.keep_run_checkpoints)]
     for run_id in doomed:
         shutil.rmtree(root / str(run_id), ignore_errors=True)
     return doomed
