@@ -112,6 +112,8 @@ def versions(as_json: bool = JsonOpt) -> None:
 
 
 def _alias_change(action: str, **kwargs: Any) -> None:
+    from sqlalchemy.exc import IntegrityError
+
     from shared import registry
     from shared.db import session_scope
 
@@ -122,6 +124,8 @@ def _alias_change(action: str, **kwargs: Any) -> None:
             doc = event.model_dump()
     except registry.RegistryError as exc:
         die(str(exc))
+    except IntegrityError:  # two first promotions at once: the other created the alias row first
+        die("the champion alias changed concurrently; nothing was changed here, try again")
     out.print(f"{doc['action']}: champion v{doc['from_version_id']} -> v{doc['to_version_id']} "
               f"(audit #{doc['id']})")
 
