@@ -172,3 +172,17 @@ def test_actor_and_reason_are_bounded_and_printed_escaped(medqa_env):
         registry.promote(s, version_id=vid, actor="old", reason="ok\x1b[2J cleared")
     res = invoke("history")
     assert res.exit_code == 0 and "\x1b" not in res.output and "\\x1b[2J" in res.output
+
+
+def test_a_lost_race_for_the_first_promotion_is_a_message(medqa_env, monkeypatch):
+    """Before: IntegrityError tracebacks when two operators made the first promotion at once."""
+    from sqlalchemy.exc import IntegrityError
+
+    from shared import registry
+
+    def lose_the_race(session, **kwargs):  # type: ignore[no-untyped-def]
+        raise IntegrityError("INSERT INTO alias", {}, Exception("duplicate key value violates unique constraint"))
+
+    monkeypatch.setattr(registry, "promote", lose_the_race)
+    res = invoke("promote", "1", "--reason", "first")
+    assert res.exit_code == 1 and "changed concurrently" in res.output and "Traceback" not in res.output
