@@ -103,11 +103,15 @@ def test_retractions_are_marked_and_never_trained(store_env):
     notice = dataclasses.replace(recs[0], pmid=99_999_999, publication_types=("Retraction of Publication",),
                                  retraction_of=(recs[0].pmid,), retracted=False)
     flagged = dataclasses.replace(recs[1], retracted=True)
+    # NLM's current type for a notice; before, one with an abstract became training text.
+    new_style = dataclasses.replace(recs[2], pmid=99_999_998, publication_types=("Retraction Notice",),
+                                    retraction_of=(), retracted=False)
     with session_scope() as s:
-        res = store_records(s, [notice, flagged], source="t")
-    assert res.retracted == 2 and res.stored == 0  # the notice itself is not stored
+        res = store_records(s, [notice, flagged, new_style], source="t")
+    assert res.retracted == 2 and res.stored == 0  # the notices themselves are not stored
     with session_scope() as s:
         assert s.get(Abstract, recs[0].pmid).retracted and s.get(Abstract, recs[1].pmid).retracted
+        assert s.get(Abstract, 99_999_998) is None
         assert set(unclaimed_pmids(s)) == {recs[2].pmid, recs[3].pmid}
         assert len(texts_for(s, [r.pmid for r in recs])) == 2
 

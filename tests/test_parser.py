@@ -377,3 +377,18 @@ def test_entrez_replies_known_cases():
         assert not re.search(r"</?[a-z]", record.abstract), name
         # Pretty-printed MathML must not come out letter by letter ('m a x').
         assert not re.search(r"(?:\b\w ){4}\w\b", record.abstract), name
+
+
+def test_an_english_other_abstract_stands_in_for_a_missing_abstract():
+    """Before: a record whose only abstract was an English OtherAbstract was dropped as "no abstract"."""
+    summary = "Plain-language summary: " + "this trial tested a walking programme in older adults. " * 3
+    xml = _record_xml("<Article><Journal><Title>J</Title></Journal><ArticleTitle>T</ArticleTitle></Article>"
+                      "<OtherAbstract Type='plain-language-summary' Language='spa'><AbstractText>Resumen"
+                      "</AbstractText></OtherAbstract><OtherAbstract Type='plain-language-summary' Language='eng'>"
+                      f"<AbstractText>{summary}</AbstractText></OtherAbstract>")
+    (record,) = _articles(parse_pubmed_bytes(xml))
+    assert record.abstract == summary.strip()
+    with_abstract = _record_xml("<Article><Journal><Title>J</Title></Journal><ArticleTitle>T</ArticleTitle>"
+                                "<Abstract><AbstractText>The real abstract.</AbstractText></Abstract></Article>"
+                                "<OtherAbstract Language='eng'><AbstractText>Other.</AbstractText></OtherAbstract>")
+    assert _articles(parse_pubmed_bytes(with_abstract))[0].abstract == "The real abstract."

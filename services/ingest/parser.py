@@ -241,7 +241,7 @@ def _article(mc: etree._Element | None, pubmed_data: etree._Element | None, name
     return ArticleRecord(
         pmid=pmid,
         title=title,
-        abstract="\n".join(_section(a) for a in article.iterfind("Abstract/AbstractText")),
+        abstract=_abstract(article, mc),
         journal=_text(article.find("Journal/Title")) or _text(mc.find("MedlineJournalInfo/MedlineTA")),
         pub_date=_pub_date(article.find("Journal/JournalIssue/PubDate")),
         entrez_date=entrez,
@@ -255,6 +255,20 @@ def _article(mc: etree._Element | None, pubmed_data: etree._Element | None, name
         retraction_of=tuple(p for c in links if c.get("RefType") == "RetractionOf"
                             and (p := pmid_or_none(c.findtext("PMID"))) is not None),
     )
+
+
+def _abstract(article: etree._Element, mc: etree._Element) -> str:
+    """The Abstract's sections; without one, an English OtherAbstract (a plain-language summary is
+    often the only abstract a record has)."""
+    text = "\n".join(_section(a) for a in article.iterfind("Abstract/AbstractText"))
+    if text.strip():
+        return text
+    for other in mc.iterfind("OtherAbstract"):
+        if (other.get("Language") or "eng").lower() == "eng":
+            text = "\n".join(_section(a) for a in other.iterfind("AbstractText"))
+            if text.strip():
+                return text
+    return ""
 
 
 def _pmid(elem: etree._Element | None, name: str) -> int:

@@ -30,8 +30,10 @@ CHUNK = 1000  # records per store_records call within a file's transaction
 MIN_ABSTRACT_CHARS = 200  # shorter "abstracts" are mostly notices and errata: no signal to learn from
 LANGUAGES = frozenset({"eng"})
 # Notices, not science: errata, comments, retraction notices (whose targets are marked instead),
-# and retracted publications themselves.
-EXCLUDED_TYPES = frozenset({"Published Erratum", "Retraction of Publication", "Comment", "Retracted Publication"})
+# and retracted publications themselves. NLM types a retraction notice "Retraction Notice" since
+# 2025; older records say "Retraction of Publication".
+EXCLUDED_TYPES = frozenset({"Published Erratum", "Retraction of Publication", "Retraction Notice", "Comment",
+                            "Retracted Publication"})
 
 
 @dataclass
