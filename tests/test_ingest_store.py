@@ -154,3 +154,24 @@ def test_question_titles_with_a_conclusion_are_mined_and_mined_again_when_revise
     assert (res.updated, res.mined) == (1, 0)
     with session_scope() as s:
         assert s.get(MinedQA, asked.pmid) is None  # the revised text yields no item: the old one is gone
+
+
+def test_an_older_revision_imported_late_does_not_overwrite_the_newer(store_env):
+    """Before: the record imported last won, so an older revision overwrote a newer one."""
+    from datetime import date
+
+    (rec,) = [r for r in parse_pubmed_bytes(pubmed_xml(generate_articles(1, seed=41)))]
+    newer = dataclasses.replace(rec, abstract=rec.abstract + " Revised in 2025 with corrected figures.",
+                                revised_date=date(2025, 6, 1))
+    older = dataclasses.replace(rec, abstract=rec.abstract + " The 2023 text.", revised_date=date(2023, 1, 1))
+    with session_scope() as s:
+        assert store_records(s, [newer], source="new").stored == 1
+    with session_scope() as s:
+        res = store_records(s, [older], source="old")
+    assert (res.updated, res.duplicates) == (0, 1)
+    with session_scope() as s:
+        row = s.get(Abstract, rec.pmid)
+        assert row.text.endswith("corrected figures.") and row.revised_date == date(2025, 6, 1)
+    newest = dataclasses.replace(rec, abstract=rec.abstract + " 2026.", revised_date=date(2026, 1, 1))
+    with session_scope() as s:
+        assert store_records(s, [newest], source="newest").updated == 1

@@ -91,6 +91,9 @@ def _upsert(session: Session, articles: dict[int, ArticleRecord], *,
             result.filtered += 1
             continue
         row = existing.get(record.pmid)
+        if row is not None and _older(record, row):
+            result.duplicates += 1  # an older revision arriving late: the newer stored one stays
+            continue
         if row is not None and row.content_hash != digest:
             _revise(row, record, digest, source)  # a revised record: same PMID, new content
             session.add(row)
@@ -108,6 +111,12 @@ def _upsert(session: Session, articles: dict[int, ArticleRecord], *,
     if new_rows:
         session.exec(insert(Abstract), params=new_rows)
     return result, fresh
+
+
+def _older(record: ArticleRecord, row: Abstract) -> bool:
+    """True when `record` is an earlier revision (DateRevised) than the stored row: files can be
+    imported out of order, and the newest revision must win whatever the order."""
+    return record.revised_date is not None and row.revised_date is not None and record.revised_date < row.revised_date
 
 
 def _revise(row: Abstract, record: ArticleRecord, digest: str, source: str) -> None:
