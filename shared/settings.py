@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     train_gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
-    replay_ratio: float = Field(0.3, ge=0, lt=1, description="Share of each run's examples drawn from replay.")
+    replay_ratio: float = Field(0.5, ge=0, lt=1, description="Share of each run's examples drawn from replay "
+                                "(0.5: bench/continual.py, README \"Replay\").")
     holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of new abstracts kept for evaluation.")
     checkpoint_every: int = Field(10, ge=1, description="Steps between resumable checkpoints.")
     keep_run_checkpoints: int = Field(0, ge=0, description="Checkpoint folders (artifacts/runs/N) of finished "

@@ -60,7 +60,7 @@ def test_short_form_writes_r_matrices_retention_and_report(tmp_path, model_cache
                          capture_output=True, text=True, env=env, timeout=540, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     k = result["config"]["k"]
-    assert set(result["R"]) == {"no_replay", "replay@0.3", "replay@0.3 no warm-up"}
+    assert set(result["R"]) == {"no_replay", "replay@0.3", "replay@0.5", "replay@0.3 no warm-up"}
     for name, R in result["R"].items():
         # Lower-triangular: after increment i, every slice seen so far.
         assert [len(row) for row in R] == list(range(1, k + 1)), name
@@ -68,7 +68,7 @@ def test_short_form_writes_r_matrices_retention_and_report(tmp_path, model_cache
         assert set(result["strategies"][name]["retention_forgetting"]) == {
             "pubmedqa_acc", "pubmedqa_f1", "medquad_answer_ppl"}
     assert 0 <= result["base_retention"]["pubmedqa_acc"] <= 1 and result["base_retention"]["medquad_answer_ppl"] > 1
-    assert set(result["goal"]) == {"replay@0.3", "replay@0.3 no warm-up"}
+    assert set(result["goal"]) == {"replay@0.3", "replay@0.5", "replay@0.3 no warm-up"}
     report = (tmp_path / "continual.md").read_text()
     assert "## R matrix: no_replay" in report and "## QA-form retention" in report
     assert (tmp_path / "continual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
