@@ -162,3 +162,23 @@ def synth_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "corpus"
     write_corpus(folder, files=2, per_file=25, seed=3)
     return folder
+
+
+def stored_versions(statuses: list) -> list[int]:
+    """Version rows (each with its succeeded run) in the configured store, without training anything."""
+    from shared.db import session_scope
+    from shared.tables import ModelVersion, RunStatus, TrainingRun
+
+    ids = []
+    with session_scope() as s:
+        for status in statuses:
+            run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded)
+            s.add(run)
+            s.flush()
+            v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path="/x",
+                             sha256="0" * 64, status=status, metrics={"ppl_new": 10.0})
+            s.add(v)
+            s.flush()
+            assert v.id is not None
+            ids.append(v.id)
+    return ids

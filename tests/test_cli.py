@@ -142,28 +142,23 @@ def test_a_store_that_is_down_is_one_line_not_a_traceback(tmp_path):
 def test_ids_beyond_the_store_are_unknown_not_a_traceback(medqa_env, args):
     """Before: ids >= 2^31 gave 200-line tracebacks (the store's ids are 32-bit)."""
     res = invoke(*args)
-    assert res.exit_code in (1, 2) and not isinstance(res.exception, OverflowError), res.output
-    assert res.exit_code == 2 or "unknown version" in res.output
+    assert isinstance(res.exception, SystemExit), res.exception  # a clean exit, not an escaped error
+    if args[0] in ("drift", "alerts"):  # typed ID arguments: click's usage error names the range
+        assert res.exit_code == 2 and "Invalid value" in res.output
+    else:
+        assert res.exit_code == 1 and "unknown version" in res.output
 
 
 def test_actor_and_reason_are_bounded_and_printed_escaped(medqa_env):
     """Before: a 101-character --actor was a traceback on PostgreSQL and kept silently on SQLite, and
     `medqa history` printed escape sequences from stored reasons raw."""
-    from conftest import TINY_GPT2
+    from conftest import stored_versions
 
     from shared import registry
     from shared.db import session_scope
-    from shared.tables import ModelVersion, RunStatus, TrainingRun, VersionStatus
+    from shared.tables import VersionStatus
 
-    with session_scope() as s:
-        run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded)
-        s.add(run)
-        s.flush()
-        v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path="/x",
-                         sha256="0" * 64, status=VersionStatus.blessed)
-        s.add(v)
-        s.flush()
-        vid = v.id
+    (vid,) = stored_versions([VersionStatus.blessed])
     res = invoke("promote", str(vid), "--reason", "x", "--actor", "a" * 101)
     assert res.exit_code == 1 and "--actor must be 1 to 100 characters" in res.output
     res = invoke("promote", str(vid), "--reason", "bad\x00reason")

@@ -1,27 +1,14 @@
 """Registry rules on SQLite and PostgreSQL: promote, rollback, audit, and refusals that change nothing."""
 
 import pytest
-from conftest import TINY_GPT2
+from conftest import stored_versions
 from sqlmodel import func, select
 
 from shared import registry
 from shared.db import session_scope
-from shared.tables import Alias, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
+from shared.tables import Alias, AuditEvent, RunStatus, TrainingRun, VersionStatus
 
-
-def _versions(statuses):
-    ids = []
-    with session_scope() as s:
-        for st in statuses:
-            run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded)
-            s.add(run)
-            s.flush()
-            v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path="/x",
-                             sha256="0" * 64, status=st, metrics={"ppl_new": 10.0})
-            s.add(v)
-            s.flush()
-            ids.append(v.id)
-    return ids
+_versions = stored_versions
 
 
 def _snapshot():
