@@ -58,6 +58,18 @@ class Abstract(SQLModel, table=True):
     train_run_id: int | None = Field(default=None, foreign_key="trainingrun.id", index=True)
 
 
+class Tombstone(SQLModel, table=True):
+    """A deletion or retraction that named a PMID before its record was stored.
+
+    Update files arrive in any order: a DeleteCitation or a retraction notice can be imported before
+    the article it names. The tombstone is applied when that article arrives, so it never goes live."""
+
+    pmid: int = Field(primary_key=True)
+    kind: str = Field(primary_key=True, max_length=16)  # "deleted" or "retracted"
+    source: str = Field(max_length=200)  # the file or query that named it
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
 class MinedQA(SQLModel, table=True):
     """A PubMedQA-format item mined from a stored abstract (services/ingest/mining): its title as the
     question, the abstract without its conclusion as context, the conclusion as long answer, and the

@@ -116,6 +116,35 @@ def test_retractions_are_marked_and_never_trained(store_env):
         assert len(texts_for(s, [r.pmid for r in recs])) == 2
 
 
+def test_a_deletion_or_retraction_imported_before_its_target_still_applies(store_env, tmp_path):
+    """Update files can be imported out of order. Before tombstones, a DeleteCitation or a retraction
+    notice naming an unstored PMID was forgotten, and the record imported later went live."""
+    from shared.queries import unclaimed_pmids
+    from shared.tables import Tombstone
+
+    store_env(trigger_min_new="100000")
+    arts = generate_articles(3, seed=41)
+    gone, retracted, kept = (a["pmid"] for a in arts)
+    notice = parse_pubmed_bytes(pubmed_xml(generate_articles(1, seed=42, start_pmid=98_000_000)))
+    notice = dataclasses.replace(next(iter(notice)), publication_types=("Retraction Notice",),
+                                 retraction_of=(retracted,))
+    (tmp_path / "early.xml").write_bytes(pubmed_xml([], delete_pmids=[gone]))
+    assert ingest_file(tmp_path / "early.xml").deleted == 0  # nothing stored to mark yet
+    with session_scope() as s:
+        store_records(s, [notice], source="notice")
+    (tmp_path / "late.xml").write_bytes(pubmed_xml(arts))
+    res = ingest_file(tmp_path / "late.xml")
+    assert (res.stored, res.deleted, res.retracted) == (3, 1, 1)
+    with session_scope() as s:
+        assert s.get(Abstract, gone).deleted and s.get(Abstract, retracted).retracted
+        assert not s.get(Abstract, kept).deleted and not s.get(Abstract, kept).retracted
+        assert set(unclaimed_pmids(s)) == {kept}  # only the live one will train
+        assert {(t.pmid, t.kind) for t in s.exec(select(Tombstone))} == {(gone, "deleted"),
+                                                                         (retracted, "retracted")}
+    (tmp_path / "again.xml").write_bytes(pubmed_xml([], delete_pmids=[gone]))
+    assert ingest_file(tmp_path / "again.xml").deleted == 0  # already marked: counted once
+
+
 def test_a_file_streams_in_chunks_inside_one_transaction(store_env, tmp_path, monkeypatch):
     import services.ingest.store as store
 

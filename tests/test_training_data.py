@@ -4,7 +4,7 @@ import dataclasses
 
 from services.devkit.synth import generate_articles, pubmed_xml
 from services.ingest.parser import parse_pubmed_bytes
-from services.ingest.store import _mark_retracted, store_records
+from services.ingest.store import _mark, store_records
 from services.trainer.data import build_manifest, training_examples
 from services.trainer.examples import IGNORE, tokenize
 from shared.db import session_scope
@@ -27,7 +27,7 @@ def test_mined_items_of_trained_papers_are_trained_as_qa_and_held_out_or_retract
     with session_scope() as s:
         assert store_records(s, records, source="t").mined == 12
         retracted = records[0].pmid
-        _mark_retracted(s, {retracted})
+        _mark(s, {retracted}, "retracted")
     pmids = [r.pmid for r in records if r.pmid != retracted]
     with session_scope() as s:
         manifest = build_manifest(s, new_pmids=pmids, model_line="default", settings=get_settings())
@@ -52,7 +52,7 @@ def test_a_paper_retracted_after_its_run_was_queued_is_not_trained_on(store_env)
         store_records(s, records, source="t")
         manifest = build_manifest(s, new_pmids=[r.pmid for r in records], model_line="default",
                                   settings=get_settings())
-        _mark_retracted(s, {manifest.mined[0]})
+        _mark(s, {manifest.mined[0]}, "retracted")
     with session_scope() as s:
         specs = training_examples(s, manifest=manifest, settings=get_settings())
     assert sum(x.kind == "qa" for x in specs) == len(manifest.mined) - 1

@@ -21,7 +21,7 @@ from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError
 from shared.checksums import sha256_file
 from shared.db import session_scope
 from shared.pipeline import Event, emit
-from shared.tables import Abstract, IngestCursor, utcnow
+from shared.tables import Abstract, IngestCursor, Tombstone, utcnow
 
 log = logging.getLogger("medqa.ingest")
 
@@ -67,8 +67,14 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
     articles = {r.pmid: r for r in records if isinstance(r, ArticleRecord)}
     result, fresh = _upsert(session, articles, source=source)
     result.mined += store_mined(session, [(r.pmid, r.title, r.abstract, digest) for r, digest in fresh])
-    result.deleted += _mark_deleted(session, [r for r in records if isinstance(r, DeleteRecord)])
-    result.retracted += _mark_retracted(session, _retracted_pmids(articles.values()))
+    deleted = {pmid for r in records if isinstance(r, DeleteRecord) for pmid in r.pmids}
+    retracted = _retracted_pmids(articles.values())
+    _bury(session, deleted, "deleted", source)
+    _bury(session, retracted, "retracted", source)
+    # The stored ones are marked now; an unstored one is marked when it arrives (its tombstone).
+    stones = _tombstones(session, [record.pmid for record, _ in fresh])
+    result.deleted += _mark(session, deleted | stones["deleted"], "deleted")
+    result.retracted += _mark(session, retracted | stones["retracted"], "retracted")
     return result
 
 
@@ -127,20 +133,6 @@ def _revise(row: Abstract, record: ArticleRecord, digest: str, source: str) -> N
     row.train_run_id = None  # its new text has not been trained on: it counts as new again
 
 
-def _mark_deleted(session: Session, deletions: list[DeleteRecord]) -> int:
-    """Flag the stored rows that DeleteCitation entries name; returns how many were not flagged yet."""
-    count = 0
-    for deletion in deletions:
-        if not deletion.pmids:
-            continue
-        for gone in session.exec(select(Abstract).where(col(Abstract.pmid).in_(list(deletion.pmids)))):
-            if not gone.deleted:
-                gone.deleted = True
-                session.add(gone)
-                count += 1
-    return count
-
-
 def _retracted_pmids(articles: Iterable[ArticleRecord]) -> set[int]:
     """PMIDs retracted per these records, kept or filtered alike: a retraction notice names what it
     retracts, and NLM also flags the retracted record itself."""
@@ -152,15 +144,39 @@ def _retracted_pmids(articles: Iterable[ArticleRecord]) -> set[int]:
     return pmids
 
 
-def _mark_retracted(session: Session, pmids: set[int]) -> int:
-    """Flag stored rows as retracted; returns how many were not flagged yet.
+def _bury(session: Session, pmids: set[int], kind: str, source: str) -> None:
+    """Keep a tombstone for each PMID deleted or retracted here that is not stored (yet): files can be
+    imported out of order, and the record that arrives later must not go live."""
+    if not pmids:
+        return
+    stored = set(session.exec(select(Abstract.pmid).where(col(Abstract.pmid).in_(sorted(pmids)))).all())
+    buried = set(session.exec(select(Tombstone.pmid).where(
+        col(Tombstone.pmid).in_(sorted(pmids - stored)), Tombstone.kind == kind)).all())
+    for pmid in sorted(pmids - stored - buried):
+        session.add(Tombstone(pmid=pmid, kind=kind, source=source[:200]))
+    session.flush()
 
-    Marked, not deleted: past runs' lineage still resolves, but no future run, replay buffer or
-    evaluation slice reads a retracted text again (see shared/queries.py)."""
+
+def _tombstones(session: Session, pmids: list[int]) -> dict[str, set[int]]:
+    """The PMIDs among `pmids` that an earlier deletion or retraction named, by kind."""
+    found: dict[str, set[int]] = {"deleted": set(), "retracted": set()}
+    if pmids:
+        for stone in session.exec(select(Tombstone).where(col(Tombstone.pmid).in_(sorted(pmids)))):
+            found.setdefault(stone.kind, set()).add(stone.pmid)
+    return found
+
+
+def _mark(session: Session, pmids: set[int], flag: str) -> int:
+    """Set `flag` ("deleted" or "retracted") on the stored rows among `pmids`; returns how many were
+    not flagged yet.
+
+    Marked, not removed: past runs' lineage still resolves, but no future run, replay buffer or
+    evaluation slice reads such a text again (see shared/queries.py)."""
     if not pmids:
         return 0
-    marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(pmids)),
-                                                 col(Abstract.retracted).is_(False)).values(retracted=True))
+    column = col(getattr(Abstract, flag))
+    marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(pmids)), column.is_(False))
+                          .values({flag: True}))
     return marked.rowcount or 0
 
 
