@@ -66,10 +66,13 @@ def session_scope() -> Iterator[Session]:
     with Session(get_engine(), expire_on_commit=False) as session:
         try:
             yield session
-            session.commit()
         except BaseException:
             session.rollback()
             raise
+        # Outside the try: an error raised by commit itself is left as it is (a failed flush has rolled
+        # back already), and so is one raised after it, by what an eager event ran on commit (a Ctrl-C
+        # in a training run); rolling back a committed session would only replace it with its own error.
+        session.commit()
 
 
 def write_lock(session: Session) -> None:

@@ -27,6 +27,9 @@ against it.)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -116,19 +119,67 @@ def _drop_outbox(session: OrmSession) -> None:
     session.info.pop(_OUTBOX, None)
 
 
+# Events published while a caller holds them (`held_events`): kept, in order and without repeats,
+# for the caller to send when it is ready.
+_HELD: ContextVar[list[tuple[Event, tuple]] | None] = ContextVar("medqa_held_events", default=None)
+
+
+@contextmanager
+def held_events() -> Iterator[list[tuple[Event, tuple]]]:
+    """Keep the events published inside instead of sending them; the caller sends them later with
+    `publish_held`. Under MEDQA_EAGER, `medqa ingest files` imports every file first, prints its
+    summary, and only then runs the training those files started (it used to train after the first
+    file, with no word of the import)."""
+    held: list[tuple[Event, tuple]] = []
+    token = _HELD.set(held)
+    try:
+        yield held
+    finally:
+        _HELD.reset(token)
+
+
+def publish_held(held: list[tuple[Event, tuple]]) -> list[str]:
+    return [task for event, args in held for task in publish(event, *args)]
+
+
 def publish(event: Event, *args: Any) -> list[str]:
     """Send `event` now (the caller has committed what it names); returns the consumer tasks reached."""
+    held = _HELD.get()
+    if held is not None:
+        if (event, args) not in held:
+            held.append((event, args))
+        return []
     return [c.task for c in EVENTS[event].consumers if send(c, *args)]
+
+
+# Under MEDQA_EAGER a consumer runs in the calling process. The composition root (the CLI) may
+# register how to load a queue's task modules on first use, so that a command loads only what its
+# events reach: `medqa ingest files` below the training threshold never imports torch.
+_task_loader: Callable[[str], object] | None = None
+
+
+def set_task_loader(loader: Callable[[str], object] | None) -> None:
+    """`loader(queue)` imports the task modules of `queue`; shared/ cannot name them itself."""
+    global _task_loader
+    _task_loader = loader
+
+
+def _eager_task(consumer: Consumer) -> Any:
+    task = app.tasks.get(consumer.task)
+    if task is None and _task_loader is not None:
+        _task_loader(consumer.queue)
+        task = app.tasks.get(consumer.task)
+    if task is None:
+        raise RuntimeError(f"MEDQA_EAGER runs {consumer.task} in this process, but no loaded module "
+                           "declares it; load the service task modules first (services/cli does)")
+    return task
 
 
 def send(consumer: Consumer, *args: Any) -> bool:
     """One message to one consumer. A dead broker is logged, not raised: the rows are stored already
     and the sweeper sends the message once the broker is back."""
     if app.conf.task_always_eager:
-        task = app.tasks.get(consumer.task)
-        if task is None:
-            raise RuntimeError(f"MEDQA_EAGER runs {consumer.task} in this process, but no loaded module "
-                               "declares it; load the service task modules first (services/cli does)")
+        task = _eager_task(consumer)
         # As with a broker, the consumer's failure is the consumer's: the producer has committed.
         result = task.apply(args=args, throw=False)
         if result.failed():

@@ -18,6 +18,7 @@ app.add_typer(policy_app, name="policy")
 def main() -> None:
     """The `medqa` entry point: the app, with a store that is down reported in one line (exit 1)
     instead of a driver traceback hundreds of lines long."""
+    import signal
     import sys
 
     from sqlalchemy.exc import InterfaceError, OperationalError
@@ -25,6 +26,9 @@ def main() -> None:
     from services.cli.common import err
     from shared.db import store_unavailable
 
+    # `kill` stops a command as Ctrl-C does: cleanly (an eager training run goes back to the queue),
+    # and typer exits 130.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except (OperationalError, InterfaceError) as exc:
@@ -32,6 +36,10 @@ def main() -> None:
         err.print("[bold red]error:[/] " + (f"the store is unavailable: {reason}" if reason
                                              else "another change held the store; try again"), highlight=False)
         sys.exit(1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 __all__ = ["app", "main"]

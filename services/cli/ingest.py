@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from sqlmodel import col, func, select
 
 from services.cli.common import JsonOpt, die, emit, ensure_store, err, out, table
@@ -17,9 +19,13 @@ ingest_app = typer.Typer(no_args_is_help=True, help="Import PubMed XML into the 
 @ingest_app.command("files")
 def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder of NLM baseline/update XML"),
                  as_json: bool = JsonOpt) -> None:
-    """Import PubMed XML files (plain or .gz); one transaction per file. Signals the trainer."""
-    from services.ingest.store import pubmed_files
-    from services.ingest.tasks import ingest_path
+    """Import PubMed XML files (plain or .gz); one transaction per file. Signals the trainer.
+
+    Under MEDQA_EAGER the training this import starts runs in this process, after the import's
+    summary. Ctrl-C keeps every file imported so far; a run it stops resumes with `medqa sweep`."""
+    from services.ingest.store import IngestResult, ingest_file, pubmed_files
+    from shared.pipeline import held_events, publish_held
+    from shared.settings import get_settings
 
     ensure_store()
     try:
@@ -28,17 +34,40 @@ def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder 
         die(str(exc))
     from rich.progress import Progress
 
-    with Progress(console=err, disable=as_json, transient=True) as bar:
+    eager = get_settings().eager  # with workers, each file's event goes out as it commits
+    result = IngestResult()
+    holding: AbstractContextManager[list] = held_events() if eager else nullcontext([])
+    with holding as held, Progress(console=err, disable=as_json, transient=True) as bar:
         task = bar.add_task("ingesting", total=len(files))
-        result = ingest_path(path, progress=lambda _p: bar.advance(task))
-    doc = vars(result)
-    emit(doc, as_json, table("ingest", ["files", "stored", "updated", "duplicates", "filtered", "deleted", "mined"],
-                               [[result.files, result.stored, result.updated, result.duplicates, result.filtered,
-                                 result.deleted, result.mined]]))
-    for e in result.errors:
-        err.print(f"[red]bad file[/] {e}", highlight=False)
+        for done, file in enumerate(files):
+            try:
+                result.add(ingest_file(file))
+            except KeyboardInterrupt:
+                bar.stop()
+                die(f"interrupted: {done} of {len(files)} files imported and kept; {file.name} was rolled "
+                    "back. Run the same command again to go on (imported files are skipped).", code=130)
+            bar.advance(task)
+    _print_ingest_summary(result, as_json)
+    if held:
+        err.print("MEDQA_EAGER: the training trigger and the drift check run in this process now (a run they "
+                  "start trains here); Ctrl-C stops it, and `medqa sweep` resumes a stopped run from its checkpoint.",
+                  highlight=False)
+    try:
+        publish_held(held)
+    except KeyboardInterrupt:
+        die("interrupted: the import is kept; a training run it started is queued again and resumes from its "
+            "checkpoint with `medqa sweep`.", code=130)
     if result.errors:
         raise typer.Exit(1)
+
+
+def _print_ingest_summary(result: Any, as_json: bool) -> None:
+    emit(vars(result), as_json, table(
+        "ingest", ["files", "skipped", "stored", "updated", "duplicates", "filtered", "deleted", "retracted", "mined"],
+        [[result.files, result.files_skipped, result.stored, result.updated, result.duplicates, result.filtered,
+          result.deleted, result.retracted, result.mined]]))
+    for e in result.errors:
+        err.print(f"[red]bad file[/] {escape(e)}", highlight=False)
 
 
 @ingest_app.command("status")

@@ -25,10 +25,11 @@ def _main(verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
         settings = get_settings()
     except SettingsError as exc:
         die(str(exc), code=2)
-    if settings.eager:  # every consumer runs in this process: it needs every service's tasks
+    if settings.eager:  # every consumer runs in this process: load each queue's tasks on first use
         from services.cli.tasks import load_task_modules
+        from shared.pipeline import set_task_loader
 
-        load_task_modules()
+        set_task_loader(lambda queue: load_task_modules([queue]))
 
 
 def quiet_libraries() -> None:

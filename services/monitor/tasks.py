@@ -16,20 +16,19 @@ import numpy as np
 from sqlmodel import Session, col, func, select
 
 from services.monitor.alerts import deliver_pending, raise_alert
-from services.monitor.drift import text_drift
-from services.monitor.features import metadata
 from services.monitor.health import check_health
 from shared import registry
 from shared.celery_app import medqa_task
 from shared.corpora import corpus_items, general_texts
 from shared.db import session_scope
-from shared.embeddings import abstract_vectors, embed
 from shared.manifest import RunManifest
 from shared.queries import abstract_text, live_abstracts, sample, unclaimed_pmids
 from shared.settings import get_settings
 from shared.tables import Abstract, DriftReport, ModelVersion, QuestionLog, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.monitor")
+# Evidently, pandas and the embedding model (torch) are imported where a drift report is computed, not
+# here: `monitor.after_ingest` runs in every eager ingest and mostly finds nothing to compute.
 
 
 def _reference(session: Session, champ: ModelVersion | None) -> tuple[list[Abstract] | list[str], str]:
@@ -46,6 +45,9 @@ def _reference(session: Session, champ: ModelVersion | None) -> tuple[list[Abstr
 
 def record_drift(current_pmids: list[int], current_window: str, *, reference_version: ModelVersion | None) -> int:
     """Data drift of the given abstracts against the reference; stores a DriftReport (and an alert)."""
+    from services.monitor.features import metadata
+    from shared.embeddings import abstract_vectors
+
     settings = get_settings()
     with session_scope() as session:
         reference, ref_window = _reference(session, reference_version)
@@ -65,6 +67,8 @@ def record_drift(current_pmids: list[int], current_window: str, *, reference_ver
 
 def _store_report(kind: str, reference: list[str], current: list[str], ref_window: str, current_window: str,
                   kwargs: dict[str, Any]) -> int:
+    from services.monitor.drift import text_drift
+
     settings = get_settings()
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
     result = text_drift(reference, current, html_path=settings.reports_dir / f"{kind}-drift-{stamp}.html",
@@ -115,6 +119,8 @@ def _general_vectors() -> np.ndarray:
 def _vectors_of(texts: tuple[str, ...]) -> np.ndarray:
     """Embeddings of a fixed text set (general corpus, PubMedQA questions), kept per process: keyed by
     the texts themselves, so a changed setting never gets another corpus's vectors."""
+    from shared.embeddings import embed
+
     return embed(list(texts))
 
 
@@ -140,6 +146,8 @@ def record_question_drift(days: float | None = None) -> int | None:
     current = [t for t in rows if t]
     kwargs: dict[str, Any] = {}
     if settings.drift_embeddings and min(len(reference), len(current)) >= settings.drift_min_rows:
+        from shared.embeddings import embed
+
         kwargs = {"embeddings_reference": _question_vectors(), "embeddings_current": embed(current)}
     return _store_report("question", reference, current, "PubMedQA questions", f"questions of the last {days:g} days",
                          kwargs)

@@ -10,12 +10,13 @@ keeps attention within an example.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from services.trainer.errors import TrainingFailed
 from shared.lm.prompts import prompt_ids
+
+if TYPE_CHECKING:  # torch loads where packing runs, not where a run's examples are listed (the trigger)
+    import torch
 
 IGNORE = -100  # cross-entropy's ignore_index
 
@@ -96,6 +97,8 @@ def pack(tokenizer: Any, specs: list[ExampleSpec], max_length: int) -> Packed:
     if n_blocks == 0:
         raise TrainingFailed(f"not enough text to fill one {max_length}-token block ({len(ids)} tokens)")
     cut = n_blocks * max_length
+
+    import torch
 
     def blocks(seq: list[int]) -> torch.Tensor:
         return torch.tensor(seq[:cut], dtype=torch.long).view(n_blocks, max_length)

@@ -13,6 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select, update
 
@@ -20,7 +21,6 @@ from services.trainer.config import TrainConfig
 from services.trainer.data import training_examples
 from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec
-from services.trainer.train import Progress, TrainResult, train_lora
 from services.trainer.trigger import maybe_queue_run
 from shared.celery_app import medqa_task
 from shared.db import session_scope
@@ -28,6 +28,9 @@ from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
 from shared.settings import Settings, get_settings
 from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun, utcnow
+
+if TYPE_CHECKING:  # torch, transformers and peft load when a run trains, not when the trigger checks
+    from services.trainer.train import Progress, TrainResult
 
 log = logging.getLogger("medqa.trainer")
 
@@ -143,12 +146,17 @@ def _inputs(session: Session, run: TrainingRun, settings: Settings) -> _RunInput
 
 def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
     """Train the increment; None, with the failure recorded on the run, if training fails."""
+    from services.trainer.train import train_lora
+
     run_id = inputs.run_id
     try:
         return train_lora(base_spec=inputs.base_spec, models_dir=settings.models_dir, examples=inputs.examples,
                           cfg=inputs.cfg, out_dir=settings.artifacts / "adapters" / f"run-{run_id}",
                           work_dir=inputs.work_dir, parent_adapter=inputs.parent_adapter,
                           progress=_progress_writer(run_id))
+    except KeyboardInterrupt:  # an operator's Ctrl-C in an eager process: not the run's fault
+        _requeue(run_id)
+        raise
     except TrainingFailed as exc:
         _fail(run_id, str(exc))
     except Exception as exc:  # unexpected: record it whole, do not loop through redelivery
@@ -156,14 +164,29 @@ def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
     return None
 
 
+def _requeue(run_id: int) -> None:
+    """Put an interrupted run back in the queue, this start uncounted: `medqa sweep` (or beat's)
+    sends it again, and it resumes from its last checkpoint. Left running, it waited for its heartbeat
+    to go stale."""
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is not None and run.status == RunStatus.running:
+            run.status, run.deliveries = RunStatus.queued, max(0, run.deliveries - 1)
+            session.add(run)
+    log.warning("training run %d interrupted; queued again, it resumes from its checkpoint", run_id)
+
+
 def _progress_writer(run_id: int) -> Progress:
-    last_write = [0.0]
+    last_write, last_log = [0.0], [time.monotonic()]
 
     def progress(step: int, total: int, loss: float, tps: float) -> None:
         # The row doubles as the run's heartbeat; a few writes a second would only load the store.
         if step < total and time.monotonic() - last_write[0] < 2.0:
             return
         last_write[0] = time.monotonic()
+        if step == total or last_write[0] - last_log[0] >= 30.0:  # a worker's log, an eager CLI's stderr
+            last_log[0] = last_write[0]
+            log.info("training run %d: step %d/%d, loss %.3f, %.0f tokens/s", run_id, step, total, loss, tps)
         with session_scope() as session:
             row = session.get(TrainingRun, run_id)
             if row is not None:
