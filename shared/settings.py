@@ -33,12 +33,14 @@ class Settings(BaseSettings):
 
     # -- where things live
     data_dir: Path = Field(Path(".medqa"), description="Root for the SQLite file, artifacts and reports.")
-    database_url: str = Field("", description="SQLAlchemy URL; empty means sqlite:///<data_dir>/medqa.db.")
+    # The two connection URLs are plain strings (drivers take them so) that can hold a password: kept
+    # out of the settings' repr, and printed only through redacted_url.
+    database_url: str = Field("", repr=False, description="SQLAlchemy URL; empty means sqlite:///<data_dir>/medqa.db.")
     artifact_dir: Path | None = Field(None, description="Adapters and checkpoints; default <data_dir>/artifacts.")
     model_cache_dir: Path | None = Field(None, description="Converted/built base models; default <data_dir>/models.")
 
     # -- broker and task execution
-    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", repr=False, description="Celery broker (Redis).")
     eager: bool = Field(False, description="Run every task in the calling process (tests, demo without a broker).")
     visibility_timeout_s: int = Field(
         20, ge=5, le=3600,
@@ -138,14 +140,14 @@ class Settings(BaseSettings):
     # -- alerts (one row per incident; each configured channel gets a delivery row, retried by the sweeper)
     alert_channels: Annotated[list[str], NoDecode] = Field(
         ["log"], description="Comma list of delivery channels: log, webhook, email.")
-    alert_webhook_url: str | None = Field(
+    alert_webhook_url: SecretStr | None = Field(
         None, validate_default=True, description="POST target; required when alert_channels has webhook.")
     alert_webhook_format: Literal["json", "slack"] = Field(
         "json", description="json: {id, kind, severity, dedup_key, message, created_at}; slack: {text, blocks}.")
     alert_smtp_host: str = Field("127.0.0.1", min_length=1, description="SMTP relay for e-mail alerts.")
     alert_smtp_port: int = Field(25, ge=1, le=65535)
     alert_smtp_user: str | None = Field(None, description="SMTP login (optional; no default secrets).")
-    alert_smtp_password: str | None = Field(None, description="SMTP password (optional).")
+    alert_smtp_password: SecretStr | None = Field(None, description="SMTP password (optional).")
     alert_smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
     alert_email_from: str | None = Field(None, description="Sender; default medqa-cl@<hostname>.")
     alert_email_to: Annotated[list[str], NoDecode] = Field(
@@ -182,7 +184,7 @@ class Settings(BaseSettings):
 
     # -- NCBI (no default secrets)
     ncbi_email: str | None = None
-    ncbi_api_key: str | None = None
+    ncbi_api_key: SecretStr | None = None
     ncbi_rate_per_s: float | None = Field(
         None, gt=0, description="E-utilities requests/s shared by every ingest worker (through Redis); "
         "default 3, or 10 with an API key, as NCBI allows.")
@@ -237,12 +239,13 @@ class Settings(BaseSettings):
 
     @field_validator("alert_webhook_url")
     @classmethod
-    def _webhook_url(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
+    def _webhook_url(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        url = v.get_secret_value() if v is not None else ""
+        if url and not url.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
-        if not v and "webhook" in info.data.get("alert_channels", []):
+        if not url and "webhook" in info.data.get("alert_channels", []):
             raise ValueError("required when MEDQA_ALERT_CHANNELS includes webhook")
-        return v or None
+        return v if url else None
 
     @field_validator("alert_email_to", mode="before")
     @classmethod
@@ -296,7 +299,8 @@ class Settings(BaseSettings):
 
 
 # Settings whose values can hold a credential: a database or broker URL with its password, tokens, keys,
-# a webhook URL (Slack's carry their secret in the path). Their values are never printed.
+# a webhook URL (Slack's carry their secret in the path). Their values are never printed: the SecretStr
+# ones print as '**********', the two URLs stay out of the repr, and a bad value of any is <redacted>.
 SECRET_SETTINGS = frozenset({"database_url", "broker_url", "api_token", "alert_webhook_url",
                              "alert_smtp_password", "ncbi_api_key"})
 

@@ -1,6 +1,7 @@
 import pytest
+from pydantic import SecretStr
 
-from shared.settings import SettingsError, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_derive_paths(tmp_path, monkeypatch):
@@ -35,6 +36,22 @@ def test_a_bad_secret_setting_is_named_but_never_echoed(monkeypatch, var, value)
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert f"{var}=<redacted>" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_secret_settings_are_secret_types_and_never_in_the_settings_repr(monkeypatch):
+    """Before: the SMTP password, the NCBI key and the webhook URL were plain strings, and the
+    settings' repr showed them and the database URL's password."""
+    for var, value in {"MEDQA_ALERT_SMTP_PASSWORD": "hunter2-smtp", "MEDQA_NCBI_API_KEY": "hunter2-ncbi",
+                       "MEDQA_ALERT_WEBHOOK_URL": "https://hooks.example/T0/hunter2-hook",
+                       "MEDQA_DATABASE_URL": "postgresql+psycopg://medqa:hunter2-db@db/medqa",
+                       "MEDQA_BROKER_URL": "redis://:hunter2-redis@redis:6379/0"}.items():
+        monkeypatch.setenv(var, value)
+    s = load_settings()
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+    for name in ("alert_smtp_password", "ncbi_api_key", "alert_webhook_url", "api_token"):
+        assert Settings.model_fields[name].annotation == SecretStr | None, name
+    assert s.ncbi_api_key is not None and s.ncbi_api_key.get_secret_value() == "hunter2-ncbi"
+    assert s.database_url.endswith("hunter2-db@db/medqa")  # the drivers still get the real URL
 
 
 def test_redacted_url_hides_only_the_password():

@@ -119,7 +119,7 @@ def configure_entrez(settings: Settings) -> None:
         _base_url, _timeout_s = settings.entrez_base_url, settings.entrez_timeout_s
         # The emulator needs no identity; a placeholder keeps Biopython's per-request warning quiet.
         Entrez.email = settings.ncbi_email or f"{settings.entrez_tool}@localhost"  # type: ignore[assignment]
-        Entrez.api_key = settings.ncbi_api_key  # type: ignore[assignment]
+        Entrez.api_key = settings.ncbi_api_key.get_secret_value() if settings.ncbi_api_key else None  # type: ignore[assignment]
         Entrez.tool = settings.entrez_tool
         Entrez.max_tries = 1  # our retry loop governs: backoff, jitter, the shared rate limit
 

@@ -108,10 +108,12 @@ def sender_for(channel: str, settings: Settings) -> Callable[[Alert], None]:
     if channel == "log":
         return send_log
     if channel == "webhook":
-        return lambda a: send_webhook(a, url=settings.alert_webhook_url, fmt=settings.alert_webhook_format)
+        url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else ""
+        return lambda a: send_webhook(a, url=url, fmt=settings.alert_webhook_format)
     if channel == "email":
+        password = settings.alert_smtp_password.get_secret_value() if settings.alert_smtp_password else None
         return lambda a: send_email(a, host=settings.alert_smtp_host, port=settings.alert_smtp_port,
                                     to=settings.alert_email_to, sender=settings.alert_email_from,
-                                    user=settings.alert_smtp_user, password=settings.alert_smtp_password,
+                                    user=settings.alert_smtp_user, password=password,
                                     starttls=settings.alert_smtp_starttls)
     raise DeliveryError(f"unknown alert channel {channel!r}")
