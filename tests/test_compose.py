@@ -49,9 +49,16 @@ def test_trainer_reserves_a_gpu_and_runs_one_task():
     assert cmd[cmd.index("--concurrency") + 1] == "1"
 
 
+def _seconds(value: str) -> float:
+    return float(value.rstrip("s"))
+
+
 def test_health_checks_and_start_order():
     for name in ("redis", "postgres"):
         assert SERVICES[name]["healthcheck"]["test"]
+    api = SERVICES["api"]["healthcheck"]
+    probe_timeout = re.search(r"timeout=(\d+)", api["test"][1])
+    assert probe_timeout and float(probe_timeout.group(1)) < _seconds(api["timeout"])  # the probe ends first
     for name in ("beat", "worker-train"):
         deps = SERVICES[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
