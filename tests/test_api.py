@@ -412,6 +412,21 @@ def test_questions_are_logged_with_or_without_text(api_env, tmp_path, keep_text)
     assert (row.n_chars, row.n_words, row.version_id) == (44, 7, v1)
 
 
+def test_one_unloggable_question_never_drops_the_others(store_env):
+    """Before: on PostgreSQL, 0 of 40 questions were logged when 5 held a NUL (one transaction per
+    batch, and PostgreSQL refuses NUL in text). The API refuses NUL with 422 now; the log must not
+    depend on that: each row is tried alone when its batch fails."""
+    from services.api.pipeline import Answer, Pipeline, Question
+    from shared.settings import get_settings
+
+    texts = [f"Does drug {n} lower blood pressure?" + ("\x00" if n % 8 == 0 else "") for n in range(40)]
+    pipeline = Pipeline(get_settings(), server=None, index=None, metrics=None)  # type: ignore[arg-type]
+    pipeline._log([Question(t, 8) for t in texts], [Answer("a", [], None) for _ in texts])
+    with session_scope() as s:
+        logged = set(s.exec(select(QuestionLog.text)).all())
+    assert {t for t in texts if "\x00" not in t} <= logged  # every clean question is logged
+
+
 def test_question_log_retention(api_env):
     api_env(api_question_retention_days="30")
     with session_scope() as s:

@@ -64,15 +64,28 @@ class Pipeline:
 
     def _log(self, questions: Sequence[Question], answers: Sequence[Answer]) -> None:
         """The question log feeds question drift (monitor). Best effort: a store hiccup here must not
-        cost the user an answer already generated."""
+        cost the user an answer already generated. One transaction per batch; if the batch fails, each
+        row is tried alone, so one bad row (a NUL byte PostgreSQL refuses) never drops the others:
+        before, one client could blind question drift to a whole batch."""
         keep_text = self.settings.api_log_question_text
-        try:
-            with session_scope() as session:
-                for q, a in zip(questions, answers, strict=True):
-                    session.add(QuestionLog(text=q.text if keep_text else None, n_chars=len(q.text),
-                                            n_words=len(q.text.split()), version_id=a.version_id))
-        except Exception:
-            log.exception("could not log %d questions", len(questions))
+        rows = [dict(text=q.text if keep_text else None, n_chars=len(q.text), n_words=len(q.text.split()),
+                     version_id=a.version_id) for q, a in zip(questions, answers, strict=True)]
+        if _store_log_rows(rows) or len(rows) == 1:
+            return
+        lost = sum(not _store_log_rows([row]) for row in rows)
+        if lost:
+            log.error("question log: %d of %d questions could not be logged", lost, len(rows))
+
+
+def _store_log_rows(rows: list[dict]) -> bool:
+    try:
+        with session_scope() as session:
+            for row in rows:
+                session.add(QuestionLog(**row))
+        return True
+    except Exception:
+        log.exception("could not log %d question(s)", len(rows))
+        return False
 
 
 def purge_questions(settings: Settings) -> int:
