@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select, update
 
 from services.trainer.config import TrainConfig
@@ -23,7 +24,7 @@ from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec
 from services.trainer.trigger import maybe_queue_run
 from shared.celery_app import medqa_task
-from shared.db import session_scope
+from shared.db import session_scope, store_unavailable
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
 from shared.settings import Settings, get_settings
@@ -187,12 +188,18 @@ def _progress_writer(run_id: int) -> Progress:
         if step == total or last_write[0] - last_log[0] >= 30.0:  # a worker's log, an eager CLI's stderr
             last_log[0] = last_write[0]
             log.info("training run %d: step %d/%d, loss %.3f, %.0f tokens/s", run_id, step, total, loss, tps)
-        with session_scope() as session:
-            row = session.get(TrainingRun, run_id)
-            if row is not None:
-                row.step, row.total_steps, row.loss, row.tokens_per_s = step, total, loss, tps
-                row.heartbeat_at = utcnow()
-                session.add(row)
+        try:
+            with session_scope() as session:
+                row = session.get(TrainingRun, run_id)
+                if row is not None:
+                    row.step, row.total_steps, row.loss, row.tokens_per_s = step, total, loss, tps
+                    row.heartbeat_at = utcnow()
+                    session.add(row)
+        except (OperationalError, InterfaceError) as exc:
+            # The store restarting under a long run: training goes on from memory and checkpoints,
+            # and the next heartbeat gets through. (It used to fail the whole run.)
+            log.warning("training run %d: heartbeat not written (%s); training goes on", run_id,
+                        store_unavailable(exc) or type(exc).__name__)
 
     return progress
 
