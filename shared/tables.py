@@ -109,6 +109,29 @@ class QuestionLog(SQLModel, table=True):
     version_id: int | None = None
 
 
+class CitationLog(SQLModel, table=True):
+    """A PMID the QA API cited in an answer, by the version that answered (subject to the question
+    log's retention): `medqa lineage` says whether users were shown a paper that is retracted later."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    pmid: int = Field(index=True)
+    version_id: int | None = None
+    asked_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class LineageItem(SQLModel, table=True):
+    """One item of a run's manifest, copied into an indexed table when the run is queued: which runs
+    trained on (or held out) a paper is one index lookup, not a scan of every manifest's JSON.
+
+    role: new | holdout | replay (abstracts) | mined | replay_mined (QA items mined from those
+    abstracts) | general (general-medical replay items, which have no PMID)."""
+
+    run_id: int = Field(primary_key=True, foreign_key="trainingrun.id")
+    role: str = Field(primary_key=True, max_length=16)
+    ref: str = Field(primary_key=True, max_length=64)  # the PMID as text, or a general item's id
+    pmid: int | None = Field(default=None, index=True)
+
+
 class IngestCursor(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("source", "query"),)
     id: int | None = Field(default=None, primary_key=True)

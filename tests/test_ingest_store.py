@@ -9,7 +9,7 @@ from services.ingest.parser import parse_pubmed_bytes
 from services.ingest.store import ingest_file, store_records
 from services.ingest.tasks import ingest_path
 from shared.db import session_scope
-from shared.tables import Abstract, IngestCursor, TrainingRun
+from shared.tables import Abstract, IngestCursor, LineageItem, TrainingRun
 
 
 def _count(**where):
@@ -78,6 +78,10 @@ def test_trigger_queues_one_run_when_threshold_met(store_env, synth_dir):
         assert not set(m["new"]) & set(m["holdout"])
         claimed = s.exec(select(func.count()).where(Abstract.train_run_id == runs[0].id)).one()
         assert claimed == 50
+        indexed = s.exec(select(LineageItem.role, func.count()).where(LineageItem.run_id == runs[0].id)
+                         .group_by(LineageItem.role)).all()
+        assert {role: n for role, n in indexed if role in ("new", "holdout")} == {
+            "new": m["counts"]["new"], "holdout": m["counts"]["holdout"]}  # the manifest, indexed by PMID
     from services.trainer.trigger import maybe_queue_run
 
     assert maybe_queue_run("default") is None  # one active run per line; nothing new either

@@ -18,7 +18,7 @@ from services.api.retrieval import Hit, RetrievalIndex
 from services.api.serving import ModelServer
 from shared.db import session_scope
 from shared.settings import Settings
-from shared.tables import QuestionLog, utcnow
+from shared.tables import CitationLog, QuestionLog, utcnow
 
 log = logging.getLogger("medqa.api.pipeline")
 
@@ -69,7 +69,8 @@ class Pipeline:
         before, one client could blind question drift to a whole batch."""
         keep_text = self.settings.api_log_question_text
         rows = [dict(text=q.text if keep_text else None, n_chars=len(q.text), n_words=len(q.text.split()),
-                     version_id=a.version_id) for q, a in zip(questions, answers, strict=True)]
+                     version_id=a.version_id, cited=[h.pmid for h in a.citations])
+                for q, a in zip(questions, answers, strict=True)]
         if _store_log_rows(rows) or len(rows) == 1:
             return
         lost = sum(not _store_log_rows([row]) for row in rows)
@@ -81,7 +82,9 @@ def _store_log_rows(rows: list[dict]) -> bool:
     try:
         with session_scope() as session:
             for row in rows:
-                session.add(QuestionLog(**row))
+                session.add(QuestionLog(**{k: v for k, v in row.items() if k != "cited"}))
+                # What users were shown, for lineage: was a paper retracted later ever cited?
+                session.add_all(CitationLog(pmid=pmid, version_id=row["version_id"]) for pmid in row["cited"])
         return True
     except Exception:
         log.exception("could not log %d question(s)", len(rows))
@@ -95,6 +98,7 @@ def purge_questions(settings: Settings) -> int:
         stale = delete(QuestionLog).where(col(QuestionLog.asked_at) < cutoff)
         result = session.exec(stale)  # type: ignore[call-overload]
         n = int(result.rowcount or 0)
+        session.exec(delete(CitationLog).where(col(CitationLog.asked_at) < cutoff))  # type: ignore[call-overload]
     if n:
         log.info("question log: %d rows older than %g days deleted", n, settings.api_question_retention_days)
     return n

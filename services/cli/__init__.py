@@ -1,7 +1,7 @@
 """The `medqa` command line: the composition root, the one package besides the dev kit that may
 import every service. One module per command group; this file only assembles them."""
 
-from services.cli import monitoring, registry, training, workers  # noqa: F401  (they register commands)
+from services.cli import lineage, monitoring, registry, training, workers  # noqa: F401  (they register commands)
 from services.cli.data import data_app
 from services.cli.db import db_app
 from services.cli.ingest import ingest_app

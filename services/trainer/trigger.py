@@ -15,7 +15,7 @@ from sqlmodel import col, select, update
 
 from services.trainer.config import TrainConfig
 from services.trainer.data import build_manifest
-from shared import registry
+from shared import lineage, registry
 from shared.db import session_scope
 from shared.pipeline import Event, emit
 from shared.queries import unclaimed_pmids
@@ -53,14 +53,16 @@ def maybe_queue_run(model_line: str, *, force: bool = False) -> int | None:
             if not _due(len(new), last, oldest, force=force):
                 return None
             champ = registry.champion(session, model_line=model_line)
+            manifest = build_manifest(session, new_pmids=new, model_line=model_line, settings=settings)
             run = TrainingRun(
                 model_line=model_line, base_model=champ.base_model if champ else settings.base_model,
                 parent_version_id=champ.id if champ else None,
-                config=TrainConfig.from_settings(settings).to_dict(),
-                manifest=build_manifest(session, new_pmids=new, model_line=model_line, settings=settings).to_json(),
+                config=TrainConfig.from_settings(settings).to_dict(), manifest=manifest.to_json(),
             )
             session.add(run)
             session.flush()
+            assert run.id is not None
+            lineage.record_run(session, run.id, manifest)  # the manifest, indexed by PMID
             session.exec(update(Abstract).where(col(Abstract.pmid).in_(new)).values(train_run_id=run.id))
             run_id = run.id
             emit(session, Event.RUN_QUEUED, run_id)

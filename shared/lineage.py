@@ -1,0 +1,137 @@
+"""Document-level lineage: which versions learned from a paper, directly or through warm starts.
+
+A run's manifest is copied into LineageItem (indexed by PMID) when the run is queued, so "who trained
+on PMID X" is an index lookup. A version inherits everything its parent learned: it was warm-started
+from the parent's adapter (services/trainer), so a paper trained in v1 is in v2 and v3 after it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlmodel import Session, col, func, insert, select
+
+from shared.manifest import RunManifest
+from shared.tables import Alias, AuditEvent, CitationLog, LineageItem, ModelVersion
+
+# Manifest field -> lineage role. Roles in TRAINED put the paper's text (or its mined QA item) into the
+# weights; a held-out abstract was only scored.
+ROLES = {"new": "new", "holdout": "holdout", "replay_pmids": "replay", "mined": "mined",
+         "replay_mined": "replay_mined", "replay_general": "general"}
+TRAINED = ("new", "replay", "mined", "replay_mined")
+
+
+def record_run(session: Session, run_id: int, manifest: RunManifest) -> int:
+    """Write a run's manifest into the lineage table (in the transaction that queues the run)."""
+    doc = manifest.to_json()
+    rows = [{"run_id": run_id, "role": role, "ref": str(item)[:64], "pmid": None if role == "general" else int(item)}
+            for name, role in ROLES.items() for item in dict.fromkeys(doc.get(name) or [])]
+    if rows:
+        session.exec(insert(LineageItem), params=rows)  # type: ignore[call-overload]
+    return len(rows)
+
+
+@dataclass
+class VersionUse:
+    """How one version relates to one paper."""
+
+    version: int
+    run: int
+    model_line: str
+    status: str
+    how: list[str]  # the roles it had in this version's own run; empty when inherited only
+    inherited_from: int | None  # the nearest ancestor that trained on it, if this version did not itself
+    champion: bool  # the serving champion of its line now
+    was_champion: bool  # ever promoted (the audit trail)
+    cited: int  # answers of this version that cited the paper (question-log retention applies)
+
+
+@dataclass
+class PaperLineage:
+    pmid: int
+    versions: list[VersionUse] = field(default_factory=list)  # trained on it, directly or inherited
+    held_out_by: list[int] = field(default_factory=list)  # versions that only scored it (held out)
+    cited_total: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _version_graph(session: Session) -> tuple[dict[int, ModelVersion], dict[int, list[int]]]:
+    versions = {v.id: v for v in session.exec(select(ModelVersion)) if v.id is not None}
+    children: dict[int, list[int]] = defaultdict(list)
+    for vid, v in versions.items():
+        if v.parent_version_id is not None:
+            children[v.parent_version_id].append(vid)
+    return versions, children
+
+
+def paper_lineage(session: Session, pmid: int) -> PaperLineage:
+    roles_by_run: dict[int, set[str]] = defaultdict(set)
+    for run_id, role in session.exec(select(LineageItem.run_id, LineageItem.role).where(LineageItem.pmid == pmid)):
+        roles_by_run[run_id].add(role)
+    result = PaperLineage(pmid=pmid)
+    if not roles_by_run:
+        return result
+    versions, children = _version_graph(session)
+    version_of_run = {v.run_id: vid for vid, v in versions.items()}
+    direct: dict[int, list[str]] = {}
+    held_out: list[int] = []
+    for run_id, roles in roles_by_run.items():
+        if run_id not in version_of_run:
+            continue  # a run that made no version (failed, or still training)
+        if roles & set(TRAINED):
+            direct[version_of_run[run_id]] = sorted(roles & set(TRAINED))
+        else:
+            held_out.append(version_of_run[run_id])
+    # Descendants inherit: walk down from each direct version, remembering the nearest trainer.
+    inherited: dict[int, int] = {}
+    stack = [(child, vid) for vid in direct for child in children.get(vid, [])]
+    while stack:
+        vid, source = stack.pop()
+        if vid in direct or vid in inherited:
+            continue
+        inherited[vid] = source
+        stack.extend((child, source) for child in children.get(vid, []))
+    affected = sorted(set(direct) | set(inherited))
+    champions = set(session.exec(select(Alias.version_id).where(Alias.name == "champion")).all())
+    promoted = set(session.exec(select(AuditEvent.to_version_id).where(
+        col(AuditEvent.to_version_id).in_(affected))).all()) if affected else set()
+    cited = dict(session.exec(select(CitationLog.version_id, func.count()).where(CitationLog.pmid == pmid)
+                              .group_by(col(CitationLog.version_id))).all())
+    for vid in affected:
+        v = versions[vid]
+        result.versions.append(VersionUse(
+            version=vid, run=v.run_id, model_line=v.model_line, status=v.status.value, how=direct.get(vid, []),
+            inherited_from=inherited.get(vid), champion=vid in champions, was_champion=vid in promoted,
+            cited=int(cited.get(vid, 0))))
+    result.held_out_by = sorted(held_out)
+    result.cited_total = int(sum(cited.values()))
+    return result
+
+
+def version_ancestry(session: Session, version_id: int) -> list[dict[str, Any]]:
+    """A version's complete training ancestry, itself first: each version's run and what it added."""
+    chain: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    current = session.get(ModelVersion, version_id)
+    while current is not None and current.id not in seen:
+        seen.add(current.id)  # type: ignore[arg-type]
+        counts = dict(session.exec(select(LineageItem.role, func.count()).where(
+            LineageItem.run_id == current.run_id).group_by(col(LineageItem.role))).all())
+        chain.append({"version": current.id, "run": current.run_id, "status": current.status.value,
+                      "parent": current.parent_version_id, "items": {r: int(counts.get(r, 0)) for r in ROLES.values()}})
+        current = session.get(ModelVersion, current.parent_version_id) if current.parent_version_id else None
+    return chain
+
+
+def trained_pmids(session: Session, version_id: int) -> set[int]:
+    """Every PMID in a version's weights: its own run's and its ancestors' trained items."""
+    runs = [step["run"] for step in version_ancestry(session, version_id)]
+    if not runs:
+        return set()
+    pmids = session.exec(select(LineageItem.pmid).where(
+        col(LineageItem.run_id).in_(runs), col(LineageItem.role).in_(TRAINED))).all()
+    return {p for p in pmids if p is not None}

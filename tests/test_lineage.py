@@ -1,0 +1,114 @@
+"""Document-level lineage: the manifest items in an indexed table, which versions learned from a paper
+(directly or inherited through warm starts), a version's ancestry, and the migration of old manifests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_GPT2
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from services.cli import app
+from shared import lineage, registry
+from shared.db import session_scope
+from shared.manifest import RunManifest
+from shared.tables import CitationLog, LineageItem, ModelVersion, RunStatus, TrainingRun, VersionStatus
+
+PAPER, OTHER, HELD = 11_000_001, 11_000_002, 11_000_003
+
+
+def _version(manifest: RunManifest, parent: int | None, status: VersionStatus = VersionStatus.blessed) -> int:
+    """A run row (with its lineage, as the trigger writes it) and its version, warm-started from `parent`."""
+    with session_scope() as s:
+        run = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded,
+                          parent_version_id=parent, manifest=manifest.to_json())
+        s.add(run)
+        s.flush()
+        assert run.id is not None
+        lineage.record_run(s, run.id, manifest)
+        v = ModelVersion(model_line="default", run_id=run.id, parent_version_id=parent, base_model=TINY_GPT2,
+                         adapter_path="/x", sha256="0" * 64, status=status)
+        s.add(v)
+        s.flush()
+        assert v.id is not None
+        return v.id
+
+
+@pytest.fixture
+def chain(store_env):  # type: ignore[no-untyped-def]
+    """v1 trains PAPER; v2 (from v1) replays OTHER and holds out HELD; v3 (from v2) adds nothing of
+    them; v4 starts from the base and only holds PAPER out."""
+    v1 = _version(RunManifest(new=[PAPER, OTHER], mined=[PAPER], replay_general=["medquad:1"]), None)
+    v2 = _version(RunManifest(new=[12_000_001], holdout=[HELD], replay_pmids=[OTHER]), v1)
+    v3 = _version(RunManifest(new=[12_000_002]), v2)
+    v4 = _version(RunManifest(new=[12_000_003], holdout=[PAPER]), None, VersionStatus.rejected)
+    with session_scope() as s:
+        registry.promote(s, version_id=v2, actor="t", reason="x")
+        registry.promote(s, version_id=v3, actor="t", reason="x")
+        s.add_all([CitationLog(pmid=PAPER, version_id=v3), CitationLog(pmid=PAPER, version_id=v3),
+                   CitationLog(pmid=OTHER, version_id=v2)])
+    return v1, v2, v3, v4
+
+
+def test_a_paper_trained_in_v1_is_inherited_by_every_warm_started_descendant(chain):
+    v1, v2, v3, v4 = chain
+    with session_scope() as s:
+        found = lineage.paper_lineage(s, PAPER)
+    uses = {u.version: u for u in found.versions}
+    assert set(uses) == {v1, v2, v3}  # v4 only held it out, from the base model
+    assert uses[v1].how == ["mined", "new"] and uses[v1].inherited_from is None
+    assert uses[v2].how == [] and uses[v2].inherited_from == v1 and uses[v3].inherited_from == v1
+    assert uses[v3].champion and not uses[v2].champion and uses[v2].was_champion and not uses[v1].was_champion
+    assert (uses[v3].cited, found.cited_total) == (2, 2)
+    assert found.held_out_by == [v4]
+    with session_scope() as s:
+        replayed = {u.version: u.how for u in lineage.paper_lineage(s, OTHER).versions}
+        assert replayed == {v1: ["new"], v2: ["replay"], v3: []}
+        assert lineage.paper_lineage(s, 99).versions == []
+        assert lineage.trained_pmids(s, v3) == {PAPER, OTHER, 12_000_001, 12_000_002}
+
+
+def test_version_ancestry_runs_back_to_the_base(chain):
+    v1, v2, v3, _ = chain
+    with session_scope() as s:
+        steps = lineage.version_ancestry(s, v3)
+    assert [step["version"] for step in steps] == [v3, v2, v1]
+    assert steps[-1]["items"] == {"new": 2, "holdout": 0, "replay": 0, "mined": 1, "replay_mined": 0, "general": 1}
+
+
+def test_cli_lineage_for_a_paper_and_for_a_version(chain):
+    v1, v2, v3, _ = chain
+    runner = CliRunner()
+    res = runner.invoke(app, ["lineage", str(PAPER), "--json"])
+    assert res.exit_code == 0, res.output
+    assert [u["version"] for u in json.loads(res.stdout)["versions"]] == [v1, v2, v3]
+    res = runner.invoke(app, ["lineage", str(PAPER)])
+    assert f"inherited from v{v1}" in res.stdout and "now" in res.stdout
+    res = runner.invoke(app, ["lineage", "--version", f"v{v3}", "--json"])
+    assert [c["version"] for c in json.loads(res.stdout)] == [v3, v2, v1]
+    assert runner.invoke(app, ["lineage"]).exit_code == 2
+    assert runner.invoke(app, ["lineage", str(2**31)]).exit_code == 2
+    res = runner.invoke(app, ["lineage", "--version", "v999"])
+    assert res.exit_code == 1 and "error:" in res.output
+
+
+def test_the_migration_indexes_manifests_stored_before_it(medqa_env):
+    import sqlalchemy
+    from alembic import command
+
+    from shared.db import alembic_config, get_engine
+
+    command.downgrade(alembic_config(), "0009")
+    manifest = RunManifest(new=[PAPER], holdout=[HELD], replay_pmids=[OTHER], replay_general=["g:1"]).to_json()
+    with get_engine().begin() as conn:
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO trainingrun (model_line, status, base_model, config, manifest, step, total_steps, "
+            "deliveries, created_at) VALUES ('default', 'SUCCEEDED', 'm', '{}', :m, 0, 0, 1, '2026-01-01')"),
+            {"m": json.dumps(manifest)})
+    command.upgrade(alembic_config(), "head")
+    with session_scope() as s:
+        rows = {(r.role, r.ref, r.pmid) for r in s.exec(select(LineageItem))}
+    assert rows == {("new", str(PAPER), PAPER), ("holdout", str(HELD), HELD), ("replay", str(OTHER), OTHER),
+                    ("general", "g:1", None)}
