@@ -21,6 +21,11 @@ from shared.tables import Alias, AuditEvent, CitationLog, LineageItem, ModelVers
 ROLES = {"new": "new", "holdout": "holdout", "replay_pmids": "replay", "mined": "mined",
          "replay_mined": "replay_mined", "replay_general": "general"}
 TRAINED = ("new", "replay", "mined", "replay_mined")
+RETRACTION_ALERT = "retraction:"  # + PMID: the dedup key of a retraction's one alert (services/monitor)
+
+
+def retraction_key(pmid: int) -> str:
+    return f"{RETRACTION_ALERT}{pmid}"
 
 
 def record_run(session: Session, run_id: int, manifest: RunManifest) -> int:

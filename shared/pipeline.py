@@ -19,6 +19,7 @@ duplicate is harmless.
     alert.raised       monitor              monitor.deliver_alerts   monitor
     scores.wanted      monitor (health)     evaluate.earlier_champions  evaluate
     scores.stored      evaluator            monitor.health           monitor
+    papers.retracted   ingest               monitor.retractions      monitor
 
 (`EVENTS` below is the source; a test checks this docstring, the README and the registered tasks
 against it.)
@@ -37,15 +38,28 @@ from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
+from sqlalchemy import String, cast, exists, literal
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, and_, col, or_, select
 
 from shared.celery_app import app, medqa_task
 from shared.db import session_scope
+from shared.lineage import RETRACTION_ALERT, TRAINED
 from shared.queries import unclaimed_pmids
 from shared.settings import get_settings
-from shared.tables import AlertDelivery, DeliveryStatus, ModelVersion, RunStatus, TrainingRun, VersionStatus, utcnow
+from shared.tables import (
+    Abstract,
+    Alert,
+    AlertDelivery,
+    DeliveryStatus,
+    LineageItem,
+    ModelVersion,
+    RunStatus,
+    TrainingRun,
+    VersionStatus,
+    utcnow,
+)
 
 log = logging.getLogger("medqa.pipeline")
 
@@ -59,6 +73,7 @@ class Event(StrEnum):
     ALERT_RAISED = "alert.raised"  # alert id: an alert and its deliveries are stored
     SCORES_WANTED = "scores.wanted"  # champion id, version ids: earlier champions lack its fixed suites
     SCORES_STORED = "scores.stored"  # champion id: those earlier champions are scored now
+    PAPERS_RETRACTED = "papers.retracted"  # PMIDs: stored abstracts newly marked retracted
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ EVENTS: dict[Event, Route] = {
     Event.ALERT_RAISED: Route("monitor", (Consumer("monitor.deliver_alerts", "monitor"),)),
     Event.SCORES_WANTED: Route("monitor", (Consumer("evaluate.earlier_champions", "evaluate"),)),
     Event.SCORES_STORED: Route("evaluator", (Consumer("monitor.health", "monitor"),)),
+    Event.PAPERS_RETRACTED: Route("ingest", (Consumer("monitor.retractions", "monitor"),)),
 }
 
 
@@ -206,12 +222,14 @@ def sweep_now() -> dict[str, list]:
     is active, queued runs and running ones whose heartbeat stopped, undecided candidates, and alert
     deliveries still pending."""
     pending = _pending()
-    sent: dict[str, list] = {"abstracts": [], "runs": [], "candidates": [], "alerts": []}
+    sent: dict[str, list] = {"abstracts": [], "runs": [], "candidates": [], "alerts": [], "retracted": []}
     if pending["abstracts_waiting"]:
         sent["abstracts"] = publish(Event.ABSTRACTS_STORED)
     sent["runs"] = [r for r in pending["runs"] if publish(Event.RUN_QUEUED, r)]
     sent["candidates"] = [v for v in pending["candidates"] if publish(Event.VERSION_CREATED, v)]
     sent["alerts"] = [a for a in pending["alerts"] if publish(Event.ALERT_RAISED, a)]
+    if pending["retracted"] and publish(Event.PAPERS_RETRACTED, pending["retracted"]):
+        sent["retracted"] = pending["retracted"]
     if any(sent.values()):
         log.info("sweeper re-sent %s", sent)
     return sent
@@ -232,5 +250,17 @@ def _pending() -> dict[str, Any]:
             AlertDelivery.status == DeliveryStatus.pending, col(AlertDelivery.next_attempt_at) <= utcnow())
             .distinct()).all()
         waiting = bool(unclaimed_pmids(session)) and active is None
+        retracted = _retractions_without_alert(session)
     return {"abstracts_waiting": waiting, "runs": list(runs), "candidates": list(candidates),
-            "alerts": sorted(alerts)}
+            "alerts": sorted(alerts), "retracted": retracted}
+
+
+def _retractions_without_alert(session: Session) -> list[int]:
+    """Retracted papers that a version trained on and that have no retraction alert yet (its
+    papers.retracted event was lost)."""
+    key = literal(RETRACTION_ALERT) + cast(Abstract.pmid, String)
+    rows = session.exec(select(Abstract.pmid).join(LineageItem, col(LineageItem.pmid) == Abstract.pmid)
+                        .join(ModelVersion, col(ModelVersion.run_id) == LineageItem.run_id)
+                        .where(col(Abstract.retracted).is_(True), col(LineageItem.role).in_(TRAINED),
+                               ~exists().where(col(Alert.dedup_key) == key)).distinct()).all()
+    return sorted(rows)

@@ -14,7 +14,17 @@ from services.cli import app
 from shared import lineage, registry
 from shared.db import session_scope
 from shared.manifest import RunManifest
-from shared.tables import CitationLog, LineageItem, ModelVersion, RunStatus, TrainingRun, VersionStatus
+from shared.tables import (
+    Abstract,
+    Alert,
+    AuditEvent,
+    CitationLog,
+    LineageItem,
+    ModelVersion,
+    RunStatus,
+    TrainingRun,
+    VersionStatus,
+)
 
 PAPER, OTHER, HELD = 11_000_001, 11_000_002, 11_000_003
 
@@ -112,3 +122,69 @@ def test_the_migration_indexes_manifests_stored_before_it(medqa_env):
         rows = {(r.role, r.ref, r.pmid) for r in s.exec(select(LineageItem))}
     assert rows == {("new", str(PAPER), PAPER), ("holdout", str(HELD), HELD), ("replay", str(OTHER), OTHER),
                     ("general", "g:1", None)}
+
+
+def _store_abstracts(*pmids: int) -> None:
+    with session_scope() as s:
+        for pmid in pmids:
+            s.add(Abstract(pmid=pmid, title=f"Paper {pmid}", text="Made-up findings. " * 20,
+                           content_hash=f"{pmid:064d}", source="test"))
+
+
+def _alerts() -> list[Alert]:
+    with session_scope() as s:
+        return list(s.exec(select(Alert).where(Alert.kind == "retraction").order_by(Alert.id)))
+
+
+def test_a_retraction_alerts_once_naming_the_versions_with_error_when_the_champion_learned_it(chain):
+    import dataclasses
+
+    from services.devkit.synth import generate_articles, pubmed_xml
+    from services.ingest.parser import parse_pubmed_bytes
+    from services.ingest.store import store_records
+    from shared.pipeline import sweep_now
+
+    v1, v2, v3, v4 = chain
+    _store_abstracts(PAPER, OTHER, HELD)
+    notice = next(iter(parse_pubmed_bytes(pubmed_xml(generate_articles(1, seed=3, start_pmid=98_000_000)))))
+    notice = dataclasses.replace(notice, publication_types=("Retraction Notice",), retraction_of=(PAPER, HELD))
+    for _ in range(2):  # the same notice twice (a re-imported file): one alert
+        with session_scope() as s:
+            store_records(s, [notice], source="notice")
+    alerts = _alerts()
+    assert len(alerts) == 1  # HELD was only held out by v2: not in any version's weights, no alert
+    assert alerts[0].severity == "error"  # the serving champion v3 inherited PAPER from v1
+    assert f"PMID {PAPER}" in alerts[0].message and all(f"v{v} [" in alerts[0].message for v in (v1, v2, v3))
+    assert f"v{v4} [" not in alerts[0].message and f"medqa rebuild v{v3}" in alerts[0].message
+    assert sweep_now()["retracted"] == []  # nothing pending: the alert exists
+    with session_scope() as s:
+        assert s.get(Abstract, PAPER).retracted and s.get(Abstract, HELD).retracted
+
+
+def test_an_operator_retraction_is_audited_and_a_lost_event_is_resent_by_the_sweeper(chain):
+    from services.ingest.store import _mark
+    from shared.pipeline import sweep_now
+
+    v1, v2, v3, _ = chain
+    _store_abstracts(PAPER, OTHER)
+    runner = CliRunner()
+    res = runner.invoke(app, ["retract", str(OTHER), "--reason", "journal notice 2026-11", "--actor", "ops"])
+    assert res.exit_code == 0, res.output
+    with session_scope() as s:
+        audit = s.exec(select(AuditEvent).where(AuditEvent.action == "retract")).one()
+        assert (audit.actor, audit.subject, audit.reason) == ("ops", f"pmid:{OTHER}", "journal notice 2026-11")
+    assert [a.dedup_key for a in _alerts()] == [f"retraction:{OTHER}"]
+    again = runner.invoke(app, ["retract", str(OTHER), "--reason", "again"])
+    assert again.exit_code == 1 and "already" in again.output
+    res = runner.invoke(app, ["retract", "77777777", "--reason", "not imported yet"])
+    assert res.exit_code == 0 and "not stored yet" in res.stdout
+
+    with session_scope() as s:  # marked without its event reaching the monitor (a dead broker, say)
+        _mark(s, {PAPER}, "retracted")
+    assert sweep_now()["retracted"] == [PAPER]
+    assert [a.dedup_key for a in _alerts()] == [f"retraction:{OTHER}", f"retraction:{PAPER}"]
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert [a["alert"] for a in status["retracted_in_lineage"]] == [a.id for a in _alerts()]
+    assert runner.invoke(app, ["alerts", "ack", str(_alerts()[0].id)]).exit_code == 0
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert len(status["retracted_in_lineage"]) == 1  # shown until acknowledged

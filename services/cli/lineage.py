@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli.common import JsonOpt, die, emit, ensure_store, out, table
+from services.cli.common import JsonOpt, actor_or_user, die, emit, ensure_store, out, printable_reason, table
 from services.cli.root import app
 
 MAX_ID = 2**31 - 1  # PMIDs and version ids are 32-bit in the store
@@ -48,3 +48,27 @@ def lineage(pmid: int | None = typer.Argument(None, min=1, max=MAX_ID, help="A P
     if not as_json and not found.versions:
         out.print(f"no version trained on PMID {pmid}"
                   + (f" (held out by {', '.join(f'v{v}' for v in found.held_out_by)})" if found.held_out_by else ""))
+
+
+@app.command()
+def retract(pmid: int = typer.Argument(..., min=1, max=MAX_ID, help="A PubMed id."),
+            reason: str = typer.Option(..., "--reason", help="Why (the notice, its source): kept in the audit trail."),
+            actor: str | None = typer.Option(None, "--actor", help="Who (default cli:<user>)."),
+            as_json: bool = JsonOpt) -> None:
+    """Mark a paper retracted by hand, audited: it never trains or serves as evidence again, and the
+    versions that learned from it are alerted on (see `medqa lineage PMID`)."""
+    from services.ingest.store import AlreadyRetracted
+    from services.ingest.store import retract as mark_retracted
+    from shared.db import session_scope
+
+    who, why = actor_or_user(actor), printable_reason(reason)
+    ensure_store()
+    try:
+        with session_scope() as session:
+            stored = mark_retracted(session, pmid, actor=who, reason=why)
+    except AlreadyRetracted as exc:
+        die(str(exc))
+    doc = {"pmid": pmid, "stored": stored, "actor": who}
+    emit(doc, as_json)
+    if not as_json:
+        out.print(f"PMID {pmid} marked retracted" + ("" if stored else " (not stored yet: it will arrive retracted)"))

@@ -9,6 +9,7 @@ from services.cli.common import JsonOpt, actor_or_user, die, emit, ensure_store,
 from services.cli.root import app
 from services.cli.training import eta
 from shared.settings import get_settings
+from shared.text import terminal_safe
 
 drift_app = typer.Typer(help="Drift reports (data and question drift); `show ID` for one.")
 app.add_typer(drift_app, name="drift")
@@ -115,6 +116,7 @@ def alerts_ack(alert_id: int = typer.Argument(..., metavar="ID", min=1, max=2**3
 @app.command()
 def status(as_json: bool = JsonOpt) -> None:
     """What is serving, what is training, and whether the broker answers."""
+    from services.monitor.retractions import KIND as RETRACTION
     from shared import registry
     from shared.celery_app import redis_client
     from shared.db import session_scope
@@ -138,6 +140,11 @@ def status(as_json: bool = JsonOpt) -> None:
             "last_drift": last_drift.status if last_drift else None,
             "open_alerts": session.exec(select(func.count()).where(col(Alert.acknowledged).is_(False))).one(),
         }
+        # Until acknowledged (`medqa alerts ack N`): which versions learned from a retracted paper.
+        retracted = [{"alert": a.id, "severity": a.severity, "message": a.message}
+                     for a in session.exec(select(Alert).where(Alert.kind == RETRACTION, col(Alert.acknowledged)
+                                                               .is_(False)).order_by(col(Alert.id)))]
+        doc["retracted_in_lineage"] = retracted
     try:
         doc["broker"] = "up" if redis_client().ping() else "down"
     except Exception as exc:
@@ -146,8 +153,11 @@ def status(as_json: bool = JsonOpt) -> None:
         emit(doc, True)
         return
     for k, v in doc.items():
-        if k != "active_runs":
+        if k not in ("active_runs", "retracted_in_lineage"):
             out.print(f"{k:>12}: {v}", highlight=False)
+    for a in retracted:
+        out.print(f"   {a['severity']} alert {a['alert']}: {terminal_safe(str(a['message']))}", highlight=False,
+                  markup=False)
     for r in active:
         out.print(f"   run {r['id']}: {r['status']} step {r['step']}/{r['total_steps']} loss {fmt(r['loss'])}"
                   f" {fmt(r['tokens_per_s'])} tok/s, eta {fmt(r['eta_s'])} s, heartbeat {r['heartbeat_at']}",

@@ -21,7 +21,7 @@ from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError
 from shared.checksums import sha256_file
 from shared.db import session_scope
 from shared.pipeline import Event, emit
-from shared.tables import Abstract, IngestCursor, Tombstone, utcnow
+from shared.tables import Abstract, AuditEvent, IngestCursor, Tombstone, utcnow
 
 log = logging.getLogger("medqa.ingest")
 
@@ -73,8 +73,11 @@ def store_records(session: Session, records: list[ArticleRecord | DeleteRecord],
     _bury(session, retracted, "retracted", source)
     # The stored ones are marked now; an unstored one is marked when it arrives (its tombstone).
     stones = _tombstones(session, [record.pmid for record, _ in fresh])
-    result.deleted += _mark(session, deleted | stones["deleted"], "deleted")
-    result.retracted += _mark(session, retracted | stones["retracted"], "retracted")
+    result.deleted += len(_mark(session, deleted | stones["deleted"], "deleted"))
+    newly_retracted = _mark(session, retracted | stones["retracted"], "retracted")
+    result.retracted += len(newly_retracted)
+    if newly_retracted:  # the monitor asks the lineage which versions learned from them
+        emit(session, Event.PAPERS_RETRACTED, newly_retracted)
     return result
 
 
@@ -166,18 +169,40 @@ def _tombstones(session: Session, pmids: list[int]) -> dict[str, set[int]]:
     return found
 
 
-def _mark(session: Session, pmids: set[int], flag: str) -> int:
-    """Set `flag` ("deleted" or "retracted") on the stored rows among `pmids`; returns how many were
-    not flagged yet.
+def _mark(session: Session, pmids: set[int], flag: str) -> list[int]:
+    """Set `flag` ("deleted" or "retracted") on the stored rows among `pmids`; returns the PMIDs that
+    were not flagged yet.
 
     Marked, not removed: past runs' lineage still resolves, but no future run, replay buffer or
     evaluation slice reads such a text again (see shared/queries.py)."""
     if not pmids:
-        return 0
+        return []
     column = col(getattr(Abstract, flag))
-    marked = session.exec(update(Abstract).where(col(Abstract.pmid).in_(sorted(pmids)), column.is_(False))
-                          .values({flag: True}))
-    return marked.rowcount or 0
+    fresh = sorted(session.exec(select(Abstract.pmid).where(col(Abstract.pmid).in_(sorted(pmids)),
+                                                            column.is_(False))).all())
+    if fresh:
+        session.exec(update(Abstract).where(col(Abstract.pmid).in_(fresh)).values({flag: True}))
+    return fresh
+
+
+class AlreadyRetracted(ValueError):
+    pass
+
+
+def retract(session: Session, pmid: int, *, actor: str, reason: str) -> bool:
+    """An operator marks a paper retracted (a notice NLM has not indexed yet, a journal's own notice):
+    as an ingested retraction does, audited like a promotion. A PMID not stored yet gets a tombstone,
+    so it never goes live. Returns whether the paper was stored."""
+    stored = session.get(Abstract, pmid)
+    buried = stored is None and session.get(Tombstone, (pmid, "retracted")) is not None
+    if buried or stored is not None and stored.retracted:
+        raise AlreadyRetracted(f"PMID {pmid} is marked retracted already")
+    _bury(session, {pmid}, "retracted", f"operator:{actor}")
+    newly = _mark(session, {pmid}, "retracted")
+    session.add(AuditEvent(actor=actor, action="retract", subject=f"pmid:{pmid}", reason=reason))
+    if newly:
+        emit(session, Event.PAPERS_RETRACTED, newly)
+    return stored is not None
 
 
 def _row(record: ArticleRecord, digest: str, source: str, now: datetime) -> dict:

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, func, select
 
 from services.monitor.alerts import deliver_pending, raise_alert
 from services.monitor.health import check_health
+from services.monitor.retractions import alert_retraction
 from shared import registry
 from shared.celery_app import medqa_task
 from shared.corpora import corpus_items, general_texts
@@ -209,6 +210,20 @@ def after_ingest() -> dict | None:
         return None
     log.info("%d abstracts stored since the last drift report (>= %d): monitor run", stored, threshold)
     return monitor_run()
+
+
+@medqa_task("monitor.retractions", queue="monitor")
+def retractions(pmids: list[int]) -> list[int]:
+    """Papers were retracted: alert once per paper that a version learned from; returns the alert ids."""
+    raised = []
+    with session_scope() as session:
+        for pmid in pmids:
+            alert = alert_retraction(session, int(pmid))
+            if alert is not None:
+                raised.append(alert.id)
+    if raised:
+        log.warning("retracted papers in the lineage of model versions: alerts %s", raised)
+    return [a for a in raised if a is not None]
 
 
 @medqa_task("monitor.health", queue="monitor", singleton=lambda *_: "health")
