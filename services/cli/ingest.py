@@ -126,6 +126,26 @@ def ingest_mine(as_json: bool = JsonOpt) -> None:
          table("mined", ["abstracts", "mined", "rule version"], [[seen, mined, RULE_VERSION]]))
 
 
+@ingest_app.command("retractions")
+def ingest_retractions(
+    since: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Start here unless the cursor is later."),
+    until: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Last modification date (default today)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Poll PubMed for newly retracted publications (by modification date, from their own watermark);
+    the versions that learned from one are alerted on. Beat runs it with the abstract poll."""
+    from services.ingest.entrez import EntrezError, poll_retractions
+
+    ensure_store()
+    try:
+        result = poll_retractions(since=since.date() if since else None, until=until.date() if until else None)
+    except (EntrezError, ValueError) as exc:
+        die(str(exc))
+        return
+    emit(vars(result), as_json, table("retraction poll", ["retracted", "filtered"],
+                                        [[result.retracted, result.filtered]]))
+
+
 @ingest_app.command("entrez")
 def ingest_entrez_cmd(
     since: datetime | None = typer.Option(None, formats=["%Y-%m-%d"], help="Start here unless the cursor is later."),

@@ -7,7 +7,7 @@ reply shapes, with DOCTYPEs that Bio.Entrez.read accepts, and it can be told to 
 count what a client sent and when.
 
 What it does not do: PubMed's query language. A term is a conjunction (AND) of free words or
-quoted phrases (matched in title and abstract), `word[lang]`, `term[mh]` and `hasabstract`;
+quoted phrases (matched in title and abstract), `word[lang]`, `term[mh]`, `"type"[pt]` and `hasabstract`;
 other field tags are accepted and ignored; OR and NOT are refused with an error reply.
 """
 
@@ -68,6 +68,7 @@ _FREE_TEXT_FIELDS = {None, "", "all", "all fields", "tiab", "title/abstract", "t
                      "ti", "title", "ab", "abstract"}
 _MESH_FIELDS = {"mh", "mesh", "mesh terms", "majr", "mesh major topic"}
 _LANG_FIELDS = {"la", "lang", "language"}
+_TYPE_FIELDS = {"pt", "publication type"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +256,10 @@ class EntrezEmulator:
         if not term:
             raise _BadRequest("Empty term and query_key - nothing to do")
         match = _term_matcher(term)
-        lo, hi = _date_window(p)
+        lo, hi, datetype = _date_window(p)
         retstart, retmax = _int(p, "retstart", 0), min(_int(p, "retmax", 20), MAX_RETMAX)
         ids = [a.pmid for a in self._articles
-               if (lo is None or hi is None or (a.entrez_date is not None and lo <= a.entrez_date <= hi))
-               and match(a.record)]
+               if (lo is None or hi is None or _dated(a, datetype, lo, hi)) and match(a.record)]
         page = ids[retstart:retstart + retmax]
         history = ""
         if p.get("usehistory", "").lower() == "y":
@@ -341,16 +341,23 @@ def _int(p: dict[str, str], name: str, default: int) -> int:
     return int(value)
 
 
-def _date_window(p: dict[str, str]) -> tuple[date | None, date | None]:
+def _date_window(p: dict[str, str]) -> tuple[date | None, date | None, str]:
     datetype = p.get("datetype", "edat").lower()
     mindate, maxdate = p.get("mindate", "").strip(), p.get("maxdate", "").strip()
     if not mindate and not maxdate:
-        return None, None
+        return None, None, datetype
     if not (mindate and maxdate):
         raise _BadRequest("mindate and maxdate must be given together")
-    if datetype != "edat":
-        raise _BadRequest(f"the emulator supports datetype=edat only, got {datetype!r}")
-    return _parse_date(mindate, end=False), _parse_date(maxdate, end=True)
+    if datetype not in ("edat", "mdat"):
+        raise _BadRequest(f"the emulator supports datetype=edat and mdat only, got {datetype!r}")
+    return _parse_date(mindate, end=False), _parse_date(maxdate, end=True), datetype
+
+
+def _dated(article: EmulatorArticle, datetype: str, lo: date, hi: date) -> bool:
+    """edat: the entrez date; mdat: the last modification, which PubMed's DateRevised stands for here
+    (a record revised to flag its retraction is modified that day)."""
+    when = article.entrez_date if datetype == "edat" else article.record.revised_date or article.entrez_date
+    return when is not None and lo <= when <= hi
 
 
 def _parse_date(text: str, *, end: bool) -> date:
@@ -390,6 +397,9 @@ def _clause(clause: str):  # type: ignore[no-untyped-def]
     if field in _MESH_FIELDS:
         want = text.strip('"').lower()
         return lambda r: any(t.lower() == want for t in r.mesh_terms)
+    if field in _TYPE_FIELDS:
+        want = text.strip('"').lower()
+        return lambda r: any(t.lower() == want for t in r.publication_types)
     if field not in _FREE_TEXT_FIELDS:
         log.debug("emulator ignores field tag [%s] in %r", field, clause)
         return lambda _r: True

@@ -46,6 +46,7 @@ __all__ = ["ESEARCH_LIMIT", "NCBI_EUTILS", "EntrezClient", "EntrezError", "defau
 log = logging.getLogger("medqa.ingest")
 
 NCBI_EUTILS = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"  # what Bio.Entrez hard-codes
+RETRACTIONS_QUERY = '"retracted publication"[pt]'  # polled by modification date (poll_retractions)
 ESEARCH_LIMIT = 10_000  # esearch serves at most this many ids per query: bigger windows are split
 BACKOFF_CAP_S = 60.0
 SOURCE = "entrez"
@@ -159,11 +160,11 @@ class EntrezClient:
         self.backoff_s = settings.entrez_backoff_s
         self.limiter = limiter or ncbi_limiter(settings)
 
-    def search(self, query: str, lo: date, hi: date) -> Search:
+    def search(self, query: str, lo: date, hi: date, datetype: str = "edat") -> Search:
         what = f"esearch {lo}..{hi}"
 
         def call() -> Search:
-            with closing(Entrez.esearch(db="pubmed", term=query, datetype="edat", mindate=f"{lo:%Y/%m/%d}",
+            with closing(Entrez.esearch(db="pubmed", term=query, datetype=datetype, mindate=f"{lo:%Y/%m/%d}",
                                         maxdate=f"{hi:%Y/%m/%d}", retmax=0, usehistory="y")) as handle:
                 try:
                     reply = Entrez.read(handle)
@@ -231,9 +232,18 @@ def _http_reason(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------ the flow
-def ingest_entrez(*, since: date | None = None, query: str | None = None, until: date | None = None) -> IngestResult:
-    """Fetch and store everything the query matches by entrez date, from the day after the
-    cursor's watermark (or `since`, if later) through `until` (default today). A first run with
+def poll_retractions(*, since: date | None = None, until: date | None = None) -> IngestResult:
+    """Newly retracted publications, by modification date (PubMed modifies a record when it flags
+    its retraction) from their own watermark: through the same client, rate limit and retries as
+    the abstract poll. Stored papers among them are marked retracted (papers.retracted goes to the
+    monitor); the others are kept as tombstones, so they arrive retracted."""
+    return ingest_entrez(since=since, until=until, query=RETRACTIONS_QUERY, datetype="mdat")
+
+
+def ingest_entrez(*, since: date | None = None, query: str | None = None, until: date | None = None,
+                  datetype: str = "edat") -> IngestResult:
+    """Fetch and store everything the query matches by entrez date (or `datetype`), from the day after
+    the cursor's watermark (or `since`, if later) through `until` (default today). A first run with
     neither starts one window before `until`. Raises EntrezError when a window cannot be fetched;
     the windows before it stay committed, and the next run starts at that window."""
     settings = get_settings()
@@ -253,7 +263,8 @@ def ingest_entrez(*, since: date | None = None, query: str | None = None, until:
     if start > until:
         log.info("entrez %r: nothing to do, watermark %s is at or past %s", q, watermark, until)
         return total
-    run = _Run(EntrezClient(settings), q, settings, settled=today - timedelta(days=settings.entrez_settle_days))
+    run = _Run(EntrezClient(settings), q, settings, settled=today - timedelta(days=settings.entrez_settle_days),
+               datetype=datetype)
     lo = start
     while lo <= until:
         hi = min(until, lo + timedelta(days=settings.entrez_window_days - 1))
@@ -268,11 +279,12 @@ class _Run:
     query: str
     settings: Settings
     settled: date  # the watermark never passes this day: PubMed may still add to later ones
+    datetype: str = "edat"
 
     def window(self, lo: date, hi: date) -> IngestResult:
         label = f"{lo}..{hi}"
         try:
-            search = self.client.search(self.query, lo, hi)
+            search = self.client.search(self.query, lo, hi, self.datetype)
         except EntrezError as exc:
             raise self._failed(label, exc) from exc
         if search.count >= ESEARCH_LIMIT and lo < hi:

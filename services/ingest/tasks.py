@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from services.ingest.entrez import EntrezError, ingest_entrez
+from services.ingest.entrez import EntrezError, ingest_entrez, poll_retractions
 from services.ingest.store import IngestResult, ingest_file, pubmed_files
 from shared.celery_app import medqa_task
 from shared.settings import get_settings
@@ -36,17 +36,19 @@ def ingest_files(path: str) -> dict:
 @medqa_task("ingest.poll", queue="ingest", singleton=lambda: "poll")
 def poll() -> dict | None:
     """Beat's periodic import of the watch folder (files already imported are skipped by hash),
-    then of PubMed through E-utilities when an NCBI e-mail is set."""
+    then of PubMed through E-utilities when an NCBI e-mail is set: new abstracts, then newly
+    retracted publications."""
     settings = get_settings()
     done: dict = {}
     if settings.ingest_watch_dir is not None:
         done["files"] = vars(ingest_path(settings.ingest_watch_dir))
     if settings.ncbi_email:
-        try:
-            done["entrez"] = vars(ingest_entrez())
-        except EntrezError as exc:  # on the cursor already (`medqa ingest status`); the next poll resumes
-            log.error("%s", exc)
-            done["entrez"] = {"error": str(exc)}
+        for name, fetch in (("entrez", ingest_entrez), ("retractions", poll_retractions)):
+            try:
+                done[name] = vars(fetch())
+            except EntrezError as exc:  # on the cursor already (`medqa ingest status`); the next poll resumes
+                log.error("%s", exc)
+                done[name] = {"error": str(exc)}
     if not done:
         log.debug("neither MEDQA_INGEST_WATCH_DIR nor MEDQA_NCBI_EMAIL set; nothing to poll")
         return None
