@@ -14,6 +14,7 @@ duplicate is harmless.
                                             monitor.after_ingest     monitor
     run.queued         trainer (trigger)    train.run                train
     version.created    trainer              evaluate.version         evaluate
+                                            train.rebuild_next       train
     version.decided    evaluator            monitor.version_decided  monitor
     champion.moved     registry             monitor.health           monitor
     alert.raised       monitor              monitor.deliver_alerts   monitor
@@ -92,7 +93,8 @@ EVENTS: dict[Event, Route] = {
     Event.ABSTRACTS_STORED: Route("ingest", (Consumer("train.trigger", "train"),
                                              Consumer("monitor.after_ingest", "monitor"))),
     Event.RUN_QUEUED: Route("trainer", (Consumer("train.run", "train"),)),
-    Event.VERSION_CREATED: Route("trainer", (Consumer("evaluate.version", "evaluate"),)),
+    Event.VERSION_CREATED: Route("trainer", (Consumer("evaluate.version", "evaluate"),
+                                             Consumer("train.rebuild_next", "train"))),
     Event.VERSION_DECIDED: Route("evaluator", (Consumer("monitor.version_decided", "monitor"),)),
     Event.CHAMPION_MOVED: Route("registry", (Consumer("monitor.health", "monitor"),)),
     Event.ALERT_RAISED: Route("monitor", (Consumer("monitor.deliver_alerts", "monitor"),)),

@@ -175,6 +175,10 @@ class TrainingRun(SQLModel, table=True):
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # A clean rebuild (services/trainer/rebuild): this run re-trains `replaces_version_id` without its
+    # retracted and deleted items, as one step of rebuilding `rebuild_of` (the version asked for).
+    replaces_version_id: int | None = None
+    rebuild_of: int | None = None
 
 
 class ModelVersion(SQLModel, table=True):
@@ -189,6 +193,9 @@ class ModelVersion(SQLModel, table=True):
     status: VersionStatus = Field(default=VersionStatus.candidate, index=True)
     metrics: dict = _json()
     created_at: datetime = Field(default_factory=utcnow)
+    # A clean rebuild's version names the one it replaces (same config, seed and data minus retracted
+    # and deleted items); the gate never auto-promotes it: an operator does.
+    replaces_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
 
 
 class Evaluation(SQLModel, table=True):

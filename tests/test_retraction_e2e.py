@@ -80,3 +80,40 @@ def test_a_retraction_found_by_the_entrez_poll_alerts_on_every_version_that_lear
         assert all(f"v{v} [" in alerts[0].message for v in (v1, v2, v3))
         for _ in range(3):  # the index still holds its vector until the next refresh: checked at answer time
             assert paper["pmid"] not in _cited(client, paper["title"])
+
+    _rebuilds_clean(paper["pmid"], v1, v2, v3)
+
+
+def _rebuilds_clean(pmid: int, v1: int, v2: int, v3: int) -> None:
+    """`medqa rebuild v3`: the plan starts from the base model (v1 learned the paper), and each rebuilt
+    version replaces one of v1-v3, warm-started from the previous rebuilt one, without the paper."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["rebuild", f"v{v3}", "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    planned = json.loads(res.stdout)
+    assert planned["clean_ancestor"] is None and [s["replaces"] for s in planned["steps"]] == [v1, v2, v3]
+    assert pmid in planned["steps"][0]["removed"]["new"] and planned["est_gpu_hours"] > 0
+    with session_scope() as s:
+        assert len(s.exec(select(ModelVersion)).all()) == 3  # a dry run queues nothing
+
+    res = runner.invoke(app, ["rebuild", f"v{v3}", "--reason", "PMID retracted", "--json"])
+    assert res.exit_code == 0, res.output
+    with session_scope() as s:
+        rebuilt = s.exec(select(ModelVersion).where(col(ModelVersion.replaces_version_id).is_not(None))
+                         .order_by(col(ModelVersion.id))).all()
+        assert [v.replaces_version_id for v in rebuilt] == [v1, v2, v3]
+        assert [v.parent_version_id for v in rebuilt] == [None, rebuilt[0].id, rebuilt[1].id]  # clean parents
+        for v in rebuilt:
+            manifest = RunManifest.from_json(s.get(TrainingRun, v.run_id).manifest)
+            assert pmid not in set(manifest.new) | set(manifest.replay_pmids) | set(manifest.mined)
+            assert v.status.value in ("blessed", "rejected")  # gated
+        assert registry.champion(s, model_line="default").id == v3  # never auto-promoted: an operator decides
+        assert not {u.version for u in paper_lineage(s, pmid).versions} & {v.id for v in rebuilt}
+    again = runner.invoke(app, ["rebuild", f"v{rebuilt[-1].id}"])
+    assert again.exit_code == 1 and "nothing to rebuild" in again.output

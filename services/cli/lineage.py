@@ -72,3 +72,39 @@ def retract(pmid: int = typer.Argument(..., min=1, max=MAX_ID, help="A PubMed id
     emit(doc, as_json)
     if not as_json:
         out.print(f"PMID {pmid} marked retracted" + ("" if stored else " (not stored yet: it will arrive retracted)"))
+
+
+@app.command()
+def rebuild(version: str = typer.Argument(..., help="The version to rebuild clean (vN)."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its estimated GPU-hours."),
+            reason: str = typer.Option("retracted or deleted papers in its lineage", "--reason",
+                                       help="Kept in the audit trail."),
+            actor: str | None = typer.Option(None, "--actor", help="Who (default cli:<user>)."),
+            as_json: bool = JsonOpt) -> None:
+    """Re-train V's lineage from its nearest clean ancestor with the same configs, seeds and manifests
+    minus retracted and deleted items (no substitutes). Each rebuilt version names the one it replaces
+    and is gated; an operator promotes it."""
+    from services.trainer.rebuild import RebuildError, plan, start
+    from shared.db import session_scope
+    from shared.registry import RegistryError, parse_version_id
+
+    who, why = actor_or_user(actor), printable_reason(reason)
+    ensure_store()
+    try:
+        with session_scope() as session:
+            version_id = parse_version_id(version)
+            if dry_run:
+                found, run_id = plan(session, version_id), None
+            else:
+                found, run_id = start(session, version_id, actor=who, reason=why)
+    except (RebuildError, RegistryError) as exc:
+        die(str(exc))
+    doc = found.to_json() | {"first_run": run_id, "dry_run": dry_run}
+    emit(doc, as_json, table(
+        f"rebuild of v{found.version} from {f'v{found.clean_ancestor}' if found.clean_ancestor else 'the base model'}",
+        ["replaces", "run", "removed", "kept new", "kept replay", "est. GPU-hours"],
+        [[f"v{s.replaces}", s.run, sum(len(v) for v in s.removed.values()), s.kept["new"], s.kept["replay_pmids"],
+          s.est_gpu_hours] for s in found.steps]))
+    if not as_json:
+        out.print(f"estimated {found.est_gpu_hours} GPU-hours in all" + (
+            "; dry run, nothing queued" if dry_run else f"; queued run {run_id}, the first step"))

@@ -241,7 +241,9 @@ def evaluate_version(version_id: int) -> Decision | None:
                            **{f"baseline_{k}": v for k, v in metrics["baseline"].items()}}
         session.add(version)
         promoted = False
-        if passed and settings.auto_promote:
+        # A clean rebuild's version waits for an operator: it replaces a tainted lineage step by step,
+        # and its earlier steps are not meant to serve.
+        if passed and settings.auto_promote and version.replaces_version_id is None:
             current = registry.champion(session, model_line=version.model_line, for_update=True)
             if current is None or current.id == champ_id:  # nobody moved the alias since we measured
                 registry.set_champion(session, model_line=version.model_line, version=version, actor="policy",

@@ -1,8 +1,9 @@
 """Trainer tasks: the training trigger, and one LoRA increment per run row (resumable, exactly one
 version per run).
 
-Consumes (shared/pipeline.py): abstracts.stored (train.trigger), run.queued (train.run).
-Emits: run.queued (through the trigger), version.created.
+Consumes (shared/pipeline.py): abstracts.stored (train.trigger), run.queued (train.run), version.created
+(train.rebuild_next: a clean rebuild's next step). Emits: run.queued (through the trigger and rebuilds),
+version.created.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select, update
 
+from services.trainer import rebuild
 from services.trainer.config import TrainConfig
 from services.trainer.data import training_examples
 from services.trainer.errors import TrainingFailed
@@ -66,6 +68,14 @@ def _line_of(run_id: int) -> str:
 def trigger() -> int | None:
     """New abstracts are stored: queue a run if the trigger says one is due (returns its id)."""
     return maybe_queue_run(get_settings().model_line)
+
+
+@medqa_task("train.rebuild_next", queue="train")
+def rebuild_next(version_id: int) -> int | None:
+    """A version was created: if it is a step of a clean rebuild, queue the next step from it."""
+    with session_scope() as session:
+        version = session.get(ModelVersion, version_id)
+        return rebuild.next_step(session, version) if version is not None else None
 
 
 @medqa_task("train.run", queue="train", singleton=lambda run_id: _line_of(run_id), on_give_up=_give_up)
@@ -211,7 +221,8 @@ def _register_version(inputs: _RunInputs, result: TrainResult) -> int:
         run = session.get(TrainingRun, inputs.run_id)
         assert run is not None
         version = ModelVersion(model_line=inputs.model_line, run_id=inputs.run_id,
-                               parent_version_id=run.parent_version_id, base_model=inputs.base_spec,
+                               parent_version_id=run.parent_version_id, replaces_version_id=run.replaces_version_id,
+                               base_model=inputs.base_spec,
                                adapter_path=str(result.adapter_dir), sha256=result.sha256,
                                metrics={"train_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
                                         "train_seconds": result.seconds, "tokens": result.tokens,
