@@ -14,7 +14,7 @@ from typing import Any
 from sqlmodel import Session, col, func, insert, select
 
 from shared.manifest import RunManifest
-from shared.tables import Alias, AuditEvent, CitationLog, LineageItem, ModelVersion
+from shared.tables import Abstract, Alias, AuditEvent, CitationLog, LineageItem, ModelVersion, TrainingRun
 
 # Manifest field -> lineage role. Roles in TRAINED put the paper's text (or its mined QA item) into the
 # weights; a held-out abstract was only scored.
@@ -140,3 +140,37 @@ def trained_pmids(session: Session, version_id: int) -> set[int]:
     pmids = session.exec(select(LineageItem.pmid).where(
         col(LineageItem.run_id).in_(runs), col(LineageItem.role).in_(TRAINED))).all()
     return {p for p in pmids if p is not None}
+
+
+def version_card(session: Session, version_id: int) -> dict[str, Any]:
+    """What a version learned, for `medqa report` and GET /v1/versions/{id}: its own run's items and
+    everything in its weights (ancestors included) by role, source and publication year; the retracted
+    and deleted papers among them; and its rebuild status."""
+    runs = [step["run"] for step in version_ancestry(session, version_id)]
+    own = runs[:1]
+    by_role = dict(session.exec(select(LineageItem.role, func.count()).where(col(LineageItem.run_id).in_(own))
+                                .group_by(col(LineageItem.role))).all()) if own else {}
+    trained = (select(LineageItem.pmid).where(col(LineageItem.run_id).in_(runs), col(LineageItem.role).in_(TRAINED))
+               .distinct().subquery())
+    papers = session.exec(select(Abstract.source, Abstract.pub_date, Abstract.retracted, Abstract.deleted,  # type: ignore[call-overload]
+                                 Abstract.pmid).where(col(Abstract.pmid).in_(select(trained.c.pmid)))).all()
+    by_source: dict[str, int] = defaultdict(int)
+    by_year: dict[str, int] = defaultdict(int)
+    for source, pub_date, _, _, _ in papers:
+        by_source[source.split(":", 1)[0]] += 1  # "file:<name>" -> file, "entrez"
+        by_year[str(pub_date.year) if pub_date else "unknown"] += 1
+    version = session.get(ModelVersion, version_id)
+    replaced_by = session.exec(select(ModelVersion.id).where(ModelVersion.replaces_version_id == version_id)).all()
+    pending = session.exec(select(TrainingRun.id).where(TrainingRun.replaces_version_id == version_id,
+                                                        col(TrainingRun.status).in_(("queued", "running")))).all()
+    return {
+        "own_run_items": {role: int(by_role.get(role, 0)) for role in ROLES.values()},
+        "papers_in_weights": len(papers),
+        "by_source": dict(sorted(by_source.items())),
+        "by_year": dict(sorted(by_year.items())),
+        "retracted_in_lineage": sorted(p for _, _, retracted, _, p in papers if retracted),
+        "deleted_in_lineage": sorted(p for _, _, _, deleted, p in papers if deleted),
+        "rebuild": {"replaces": version.replaces_version_id if version else None,
+                    "replaced_by": sorted(i for i in replaced_by if i is not None),
+                    "in_progress_runs": sorted(i for i in pending if i is not None)},
+    }

@@ -239,6 +239,9 @@ def test_operator_errors_map_to_404_409_422(api_env, tmp_path):
         assert promote({"version": "v99999999999999", "reason": "x"})[0] == 404
         assert promote({"version": "³", "reason": "x"})[0] == 422
         assert promote({"version": "abc", "reason": "x"})[0] == 422
+        # The documented 422 body (a list of located errors), as schemathesis checks it; it was a string.
+        bad = c.post("/v1/promote", json={"version": "|~x", "reason": "x"}, headers=AUTH).json()
+        assert isinstance(bad["detail"], list) and bad["detail"][0]["loc"] == ["body", "version"]
         assert promote({"version": v2, "reason": "   "})[0] == 422
         # Before: NUL gave 500 on PostgreSQL; "yes" and true were coerced to a forced promotion of v1.
         code, text = promote({"version": v2, "reason": "a\u0000b", "force": True})

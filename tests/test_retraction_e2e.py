@@ -98,7 +98,8 @@ def _rebuilds_clean(pmid: int, v1: int, v2: int, v3: int) -> None:
     assert res.exit_code == 0, res.output
     planned = json.loads(res.stdout)
     assert planned["clean_ancestor"] is None and [s["replaces"] for s in planned["steps"]] == [v1, v2, v3]
-    assert pmid in planned["steps"][0]["removed"]["new"] and planned["est_gpu_hours"] > 0
+    assert pmid in planned["steps"][0]["removed"]["new"]
+    assert all(s["est_gpu_hours"] is not None for s in planned["steps"])  # from each run's tokens and tokens/s
     with session_scope() as s:
         assert len(s.exec(select(ModelVersion)).all()) == 3  # a dry run queues nothing
 
@@ -117,3 +118,19 @@ def _rebuilds_clean(pmid: int, v1: int, v2: int, v3: int) -> None:
         assert not {u.version for u in paper_lineage(s, pmid).versions} & {v.id for v in rebuilt}
     again = runner.invoke(app, ["rebuild", f"v{rebuilt[-1].id}"])
     assert again.exit_code == 1 and "nothing to rebuild" in again.output
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["retracted_in_lineage"] == []  # the rebuild answered the alert
+
+    # Version cards: the report and the API say what each version learned and how it was rebuilt.
+    report = runner.invoke(app, ["report", f"v{v3}", "--json"])
+    assert report.exit_code == 0, report.output
+    card = json.loads(report.stdout)["card"]
+    assert card["retracted_in_lineage"] == [pmid] and card["rebuild"]["replaced_by"] == [rebuilt[-1].id]
+    assert card["papers_in_weights"] == sum(card["by_source"].values()) == sum(card["by_year"].values()) >= 60
+    with open(json.loads(report.stdout)["markdown"]) as md:
+        assert "## Data" in md.read()
+    with TestClient(create_app()) as client:
+        doc = client.get(f"/v1/versions/v{rebuilt[-1].id}").json()
+        assert doc["replaces_version_id"] == v3 and doc["card"]["retracted_in_lineage"] == []
+        assert client.get(f"/v1/versions/v{v3}").json()["card"]["retracted_in_lineage"] == [pmid]
+        assert client.get("/v1/versions/v99999").status_code == 404

@@ -89,6 +89,23 @@ class VersionOut(BaseModel):
     champion: bool
 
 
+class VersionCard(BaseModel):
+    """What a version learned (shared/lineage.version_card)."""
+
+    own_run_items: dict[str, int] = Field(description="Its own run's manifest items by role.")
+    papers_in_weights: int = Field(description="Papers trained into it, its warm-start ancestors included.")
+    by_source: dict[str, int]
+    by_year: dict[str, int]
+    retracted_in_lineage: list[int] = Field(description="Retracted PMIDs in its weights: rebuild it (`medqa rebuild`).")
+    deleted_in_lineage: list[int]
+    rebuild: dict[str, Any] = Field(description="replaces, replaced_by, in_progress_runs.")
+
+
+class VersionDetail(VersionOut):
+    replaces_version_id: int | None = Field(description="A clean rebuild's version names the one it replaces.")
+    card: VersionCard
+
+
 class ChampionOut(BaseModel):
     model_line: str
     champion: VersionOut

@@ -185,7 +185,13 @@ def report(version: str, out_dir: Path | None = typer.Option(None, "--out", help
     except RegistryError as exc:
         die(str(exc))
         return
-    paths = {"markdown": str(written.markdown), "html": str(written.html), "plots": [str(p) for p in written.plots]}
+    from shared.db import session_scope
+    from shared.lineage import version_card
+
+    with session_scope() as session:
+        card = version_card(session, parse_version_id(version))
+    paths = {"markdown": str(written.markdown), "html": str(written.html), "plots": [str(p) for p in written.plots],
+             "card": card}
     emit(paths, as_json)
     if not as_json:
         out.print(f"{written.markdown}\n{written.html}\n{len(written.plots)} plots", highlight=False)

@@ -14,6 +14,7 @@ from services.evaluator.judge import item_differences
 from services.evaluator.suites import SuiteScores
 from shared import registry
 from shared.db import session_scope
+from shared.lineage import version_card
 from shared.policy import Policy
 from shared.settings import get_settings
 from shared.stats import paired_series
@@ -31,6 +32,22 @@ class Report:
 
 def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.4g}"
+
+
+def _card_lines(card: dict) -> list[str]:
+    """The version card (shared/lineage.version_card) as report lines."""
+    rebuild = card["rebuild"]
+    return [
+        "own run: " + ", ".join(f"{role} {n}" for role, n in card["own_run_items"].items()),
+        f"papers in its weights (ancestors included): {card['papers_in_weights']}; by source: "
+        + (", ".join(f"{k} {v}" for k, v in card["by_source"].items()) or "none"),
+        "by publication year: " + (", ".join(f"{k} {v}" for k, v in card["by_year"].items()) or "none"),
+        "retracted papers in its lineage: " + (", ".join(map(str, card["retracted_in_lineage"])) or "none")
+        + "; deleted: " + (", ".join(map(str, card["deleted_in_lineage"])) or "none"),
+        "rebuild: " + (f"replaces v{rebuild['replaces']}; " if rebuild["replaces"] else "")
+        + (f"replaced by {', '.join(f'v{v}' for v in rebuild['replaced_by'])}" if rebuild["replaced_by"]
+           else "in progress" if rebuild["in_progress_runs"] else "not rebuilt"),
+    ]
 
 
 def write_report(version_id: int, out_dir: Path | None = None) -> Report:
@@ -52,6 +69,7 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
         passed, reasons, at = evaluation.passed, list(evaluation.reasons), evaluation.created_at
         guards = [g for g in evaluation.guards if g.get("estimate") is not None]
         scores = _paired_scores(session, evaluation, version)
+        card = version_card(session, version_id)
     out = out_dir or settings.artifacts / "reports" / f"v{version_id}"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -74,7 +92,9 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
     md += ["", "## Paired comparisons", "", "| " + " | ".join(guard_cols) + " |", "|" + "---|" * len(guard_cols)]
     md += ["| " + " | ".join(r) + " |" for r in guard_rows]
     md += ["", "## Items won and lost most", ""] + [f"- {line}" for line in items]
-    md += ["", "## Reasons", ""] + [f"- {r}" for r in reasons] + ["", "## Metrics across versions", ""]
+    md += ["", "## Reasons", ""] + [f"- {r}" for r in reasons]
+    data = _card_lines(card)
+    md += ["", "## Data", ""] + [f"- {line}" for line in data] + ["", "## Metrics across versions", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
@@ -88,6 +108,7 @@ def write_report(version_id: int, out_dir: Path | None = None) -> Report:
             f"{''.join('<tr>' + ''.join(f'<td>{e(x)}</td>' for x in r) + '</tr>' for r in guard_rows)}</table>"
             f"<h2>Items won and lost most</h2><ul>{''.join(f'<li>{e(x)}</li>' for x in items)}</ul>"
             f"<h2>Reasons</h2><ul>{''.join(f'<li>{e(r)}</li>' for r in reasons)}</ul>"
+            f"<h2>Data</h2><ul>{''.join(f'<li>{e(x)}</li>' for x in data)}</ul>"
             f"<h2>Metrics across versions</h2>{''.join(f'<img src={e(p.name)!r}>' for p in plots)}")
     (out / "report.html").write_text(page)
     return Report(out / "report.md", out / "report.html", plots)

@@ -14,12 +14,12 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, or_, select, update
 
 from shared import lineage, registry
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
-from shared.tables import Abstract, AuditEvent, ModelVersion, RunStatus, TrainingRun
+from shared.tables import Abstract, Alert, AuditEvent, ModelVersion, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.trainer")
 PMID_FIELDS = ("new", "holdout", "replay_pmids", "mined", "replay_mined")
@@ -47,7 +47,7 @@ class Plan:
     @property
     def est_gpu_hours(self) -> float | None:
         hours = [s.est_gpu_hours for s in self.steps]
-        return None if None in hours else round(sum(h for h in hours if h is not None), 4)
+        return None if None in hours else round(sum(h for h in hours if h is not None), 6)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "est_gpu_hours": self.est_gpu_hours}
@@ -97,7 +97,7 @@ def plan(session: Session, version_id: int) -> Plan:
         kept = {name: len(getattr(manifest, name)) - len(removed[name]) for name in PMID_FIELDS}
         kept["replay_general"] = len(manifest.replay_general)
         tokens, tps = version.metrics.get("tokens"), version.metrics.get("tokens_per_s")
-        hours = round(tokens / tps / 3600, 4) if tokens and tps else None
+        hours = round(tokens / tps / 3600, 6) if tokens and tps else None
         result.steps.append(Step(replaces=step["version"], run=run.id, removed=removed, kept=kept,  # type: ignore[arg-type]
                                  est_gpu_hours=hours))
     return result
@@ -139,6 +139,11 @@ def start(session: Session, version_id: int, *, actor: str, reason: str) -> tupl
     run_id = queue_step(session, replaces=found.steps[0].replaces, rebuild_of=version_id,
                         parent=found.clean_ancestor)
     removed = sorted({p for s in found.steps for ps in s.removed.values() for p in ps})
+    # The retraction alerts this rebuild answers leave `medqa status` (acknowledged by the rebuild).
+    keys = [lineage.retraction_key(p) for p in removed]
+    if keys:
+        session.exec(update(Alert).where(col(Alert.dedup_key).in_(keys), col(Alert.acknowledged).is_(False))
+                     .values(acknowledged=True, acknowledged_at=utcnow(), acknowledged_by=f"rebuild:{actor}"[:100]))
     session.add(AuditEvent(actor=actor, action="rebuild", subject=f"v{version_id}", reason=reason,
                            metrics={"steps": [s.replaces for s in found.steps], "clean_ancestor": found.clean_ancestor,
                                     "removed_pmids": removed[:1000], "first_run": run_id}))

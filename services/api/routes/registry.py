@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from services.api.deps import OperatorDep, Runtime, RuntimeDep, SettingsDep
@@ -15,11 +16,14 @@ from services.api.schemas import (
     PromoteRequest,
     RefreshOut,
     RollbackRequest,
+    VersionCard,
+    VersionDetail,
     VersionOut,
     error_responses,
 )
 from shared import registry
 from shared.db import session_scope, write_lock
+from shared.lineage import version_card
 from shared.tables import ModelVersion
 
 router = APIRouter()
@@ -40,14 +44,15 @@ def _version_out(version: ModelVersion, champion_id: int | None) -> VersionOut:
                       champion=version.id == champion_id)
 
 
-def _version_id(ref: str | int) -> int:
+def _version_id(ref: str | int, loc: tuple[str, str]) -> int:
     try:
         return registry.parse_version_id(ref)
     except registry.UnknownVersion as exc:  # beyond the store's ids
         raise HTTPException(404, str(exc)) from None
     except ValueError as exc:  # RegistryError, or int() refusing a digit-like character such as "²"
         detail = str(exc) if isinstance(exc, registry.RegistryError) else f"not a version id: {ref!r}"
-        raise HTTPException(422, detail) from None
+        # In the documented 422 shape (a list of located errors), like every other invalid request.
+        raise RequestValidationError([{"loc": loc, "msg": detail, "type": "value_error"}]) from None
 
 
 @router.get("/v1/versions", response_model=list[VersionOut], summary="Model versions of this model line",
@@ -57,6 +62,21 @@ def versions(settings: SettingsDep) -> list[VersionOut]:
         champ = registry.champion(session, model_line=settings.model_line)
         return [_version_out(v, champ.id if champ else None)
                 for v in registry.list_versions(session, model_line=settings.model_line)]
+
+
+@router.get("/v1/versions/{ref}", response_model=VersionDetail, summary="One version and its data card",
+            responses=error_responses(400, 404, 503))
+def version_detail(ref: str, settings: SettingsDep) -> VersionDetail:
+    version_id = _version_id(ref, ("path", "ref"))
+    with session_scope() as session:
+        try:
+            version = registry.get_version(session, version_id=version_id)
+        except registry.RegistryError as exc:
+            raise HTTPException(404, str(exc)) from None
+        champ = registry.champion(session, model_line=version.model_line)
+        out = _version_out(version, champ.id if champ else None)
+        return VersionDetail(**out.model_dump(), replaces_version_id=version.replaces_version_id,
+                             card=VersionCard(**version_card(session, version_id)))
 
 
 @router.get("/v1/champion", response_model=ChampionOut, summary="The champion version, and what is serving",
@@ -97,14 +117,14 @@ def _alias_change(runtime: Runtime, action: str, actor: str, reason: str, **kwar
 @router.post("/v1/promote", response_model=AliasChange, summary="Make a version the champion (operator)",
              responses=error_responses(400, 401, 403, 404, 409, 413, 503))
 def promote(body: PromoteRequest, actor: OperatorDep, runtime: RuntimeDep) -> AliasChange:
-    return _alias_change(runtime, "promote", actor, body.reason, version_id=_version_id(body.version),
-                         force=body.force)
+    version_id = _version_id(body.version, ("body", "version"))
+    return _alias_change(runtime, "promote", actor, body.reason, version_id=version_id, force=body.force)
 
 
 @router.post("/v1/rollback", response_model=AliasChange, summary="Point the champion back (operator)",
              responses=error_responses(400, 401, 403, 404, 409, 413, 503))
 def rollback(body: RollbackRequest, actor: OperatorDep, settings: SettingsDep, runtime: RuntimeDep) -> AliasChange:
-    to = _version_id(body.to) if body.to is not None else None
+    to = _version_id(body.to, ("body", "to")) if body.to is not None else None
     return _alias_change(runtime, "rollback", actor, body.reason, model_line=settings.model_line, to=to)
 
 
