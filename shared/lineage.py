@@ -64,12 +64,25 @@ class PaperLineage:
         return asdict(self)
 
 
-def _version_graph(session: Session) -> tuple[dict[int, ModelVersion], dict[int, list[int]]]:
-    versions = {v.id: v for v in session.exec(select(ModelVersion)) if v.id is not None}
+@dataclass(frozen=True, slots=True)
+class _Node:
+    run_id: int
+    parent: int | None
+    status: str
+    model_line: str
+
+
+def _version_graph(session: Session) -> tuple[dict[int, _Node], dict[int, list[int]]]:
+    """Every version as a small node (columns only: a thousand ORM rows with their metrics JSON cost
+    more than the whole lookup), and each version's children."""
+    rows = session.exec(select(ModelVersion.id, ModelVersion.run_id, ModelVersion.parent_version_id,  # type: ignore[call-overload]
+                               ModelVersion.status, ModelVersion.model_line)).all()
+    versions = {vid: _Node(run_id, parent, str(getattr(status, "value", status)), line)
+                for vid, run_id, parent, status, line in rows if vid is not None}
     children: dict[int, list[int]] = defaultdict(list)
-    for vid, v in versions.items():
-        if v.parent_version_id is not None:
-            children[v.parent_version_id].append(vid)
+    for vid, node in versions.items():
+        if node.parent is not None:
+            children[node.parent].append(vid)
     return versions, children
 
 
@@ -102,14 +115,13 @@ def paper_lineage(session: Session, pmid: int) -> PaperLineage:
         stack.extend((child, source) for child in children.get(vid, []))
     affected = sorted(set(direct) | set(inherited))
     champions = set(session.exec(select(Alias.version_id).where(Alias.name == "champion")).all())
-    promoted = set(session.exec(select(AuditEvent.to_version_id).where(
-        col(AuditEvent.to_version_id).in_(affected))).all()) if affected else set()
+    promoted = set(session.exec(select(AuditEvent.to_version_id).distinct()).all())  # every champion ever
     cited = dict(session.exec(select(CitationLog.version_id, func.count()).where(CitationLog.pmid == pmid)
                               .group_by(col(CitationLog.version_id))).all())
     for vid in affected:
         v = versions[vid]
         result.versions.append(VersionUse(
-            version=vid, run=v.run_id, model_line=v.model_line, status=v.status.value, how=direct.get(vid, []),
+            version=vid, run=v.run_id, model_line=v.model_line, status=v.status, how=direct.get(vid, []),
             inherited_from=inherited.get(vid), champion=vid in champions, was_champion=vid in promoted,
             cited=int(cited.get(vid, 0))))
     result.held_out_by = sorted(held_out)
