@@ -11,16 +11,18 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlmodel import Session, col, func, insert, select
+from sqlmodel import Session, col, delete, func, insert, select
 
 from shared.manifest import RunManifest
 from shared.tables import Abstract, Alias, AuditEvent, CitationLog, LineageItem, ModelVersion, TrainingRun
 
 # Manifest field -> lineage role. Roles in TRAINED put the paper's text (or its mined QA item) into the
-# weights; a held-out abstract was only scored.
+# weights; a held-out abstract was only scored, as were the gate's suite items (role EVALUATED).
 ROLES = {"new": "new", "holdout": "holdout", "replay_pmids": "replay", "mined": "mined",
          "replay_mined": "replay_mined", "replay_general": "general"}
 TRAINED = ("new", "replay", "mined", "replay_mined")
+EVALUATED = "eval"
+PMID_ITEMS = ("pmid", "pubmedqa")  # suite item ids "<prefix>:<PMID>" that name a paper
 RETRACTION_ALERT = "retraction:"  # + PMID: the dedup key of a retraction's one alert (services/monitor)
 
 
@@ -33,6 +35,19 @@ def record_run(session: Session, run_id: int, manifest: RunManifest) -> int:
     doc = manifest.to_json()
     rows = [{"run_id": run_id, "role": role, "ref": str(item)[:64], "pmid": None if role == "general" else int(item)}
             for name, role in ROLES.items() for item in dict.fromkeys(doc.get(name) or [])]
+    if rows:
+        session.exec(insert(LineageItem), params=rows)  # type: ignore[call-overload]
+    return len(rows)
+
+
+def record_evaluation(session: Session, run_id: int, item_ids: list[str]) -> int:
+    """Index the items a version was scored on (its gate's suites), once per run."""
+    session.exec(delete(LineageItem).where(col(LineageItem.run_id) == run_id, col(LineageItem.role) == EVALUATED))  # type: ignore[call-overload]
+    rows = []
+    for item in dict.fromkeys(item_ids):
+        prefix, _, rest = item.partition(":")
+        pmid = int(rest) if prefix in PMID_ITEMS and rest.isascii() and rest.isdigit() and len(rest) <= 9 else None
+        rows.append({"run_id": run_id, "role": EVALUATED, "ref": item[:64], "pmid": pmid})
     if rows:
         session.exec(insert(LineageItem), params=rows)  # type: ignore[call-overload]
     return len(rows)
@@ -57,7 +72,7 @@ class VersionUse:
 class PaperLineage:
     pmid: int
     versions: list[VersionUse] = field(default_factory=list)  # trained on it, directly or inherited
-    held_out_by: list[int] = field(default_factory=list)  # versions that only scored it (held out)
+    evaluated_by: list[int] = field(default_factory=list)  # versions that only scored it (held out, or a suite item)
     cited_total: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -96,14 +111,14 @@ def paper_lineage(session: Session, pmid: int) -> PaperLineage:
     versions, children = _version_graph(session)
     version_of_run = {v.run_id: vid for vid, v in versions.items()}
     direct: dict[int, list[str]] = {}
-    held_out: list[int] = []
+    evaluated: list[int] = []
     for run_id, roles in roles_by_run.items():
         if run_id not in version_of_run:
             continue  # a run that made no version (failed, or still training)
         if roles & set(TRAINED):
             direct[version_of_run[run_id]] = sorted(roles & set(TRAINED))
         else:
-            held_out.append(version_of_run[run_id])
+            evaluated.append(version_of_run[run_id])
     # Descendants inherit: walk down from each direct version, remembering the nearest trainer.
     inherited: dict[int, int] = {}
     stack = [(child, vid) for vid in direct for child in children.get(vid, [])]
@@ -124,7 +139,7 @@ def paper_lineage(session: Session, pmid: int) -> PaperLineage:
             version=vid, run=v.run_id, model_line=v.model_line, status=v.status, how=direct.get(vid, []),
             inherited_from=inherited.get(vid), champion=vid in champions, was_champion=vid in promoted,
             cited=int(cited.get(vid, 0))))
-    result.held_out_by = sorted(held_out)
+    result.evaluated_by = sorted(evaluated)
     result.cited_total = int(sum(cited.values()))
     return result
 
@@ -176,7 +191,7 @@ def version_card(session: Session, version_id: int) -> dict[str, Any]:
     pending = session.exec(select(TrainingRun.id).where(TrainingRun.replaces_version_id == version_id,
                                                         col(TrainingRun.status).in_(("queued", "running")))).all()
     return {
-        "own_run_items": {role: int(by_role.get(role, 0)) for role in ROLES.values()},
+        "own_run_items": {role: int(by_role.get(role, 0)) for role in (*ROLES.values(), EVALUATED)},
         "papers_in_weights": len(papers),
         "by_source": dict(sorted(by_source.items())),
         "by_year": dict(sorted(by_year.items())),

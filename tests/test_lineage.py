@@ -72,12 +72,25 @@ def test_a_paper_trained_in_v1_is_inherited_by_every_warm_started_descendant(cha
     assert uses[v2].how == [] and uses[v2].inherited_from == v1 and uses[v3].inherited_from == v1
     assert uses[v3].champion and not uses[v2].champion and uses[v2].was_champion and not uses[v1].was_champion
     assert (uses[v3].cited, found.cited_total) == (2, 2)
-    assert found.held_out_by == [v4]
+    assert found.evaluated_by == [v4]
     with session_scope() as s:
         replayed = {u.version: u.how for u in lineage.paper_lineage(s, OTHER).versions}
         assert replayed == {v1: ["new"], v2: ["replay"], v3: []}
         assert lineage.paper_lineage(s, 99).versions == []
         assert lineage.trained_pmids(s, v3) == {PAPER, OTHER, 12_000_001, 12_000_002}
+
+
+def test_the_items_a_version_was_scored_on_are_indexed_too(chain):
+    _, _, v3, _ = chain
+    with session_scope() as s:
+        run_id = s.get(ModelVersion, v3).run_id
+        n = lineage.record_evaluation(s, run_id, [f"pubmedqa:{PAPER}", f"pmid:{HELD}", "medquad:7", "medquad:7"])
+        assert n == 3
+        lineage.record_evaluation(s, run_id, [f"pubmedqa:{PAPER}", f"pmid:{HELD}", "medquad:7"])  # again: replaced
+        rows = {(r.ref, r.pmid) for r in s.exec(select(LineageItem).where(LineageItem.role == "eval"))}
+        assert rows == {(f"pubmedqa:{PAPER}", PAPER), (f"pmid:{HELD}", HELD), ("medquad:7", None)}
+        assert v3 in lineage.paper_lineage(s, HELD).evaluated_by  # scored on it, never trained on it
+        assert v3 not in {u.version for u in lineage.paper_lineage(s, HELD).versions}
 
 
 def test_version_ancestry_runs_back_to_the_base(chain):

@@ -21,7 +21,7 @@ from shared import registry
 from shared.db import session_scope
 from shared.lineage import paper_lineage
 from shared.manifest import RunManifest
-from shared.tables import Abstract, Alert, ModelVersion, TrainingRun
+from shared.tables import Abstract, Alert, LineageItem, ModelVersion, TrainingRun
 
 RETRACTED_ON = date(2025, 6, 2)
 
@@ -58,6 +58,9 @@ def test_a_retraction_found_by_the_entrez_poll_alerts_on_every_version_that_lear
     paper = next(a for a in batches[0] if a["pmid"] in trained)
     with session_scope() as s:
         assert [u.version for u in paper_lineage(s, paper["pmid"]).versions] == [v1, v2, v3]
+        scored = s.exec(select(LineageItem).where(LineageItem.run_id == versions[0].run_id,
+                                                  LineageItem.role == "eval")).all()
+        assert any(r.ref.startswith("pmid:") and r.pmid for r in scored)  # the gate's items are indexed too
 
     with TestClient(create_app()) as client:
         client.app.state.runtime.index.refresh()  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ def lineage(pmid: int | None = typer.Argument(None, min=1, max=MAX_ID, help="A P
           "now" if u.champion else "before" if u.was_champion else "", u.cited] for u in found.versions]))
     if not as_json and not found.versions:
         out.print(f"no version trained on PMID {pmid}"
-                  + (f" (held out by {', '.join(f'v{v}' for v in found.held_out_by)})" if found.held_out_by else ""))
+                  + (f" (scored by {', '.join(f'v{v}' for v in found.evaluated_by)})" if found.evaluated_by else ""))
 
 
 @app.command()

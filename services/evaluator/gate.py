@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from services.evaluator.judge import Guard, judge
 from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
-from shared import registry
+from shared import lineage, registry
 from shared.corpora import CorpusUnavailable, GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope, write_lock
 from shared.lm.base_model import load_base_model
@@ -231,6 +231,8 @@ def evaluate_version(version_id: int) -> Decision | None:
         if version.status != VersionStatus.candidate:  # another worker decided meanwhile
             return None
         store_scores(session, f"v{version_id}", suites, scores["candidate"])
+        # What it was scored on, indexed with what it trained on (`medqa lineage PMID`).
+        lineage.record_evaluation(session, row.run_id, [i.item_id for suite in suites for i in suite.items])
         store_scores(session, baseline_subject, todo, scores["baseline"])
         session.add(Evaluation(version_id=version_id, baseline_version_id=champ_id, suite=SUITE,
                                suite_hash=_suites_hash(suites), metrics=metrics["candidate"],
