@@ -42,6 +42,7 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import String, cast, exists, literal
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, and_, col, or_, select
 
 from shared.celery_app import app, medqa_task
@@ -224,7 +225,8 @@ def sweep_now() -> dict[str, list]:
     is active, queued runs and running ones whose heartbeat stopped, undecided candidates, and alert
     deliveries still pending."""
     pending = _pending()
-    sent: dict[str, list] = {"abstracts": [], "runs": [], "candidates": [], "alerts": [], "retracted": []}
+    sent: dict[str, list] = {"abstracts": [], "runs": [], "candidates": [], "alerts": [], "retracted": [],
+                             "rebuild_steps": []}
     if pending["abstracts_waiting"]:
         sent["abstracts"] = publish(Event.ABSTRACTS_STORED)
     sent["runs"] = [r for r in pending["runs"] if publish(Event.RUN_QUEUED, r)]
@@ -232,6 +234,9 @@ def sweep_now() -> dict[str, list]:
     sent["alerts"] = [a for a in pending["alerts"] if publish(Event.ALERT_RAISED, a)]
     if pending["retracted"] and publish(Event.PAPERS_RETRACTED, pending["retracted"]):
         sent["retracted"] = pending["retracted"]
+    # A rebuild step's version whose next step was never queued (its version.created was lost).
+    sent["rebuild_steps"] = [v for v in pending["rebuild_steps"] if v not in sent["candidates"]
+                             and publish(Event.VERSION_CREATED, v)]
     if any(sent.values()):
         log.info("sweeper re-sent %s", sent)
     return sent
@@ -253,8 +258,19 @@ def _pending() -> dict[str, Any]:
             .distinct()).all()
         waiting = bool(unclaimed_pmids(session)) and active is None
         retracted = _retractions_without_alert(session)
+        rebuild_steps = _rebuild_steps_without_next(session) if active is None else []
     return {"abstracts_waiting": waiting, "runs": list(runs), "candidates": list(candidates),
-            "alerts": sorted(alerts), "retracted": retracted}
+            "alerts": sorted(alerts), "retracted": retracted, "rebuild_steps": rebuild_steps}
+
+
+def _rebuild_steps_without_next(session: Session) -> list[int]:
+    """Versions made by a clean rebuild's step, not its last, whose next step was never queued."""
+    step, following = aliased(TrainingRun), aliased(TrainingRun)
+    rows = session.exec(select(ModelVersion.id).join(step, col(step.id) == ModelVersion.run_id).where(
+        col(step.rebuild_of).is_not(None), col(step.replaces_version_id) != col(step.rebuild_of),
+        ~exists().where(col(following.rebuild_of) == col(step.rebuild_of),
+                        col(following.parent_version_id) == col(ModelVersion.id)))).all()
+    return sorted(v for v in rows if v is not None)
 
 
 def _retractions_without_alert(session: Session) -> list[int]:

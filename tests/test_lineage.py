@@ -201,3 +201,29 @@ def test_an_operator_retraction_is_audited_and_a_lost_event_is_resent_by_the_swe
     assert runner.invoke(app, ["alerts", "ack", str(_alerts()[0].id)]).exit_code == 0
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert len(status["retracted_in_lineage"]) == 1  # shown until acknowledged
+
+
+def test_the_sweeper_finds_a_rebuild_step_whose_next_step_was_never_queued(chain):
+    """version.created of a rebuild step lost: the next step would never be queued."""
+    from shared.pipeline import _pending
+
+    v1, v2, v3, _ = chain
+    with session_scope() as s:
+        step = TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded,
+                           replaces_version_id=v1, rebuild_of=v3)
+        last = TrainingRun(model_line="other", base_model=TINY_GPT2, status=RunStatus.succeeded,
+                           replaces_version_id=v3, rebuild_of=v3)
+        s.add_all([step, last])
+        s.flush()
+        rebuilt = ModelVersion(model_line="default", run_id=step.id, base_model=TINY_GPT2, adapter_path="/x",
+                               sha256="0" * 64, status=VersionStatus.rejected, replaces_version_id=v1)
+        final = ModelVersion(model_line="other", run_id=last.id, base_model=TINY_GPT2, adapter_path="/x",
+                             sha256="0" * 64, status=VersionStatus.rejected, replaces_version_id=v3)
+        s.add_all([rebuilt, final])
+        s.flush()
+        rebuilt_id = rebuilt.id
+    assert _pending()["rebuild_steps"] == [rebuilt_id]  # the last step has no next one: not listed
+    with session_scope() as s:  # the next step is queued (and finished): nothing pending any more
+        s.add(TrainingRun(model_line="default", base_model=TINY_GPT2, status=RunStatus.succeeded,
+                          parent_version_id=rebuilt_id, replaces_version_id=v2, rebuild_of=v3))
+    assert _pending()["rebuild_steps"] == []
