@@ -7,9 +7,12 @@ owned by Alembic: `migrate()` upgrades to head and is safe to call on every star
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +22,8 @@ from sqlmodel import Session, create_engine
 
 from shared.settings import get_settings
 
+log = logging.getLogger("medqa.db")
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 WRITE_LOCK = "medqa_write_lock"  # execution option: begin a SQLite transaction with the write lock
 
@@ -108,6 +113,24 @@ def store_unavailable(exc: BaseException) -> str | None:
     if any(marker in reason.lower() for marker in CONFLICT_MARKERS):
         return None
     return reason[:300]
+
+
+def when_store_is_back(work: Callable[[], T], *, wait_s: float, what: str) -> T:
+    """Run `work` (one transaction), again while the store is unavailable, for up to `wait_s`: a
+    PostgreSQL restart must not throw away minutes of finished work (a trained adapter waiting for its
+    version row). Any other error, or a store still down at the deadline, is raised as it is."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return work()
+        except (OperationalError, InterfaceError) as exc:
+            reason = store_unavailable(exc)
+            if reason is None or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: the store is unavailable (%s); trying again in %.1f s", what, reason, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -26,7 +26,7 @@ from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec
 from services.trainer.trigger import maybe_queue_run
 from shared.celery_app import medqa_task
-from shared.db import session_scope, store_unavailable
+from shared.db import session_scope, store_unavailable, when_store_is_back
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
 from shared.settings import Settings, get_settings
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # torch, transformers and peft load when a run trains, not wh
     from services.trainer.train import Progress, TrainResult
 
 log = logging.getLogger("medqa.trainer")
+STORE_WAIT_S = 300.0  # how long a finished run waits for the store to register its version
 
 
 def _fail(run_id: int, reason: str) -> None:
@@ -93,8 +94,15 @@ def train_run(run_id: int) -> int | None:
             return None
         inputs = _inputs(session, run, settings)
     result = _train(inputs, settings)
-    version_id = _register_version(inputs, result) if result is not None else None
-    prune_checkpoints(settings)
+    if result is None:
+        return None
+    # The adapter is trained and saved: a store restarting now must not cost the run.
+    version_id = when_store_is_back(lambda: _register_version(inputs, result), wait_s=STORE_WAIT_S,
+                                    what=f"training run {run_id}: registering its version")
+    try:
+        prune_checkpoints(settings)
+    except (OperationalError, InterfaceError) as exc:  # housekeeping: the next run prunes
+        log.warning("checkpoints not pruned: %s", store_unavailable(exc) or type(exc).__name__)
     return version_id
 
 
@@ -220,6 +228,9 @@ def _register_version(inputs: _RunInputs, result: TrainResult) -> int:
     with session_scope() as session:
         run = session.get(TrainingRun, inputs.run_id)
         assert run is not None
+        existing = session.exec(select(ModelVersion.id).where(ModelVersion.run_id == inputs.run_id)).first()
+        if existing is not None:  # an earlier try committed before its connection broke
+            return existing
         version = ModelVersion(model_line=inputs.model_line, run_id=inputs.run_id,
                                parent_version_id=run.parent_version_id, replaces_version_id=run.replaces_version_id,
                                base_model=inputs.base_spec,

@@ -46,6 +46,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         started.append(worker)
         return worker
 
+    start.started = started  # type: ignore[attr-defined]
     yield start
     for worker in started:
         worker.stop()
