@@ -222,8 +222,9 @@ def sweep() -> dict:
 
 def sweep_now() -> dict[str, list]:
     """Re-derive pending events from the store and send them: abstracts waiting for a run when none
-    is active, queued runs and running ones whose heartbeat stopped, undecided candidates, and alert
-    deliveries still pending."""
+    is active, queued runs and running ones whose heartbeat stopped, undecided candidates, alert
+    deliveries still pending, retracted papers in a version's lineage without their alert, and clean
+    rebuild steps whose next step was never queued."""
     pending = _pending()
     sent: dict[str, list] = {"abstracts": [], "runs": [], "candidates": [], "alerts": [], "retracted": [],
                              "rebuild_steps": []}

@@ -32,6 +32,29 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, every: floa
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def first_row(model, **where):  # type: ignore[no-untyped-def]
+    """The first stored row of `model` with the given column values (None if there is none)."""
+    from sqlmodel import select
+
+    from shared.db import session_scope
+
+    with session_scope() as s:
+        stmt = select(model)
+        for name, value in where.items():
+            stmt = stmt.where(getattr(model, name) == value)
+        return s.exec(stmt).first()
+
+
+def count_rows(model, *where) -> int:  # type: ignore[no-untyped-def]
+    """How many stored rows of `model` match the SQL conditions `where`."""
+    from sqlmodel import func, select
+
+    from shared.db import session_scope
+
+    with session_scope() as s:
+        return s.exec(select(func.count()).select_from(model).where(*where)).one()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +74,17 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
                             start_new_session=True, preexec_fn=_die_with_parent)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group (a warm shutdown), SIGKILL if it has not ended after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 class Worker:
     """`medqa worker QUEUES` with the test's environment (settings are read from MEDQA_ variables)."""
 
@@ -65,12 +99,7 @@ class Worker:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop(self.proc)
 
 
 class ApiServer:
@@ -93,12 +122,7 @@ class ApiServer:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop(self.proc)
 
 
 class RedisServer:

@@ -8,11 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 from conftest import TEST_REDIS
-from procs import Worker, wait_for
-from sqlmodel import select
+from procs import Worker, first_row, wait_for
 
 from services.ingest.tasks import ingest_path
-from shared.db import session_scope
 from shared.tables import DriftReport, ModelVersion, RunStatus, TrainingRun, VersionStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,20 +38,14 @@ def broker_env(medqa_env, tmp_path) -> Iterator[Callable[..., Worker]]:
     r.flushdb()
 
 
-def _one(model, **where):  # type: ignore[no-untyped-def]
-    with session_scope() as s:
-        stmt = select(model)
-        for k, v in where.items():
-            stmt = stmt.where(getattr(model, k) == v)
-        return s.exec(stmt).first()
 
 
 def test_whole_loop_through_real_workers(broker_env, synth_dir):
     broker_env()
     ingest_path(synth_dir)  # 50 abstracts >= trigger 30: a run is queued and sent to the train queue
-    version = wait_for("a decided version", lambda: (v := _one(ModelVersion)) and v.status != VersionStatus.candidate
-                       and v, 180)
+    version = wait_for("a decided version",
+                       lambda: (v := first_row(ModelVersion)) and v.status != VersionStatus.candidate and v, 180)
     assert version.status == VersionStatus.blessed
-    wait_for("a drift report", lambda: _one(DriftReport), 120)
-    run = _one(TrainingRun, id=version.run_id)
+    wait_for("a drift report", lambda: first_row(DriftReport), 120)
+    run = first_row(TrainingRun, id=version.run_id)
     assert run.status == RunStatus.succeeded and run.deliveries == 1

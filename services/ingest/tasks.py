@@ -7,7 +7,6 @@ new or revised abstracts. Nothing here imports torch: an ingest worker stays sma
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from services.ingest.entrez import EntrezError, ingest_entrez, poll_retractions
@@ -18,13 +17,11 @@ from shared.settings import get_settings
 log = logging.getLogger("medqa.ingest")
 
 
-def ingest_path(target: Path, *, progress: Callable[[Path], None] | None = None) -> IngestResult:
+def ingest_path(target: Path) -> IngestResult:
     """Import every XML file under `target`, one transaction each."""
     total = IngestResult()
     for path in pubmed_files(target):
         total.add(ingest_file(path))
-        if progress is not None:
-            progress(path)
     return total
 
 

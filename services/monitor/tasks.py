@@ -215,15 +215,15 @@ def after_ingest() -> dict | None:
 @medqa_task("monitor.retractions", queue="monitor")
 def retractions(pmids: list[int]) -> list[int]:
     """Papers were retracted: alert once per paper that a version learned from; returns the alert ids."""
-    raised = []
+    raised: list[int] = []
     with session_scope() as session:
         for pmid in pmids:
             alert = alert_retraction(session, int(pmid))
-            if alert is not None:
+            if alert is not None and alert.id is not None:
                 raised.append(alert.id)
     if raised:
         log.warning("retracted papers in the lineage of model versions: alerts %s", raised)
-    return [a for a in raised if a is not None]
+    return raised
 
 
 @medqa_task("monitor.health", queue="monitor", singleton=lambda *_: "health")

@@ -13,8 +13,8 @@ import subprocess
 import time
 
 import pytest
-from procs import MEDQA, wait_for
-from sqlmodel import col, func, select
+from procs import MEDQA, count_rows, wait_for
+from sqlmodel import col, select
 
 from services.devkit.synth import write_corpus
 from services.ingest.tasks import ingest_path
@@ -26,9 +26,6 @@ from shared.tables import Abstract, IngestCursor, ModelVersion, RunStatus, Train
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.integration]
 
 
-def _count(model, *where) -> int:  # type: ignore[no-untyped-def]
-    with session_scope() as s:
-        return s.exec(select(func.count()).select_from(model).where(*where)).one()
 
 
 def _runs() -> list[TrainingRun]:
@@ -56,7 +53,7 @@ def _swept_until(what: str, done, timeout: float):  # type: ignore[no-untyped-de
 
 def _nothing_lost(expected_abstracts: int) -> None:
     """Every stored abstract trained by exactly one succeeded run; one version per run."""
-    assert _count(Abstract) == expected_abstracts
+    assert count_rows(Abstract) == expected_abstracts
     with session_scope() as s:
         assert not unclaimed_pmids(s)
         runs = list(s.exec(select(TrainingRun)))
@@ -101,7 +98,7 @@ def test_redis_restarted_mid_ingest(own_redis, medqa_env, workers, tmp_path, fau
     cli = subprocess.Popen([MEDQA, "ingest", "files", str(folder), "--json"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     imported = col(IngestCursor.watermark).is_not(None)
-    wait_for("the first file imported", lambda: _count(IngestCursor, imported) >= 1, 120, every=0.05)
+    wait_for("the first file imported", lambda: count_rows(IngestCursor, imported) >= 1, 120, every=0.05)
     own_redis.kill()
     time.sleep(2.0)
     own_redis.start()

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 from apikit import API_ENV, AUTH, ingest_synth, make_version, registry_state
-from procs import ApiServer, wait_for
+from procs import ApiServer, first_row, wait_for
 from sqlmodel import col, func, select
 
 from services.ingest.tasks import ingest_path
@@ -53,9 +53,6 @@ def test_postgres_restarted_under_the_api(own_pg, medqa_env, tmp_path, fault_rec
     fault_record("PostgreSQL restarted under the API", recovery_s=recovery)
 
 
-def _one(model):  # type: ignore[no-untyped-def]
-    with session_scope() as s:
-        return s.exec(select(model)).first()
 
 
 def test_postgres_restarted_under_a_training_worker(shared_broker, own_pg, medqa_env, workers, synth_dir,
@@ -67,17 +64,17 @@ def test_postgres_restarted_under_a_training_worker(shared_broker, own_pg, medqa
               train_max_steps="600", checkpoint_every="100")
     workers()
     ingest_path(synth_dir)
-    wait_for("training under way", lambda: (r := _one(TrainingRun)) and r.status == RunStatus.running
+    wait_for("training under way", lambda: (r := first_row(TrainingRun)) and r.status == RunStatus.running
              and r.step >= 100, 180)
     own_pg.stop()
     time.sleep(5.0)
     own_pg.start()
     back = time.monotonic()
     worker = workers.started[0]  # type: ignore[attr-defined]
-    version = wait_for("the run's version decided", lambda: (v := _one(ModelVersion))
+    version = wait_for("the run's version decided", lambda: (v := first_row(ModelVersion))
                        and v.status != VersionStatus.candidate and v, 300)
     recovery = time.monotonic() - back
-    run = _one(TrainingRun)
+    run = first_row(TrainingRun)
     assert run.status == RunStatus.succeeded and run.deliveries == 1, run.error  # went on, not restarted
     with session_scope() as s:
         assert s.exec(select(func.count()).select_from(ModelVersion)).one() == 1
