@@ -208,3 +208,43 @@ def test_an_older_revision_imported_late_does_not_overwrite_the_newer(store_env)
     newest = dataclasses.replace(rec, abstract=rec.abstract + " 2026.", revised_date=date(2026, 1, 1))
     with session_scope() as s:
         assert store_records(s, [newest], source="newest").updated == 1
+
+
+def test_a_write_committed_during_a_file_import_does_not_fail_it(medqa_env, tmp_path, monkeypatch):
+    """SQLite (the embedded default): a worker committing while a file is imported (the trigger claiming
+    the previous file's abstracts) made the import fail with "database is locked", because its transaction
+    read first and could not upgrade a stale snapshot to a write (seen in CI's Redis-restart fault test).
+    The import now holds the write lock from its first statement, and the other writer waits for it."""
+    import threading
+
+    import services.ingest.store as store
+
+    medqa_env(trigger_min_new="100000")
+    (tmp_path / "a.xml").write_bytes(pubmed_xml(generate_articles(20, seed=41)))
+    other: list[BaseException | None] = []
+
+    def another_writer() -> None:
+        try:
+            with session_scope() as s:
+                s.add(IngestCursor(source="file", query="written by another process"))
+            other.append(None)
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            other.append(exc)
+
+    writer = threading.Thread(target=another_writer)
+    real_keep = store.keep
+
+    def keep_after_a_concurrent_commit(record):  # type: ignore[no-untyped-def]
+        if not writer.is_alive() and not other:  # once, after the import's first reads
+            writer.start()
+            writer.join(1.0)  # the import holds the lock: the writer waits (before: it committed here)
+        return real_keep(record)
+
+    monkeypatch.setattr(store, "keep", keep_after_a_concurrent_commit)
+    result = ingest_file(tmp_path / "a.xml")
+    writer.join(30)
+    assert result.stored == 20 and not result.errors
+    assert other == [None]  # the other writer waited, then committed
+    assert _count() == 20
+    with session_scope() as s:
+        assert s.exec(select(IngestCursor).where(IngestCursor.query == "written by another process")).first()

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, insert, select, update
 from services.ingest.mining import store_mined
 from services.ingest.parser import ArticleRecord, DeleteRecord, PubmedParseError, iter_records
 from shared.checksums import sha256_file
-from shared.db import session_scope
+from shared.db import session_scope, write_lock
 from shared.pipeline import Event, emit
 from shared.tables import Abstract, AuditEvent, IngestCursor, Tombstone, utcnow
 
@@ -64,6 +64,11 @@ def keep(record: ArticleRecord) -> bool:
 def store_records(session: Session, records: list[ArticleRecord | DeleteRecord], *, source: str) -> IngestResult:
     """Upsert the articles that pass `keep` (mining QA items from the new and revised ones), then mark
     the deleted PMIDs and the retracted ones."""
+    # Reads decide what is written (dedup, tombstones), and on SQLite a transaction that has read cannot
+    # take the write lock once another writer (a worker claiming abstracts) has committed since: it fails
+    # "database is locked" at once, whatever the busy timeout. Holding the lock from the start makes
+    # the other writers wait instead. A no-op on PostgreSQL, and when the lock is held already.
+    write_lock(session)
     articles = {r.pmid: r for r in records if isinstance(r, ArticleRecord)}
     result, fresh = _upsert(session, articles, source=source)
     result.mined += store_mined(session, [(r.pmid, r.title, r.abstract, digest) for r, digest in fresh])
