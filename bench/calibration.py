@@ -6,8 +6,8 @@ The development share is the gate's: the 100 held-out items of the 80/20 split o
 ../shared/data/pubmedqa (seed 1234), the items the gate's pubmedqa suite scores; the 500 expert items
 the issue's owner keeps are never read. Two models: the base SmolLM2-135M-Instruct, and a fine-tune
 by bench/gate.py's champion recipe (16 NLM abstracts + 64 PubMedQA decisions, 16 steps, lr 2e-3,
---seed). Each model's raw decision scores (services.evaluator.qa.decision_scores, the gate's code, 512
-tokens) are computed once; every calibration (services.evaluator.qa.calibrate) is applied to those
+--seed). Each model's raw decision scores (shared.lm.decisions.decision_scores, the gate's code, 512
+tokens) are computed once; every calibration (shared.lm.decisions.calibrate) is applied to those
 same scores, so "none" is the baseline of the same run on the same items. Reported per model and
 calibration: accuracy, macro-F1, expected calibration error and the predicted labels, plus the change
 against "none". The prior is the training share's label shares.
@@ -42,18 +42,10 @@ def main() -> None:
     import torch
     from peft import PeftModel
 
-    from services.evaluator.qa import (
-        CALIBRATIONS,
-        CONTENT_FREE,
-        DECISIONS,
-        calibrate,
-        decision_scores,
-        expected_calibration_error,
-        macro_f1,
-        softmax,
-    )
+    from services.evaluator.qa import expected_calibration_error, macro_f1
     from services.evaluator.suites import decision_of, label_shares
     from shared.lm.base_model import load_base_model
+    from shared.lm.decisions import CALIBRATIONS, CONTENT_FREE, DECISIONS, calibrate, decision_scores, softmax
     from shared.settings import get_settings
 
     torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ trained at the production increment budget (60 steps). Fine-tuning an instruct m
 erodes its answering, so forgetting is measured in QA form after every increment, against the base:
 
   * PubMedQA development share (the 20% that replay never trains on): decision accuracy and macro-F1,
-    scored and calibrated as the gate scores them (services.evaluator.qa; --calibration, default prior);
+    scored and calibrated as the gate scores them (shared.lm.decisions; --calibration, default prior);
   * MedQuAD retention half (never replayed): answer perplexity in the chat template, loss on the answer
     tokens (services.trainer.examples.tokenize), the goal's metric (GOAL_METRIC).
 
@@ -257,8 +257,9 @@ def load_qa_set(dev_items: int, medquad_items: int, calibration: str) -> QASet:
 
 def qa_retention(net: Any, tokenizer: Any, qa_set: QASet) -> dict[str, float]:
     """PubMedQA dev-share accuracy and macro-F1 (calibrated decisions), MedQuAD answer perplexity."""
-    from services.evaluator.qa import DECISIONS, calibrate, decision_scores, macro_f1
+    from services.evaluator.qa import macro_f1
     from services.evaluator.suites import decision_of
+    from shared.lm.decisions import DECISIONS, calibrate, decision_scores
 
     raw = decision_scores(net, tokenizer, [(i.question, i.context) for i in qa_set.pubmedqa_dev], batch_size=8,
                           max_length=512)

@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/evaluate.py [--items 32] [--batch-size 8] [--seed-ta
 
 1. PubMedQA scoring, batched against one item at a time, in the same run and process: the same
    held-out PubMedQA items (../shared/data/pubmedqa, the share replay never trains on), the same code
-   (services.evaluator.qa), once with --batch-size items per forward and once with 1. Both halves of
+   (shared.lm.decisions), once with --batch-size items per forward and once with 1. Both halves of
    the pubmedqa suite are timed: yes/no/maybe by answer likelihood, and greedy long answers
    (--max-new-tokens). Goal: batched >= 4x the items/s of one at a time, for the suite as a whole.
    Peak RSS (the process's high-water mark) is reported after this part and at the end.
@@ -125,11 +125,11 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from services.evaluator.gate import pubmedqa_suite
-    from services.evaluator.qa import decision_scores
     from services.evaluator.suites import Suite, sample
     from services.ingest.parser import ArticleRecord, iter_pubmed
     from shared.corpora import GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
     from shared.lm.base_model import load_base_model
+    from shared.lm.decisions import decision_scores
     from shared.lm.generation import generate, use_bf16
     from shared.settings import get_settings
 

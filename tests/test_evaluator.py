@@ -15,7 +15,7 @@ from services.devkit.synth import write_corpus
 from services.evaluator import gate
 from services.evaluator.judge import judge
 from services.evaluator.metrics import fk_grade, text_scores
-from services.evaluator.qa import DECISION_CUE, DECISIONS, decision_scores, macro_f1
+from services.evaluator.qa import macro_f1
 from services.evaluator.suites import SuiteScores
 from services.ingest.tasks import ingest_path
 from services.trainer.config import TrainConfig
@@ -24,6 +24,7 @@ from shared import registry
 from shared.corpora import load_liveqa
 from shared.db import session_scope
 from shared.lm.base_model import load_base_model
+from shared.lm.decisions import DECISION_CUE, DECISIONS, decision_scores
 from shared.lm.generation import generate
 from shared.lm.prompts import prompt_ids
 from shared.policy import Policy, PolicyError

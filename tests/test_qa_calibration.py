@@ -1,4 +1,5 @@
-"""Answer calibration: a label's prior must not decide the answer (services/evaluator/qa.py)."""
+"""Answer calibration: a label's prior must not decide the answer (shared/lm/decisions.py, and the
+evaluator's metrics in services/evaluator/qa.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ import math
 import pytest
 from conftest import TINY_GPT2
 
-from services.evaluator.qa import (
+import shared.lm.decisions as decisions
+from services.evaluator.qa import expected_calibration_error, macro_f1, macro_f1_interval
+from shared.lm.base_model import load_base_model
+from shared.lm.decisions import (
     CONTENT_FREE,
     DECISIONS,
     calibrate,
     decision_scores,
-    expected_calibration_error,
-    macro_f1,
-    macro_f1_interval,
     prior_offsets,
     softmax,
+    verdict,
 )
-from shared.lm.base_model import load_base_model
 
 
 def biased_scores(gold: list[int], *, bias: tuple[float, float, float] = (0.0, 3.0, 0.0),
@@ -101,3 +102,57 @@ def test_macro_f1_interval_is_a_bootstrap_around_the_macro_f1():
     assert 0 <= f1.low < f1.estimate < f1.high <= 1
     perfect = macro_f1_interval(gold, gold)  # every resample is perfect too
     assert (perfect.low, perfect.estimate, perfect.high) == (1.0, 1.0, 1.0)
+
+
+def stub_scores(monkeypatch: pytest.MonkeyPatch, raw: list[list[float]]) -> list[tuple[str, str | None]]:
+    """Makes decision_scores answer `raw`, one row per call, in order; returns what it was asked."""
+    rows = iter(raw)
+    asked: list[tuple[str, str | None]] = []
+
+    def scores(net, tokenizer, items, *, batch_size=8, max_length=512):  # type: ignore[no-untyped-def]
+        asked.extend(items)
+        return [next(rows) for _ in items]
+
+    monkeypatch.setattr(decisions, "decision_scores", scores)
+    return asked
+
+
+def test_verdict_offsets_move_the_decision_predictably(monkeypatch):
+    raw = [-1.0, -0.5, -2.0]  # "no" by 0.5 nats over "yes"
+    asked = stub_scores(monkeypatch, [raw] * 4)
+    decision, probs = verdict(None, None, "Does it help?", "It helped.")
+    assert asked == [("Does it help?", "It helped.")]
+    assert decision == "no" and probs == pytest.approx(softmax(raw)) and sum(probs) == pytest.approx(1.0)
+    # A "yes" offset above the 0.5-nat gap turns the answer; one below it does not.
+    assert verdict(None, None, "q", None, offsets=[0.6, 0.0, 0.0])[0] == "yes"
+    assert verdict(None, None, "q", None, offsets=[0.4, 0.0, 0.0])[0] == "no"
+    # The same offset on every label changes nothing: only differences between offsets count.
+    decision, shifted = verdict(None, None, "q", None, offsets=[5.0, 5.0, 5.0])
+    assert decision == "no" and shifted == pytest.approx(softmax(raw)) and sum(shifted) == pytest.approx(1.0)
+
+
+def test_verdict_with_fitted_offsets_answers_as_the_evaluators_prior_calibration(monkeypatch):
+    raw = biased_scores(GOLD)  # the bias decides every raw answer; the fitted offsets undo it
+    prior = [0.55, 0.35, 0.10]
+    offsets = prior_offsets(calibrate(raw, "none"), prior)  # what the evaluator fits on the suite's items
+    stub_scores(monkeypatch, raw)
+    answers = [verdict(None, None, f"question {i}", None, offsets=offsets) for i in range(len(raw))]
+    expected = calibrate(raw, "prior", prior=prior)
+    assert [DECISIONS.index(d) for d, _ in answers] == argmaxes(expected) == GOLD
+    for (_, probs), row in zip(answers, expected, strict=True):
+        assert probs == pytest.approx([math.exp(v) for v in row], abs=1e-9)
+
+
+def test_verdict_rejects_offsets_of_the_wrong_length(monkeypatch):
+    stub_scores(monkeypatch, [[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="one log-offset per decision"):
+        verdict(None, None, "q", None, offsets=[0.0, 1.0])
+
+
+def test_verdict_on_the_tiny_model_matches_batched_scoring(model_cache):
+    model, tok = load_base_model(TINY_GPT2, model_cache)
+    question, context = "Does aspirin reduce the risk of stroke?", "In 120 patients aspirin reduced strokes by 20%."
+    decision, probs = verdict(model, tok, question, context)
+    raw = decision_scores(model, tok, [(question, context)], batch_size=1)[0]
+    assert decision in DECISIONS and sum(probs) == pytest.approx(1.0)
+    assert probs == pytest.approx(softmax(raw), abs=1e-6) and decision == DECISIONS[argmaxes([raw])[0]]

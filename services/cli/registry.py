@@ -64,7 +64,7 @@ def score_cmd(target: str = typer.Argument(..., help="base, champion, or a versi
         die(f"--items must be a positive number or 'all', not {items!r}")
     settings = get_settings()
     if calibration is not None:
-        from services.evaluator.qa import CALIBRATIONS
+        from shared.lm.decisions import CALIBRATIONS
 
         if calibration not in CALIBRATIONS:
             die(f"--calibration must be one of {', '.join(CALIBRATIONS)}, not {calibration!r}")

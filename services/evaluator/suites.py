@@ -27,15 +27,9 @@ from typing import Any
 
 from services.evaluator.metrics import per_answer_scores, text_scores
 from services.evaluator.perplexity import perplexity_of, text_nll
-from services.evaluator.qa import (
-    CONTENT_FREE,
-    DECISIONS,
-    calibrate,
-    decision_scores,
-    expected_calibration_error,
-    macro_f1,
-)
+from services.evaluator.qa import expected_calibration_error, macro_f1
 from shared.corpora import GeneralText
+from shared.lm.decisions import CONTENT_FREE, DECISIONS, calibrate, decision_scores
 from shared.lm.generation import generate
 
 # Version 2: per-item values are stored; results of version 1 (aggregates only) are never reused.
@@ -111,7 +105,7 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
 
 def calibrated_decisions(suite: Suite, net: Any, tokenizer: Any,
                          pairs: list[tuple[str, str | None]]) -> list[list[float]]:
-    """Per item, calibrated log-probabilities of DECISIONS (services/evaluator/qa.calibrate) by the suite's
+    """Per item, calibrated log-probabilities of DECISIONS (shared/lm/decisions.calibrate) by the suite's
     "calibration" parameter; the "prior" method fits on these items' scores and the suite's "prior" (the
     training share's label shares), never on their gold labels."""
     p = suite.params
