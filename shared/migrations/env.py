@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 
 import shared.tables  # noqa: F401  (registers every table on SQLModel.metadata)
 from shared.db import engine_for
+from shared.search import not_search_index
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -24,7 +25,9 @@ def run_migrations_online() -> None:
     assert connectable is not None, "no sqlalchemy.url"
     with connectable.connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds tables instead.
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # include_name: autogenerate must not drop the search index, which the models do not declare.
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                          include_name=not_search_index)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()

@@ -1,0 +1,97 @@
+"""Lexical search over the stored abstracts, on the store's own engine, and rank fusion.
+
+SQLite (the embedded default) searches an FTS5 index ranked by BM25; PostgreSQL (the deployment) a
+GIN-indexed tsvector ranked by ts_rank with length normalisation. Both stem English words, so
+"reduces" finds "reduction". Migration 0012 builds both; SQLite's index is kept current by triggers
+on the abstract table, so no writer needs to know it exists.
+
+A question becomes an OR of its content words: an AND of every word of a question finds almost
+nothing, and the ranking already rewards abstracts that match more of them. Deleted and retracted
+abstracts never match.
+
+Measured against the MiniLM vectors and their fusion in bench/retrieval_quality.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlmodel import Session
+
+FTS_TABLE = "abstract_fts"
+PG_INDEX = "ix_abstract_fts"
+PG_VECTOR = "to_tsvector('english', title || ' ' || text)"
+# Only a change of title or text touches the index: claiming abstracts for a run (train_run_id) or
+# marking them deleted updates thousands of rows, and liveness is checked on the abstract row anyway.
+SQLITE_TRIGGERS = {
+    "abstract_fts_insert": f"AFTER INSERT ON abstract BEGIN INSERT INTO {FTS_TABLE}(rowid, title, text) "
+                           "VALUES (new.pmid, new.title, new.text); END",
+    "abstract_fts_delete": f"AFTER DELETE ON abstract BEGIN INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, title, "
+                           "text) VALUES ('delete', old.pmid, old.title, old.text); END",
+    "abstract_fts_update": f"AFTER UPDATE OF title, text ON abstract BEGIN INSERT INTO {FTS_TABLE}({FTS_TABLE}, "
+                           "rowid, title, text) VALUES ('delete', old.pmid, old.title, old.text); "
+                           f"INSERT INTO {FTS_TABLE}(rowid, title, text) VALUES (new.pmid, new.title, new.text); END",
+}
+MAX_TERMS = 32  # a pasted paragraph must not become a query of hundreds of ORs
+RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009): ranks past a few dozen barely count
+
+# Words that say what kind of question it is, not what it is about.
+_STOPWORD_TEXT = """
+a about above after again against all also am an and any are as at be been before being below between both but
+by can could did do does doing down during each few for from further had has have having he her here hers him his
+how i if in into is it its itself just me more most my no nor not now of off on once only or other our out over
+own same she should so some such than that the their them then there these they this those through to too under
+until up very was we were what when where which while who whom why will with would you your yours
+whether versus vs patient patients effect effects use used using role associated association among study
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def query_terms(question: str) -> list[str]:
+    """The question's content words, lower case, first occurrence first, at most MAX_TERMS."""
+    seen: dict[str, None] = {}
+    for word in re.findall(r"[^\W_]+", question.lower()):
+        if len(word) > 1 and word not in STOPWORDS:
+            seen.setdefault(word, None)
+    return list(seen)[:MAX_TERMS]
+
+
+def lexical_search(session: Session, question: str, k: int) -> list[tuple[int, float]]:
+    """The k best live abstracts for `question` as (pmid, score), best first; higher scores are better.
+    Scores rank within one question only: they are not comparable across questions or engines."""
+    terms = query_terms(question)
+    if not terms or k <= 0:
+        return []
+    if session.get_bind().dialect.name == "sqlite":
+        # Terms are \\w runs, quoted, so none can be read as an FTS5 operator or column filter.
+        match = " OR ".join(f'"{t}"' for t in terms)
+        rows = session.execute(text(
+            f"SELECT f.rowid, bm25({FTS_TABLE}) AS rank FROM {FTS_TABLE} f JOIN abstract a ON a.pmid = f.rowid "
+            f"WHERE {FTS_TABLE} MATCH :match AND NOT a.deleted AND NOT a.retracted ORDER BY rank LIMIT :k"),
+            {"match": match, "k": k})
+        return [(int(pmid), -float(rank)) for pmid, rank in rows]  # bm25() is lower-is-better
+    rows = session.execute(text(
+        f"SELECT pmid, ts_rank({PG_VECTOR}, q, 1) AS rank FROM abstract, to_tsquery('english', :query) q "
+        f"WHERE {PG_VECTOR} @@ q AND NOT deleted AND NOT retracted ORDER BY rank DESC LIMIT :k"),
+        {"query": " | ".join(terms), "k": k})
+    return [(int(pmid), float(rank)) for pmid, rank in rows]
+
+
+def fuse(rankings: Sequence[Sequence[int]], *, k: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal-rank fusion: each ranking gives a document 1 / (k + rank); best total first. Needs no
+    score calibration between rankers, which cosines and BM25 scores would."""
+    total: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, pmid in enumerate(ranking, start=1):
+            total[pmid] = total.get(pmid, 0.0) + 1.0 / (k + rank)
+    return sorted(total.items(), key=lambda item: (-item[1], item[0]))
+
+
+def not_search_index(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's include_name filter: the search index lives outside the models (FTS5's table and its
+    shadow tables; PostgreSQL's expression index), so comparing models with the store skips it."""
+    if type_ == "table" and name is not None and name.startswith(FTS_TABLE):
+        return False
+    return not (type_ == "index" and name == PG_INDEX)
