@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, and_
 from sqlmodel import Session, col, select
 
-from shared.tables import Abstract
+from shared.tables import Abstract, SuiteResult
 
 
 def is_live() -> ColumnElement[bool]:
@@ -48,3 +48,21 @@ def sample(pmids: Sequence[int], n: int, seed: int = 1234) -> list[int]:
     if len(chosen) > n:
         chosen = sorted(random.Random(seed).sample(chosen, n))
     return chosen
+
+
+# The "prior" calibration's log-offsets per decision (yes, no, maybe) that the gate fits on a version's
+# PubMedQA suite and stores with its metrics; the QA API shifts its verdicts by them.
+OFFSET_METRICS = ("pubmedqa_offset_yes", "pubmedqa_offset_no", "pubmedqa_offset_maybe")
+
+
+def decision_offsets(session: Session, version_id: int) -> list[float] | None:
+    """The offsets of the version's latest PubMedQA scoring; None when it has none (scored before they
+    were stored, scored uncalibrated, or never scored)."""
+    rows = session.exec(select(SuiteResult).where(SuiteResult.subject == f"v{version_id}",
+                                                  SuiteResult.suite == "pubmedqa")
+                        .order_by(col(SuiteResult.created_at).desc(), col(SuiteResult.id).desc()))
+    for row in rows:
+        values = [row.metrics.get(name) for name in OFFSET_METRICS]
+        if all(isinstance(v, int | float) for v in values):
+            return [float(v) for v in values]  # type: ignore[arg-type]
+    return None

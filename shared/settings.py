@@ -162,6 +162,13 @@ class Settings(BaseSettings):
         None, description="Bearer token for the operator endpoints (promote, rollback, refresh); unset: they "
         "answer 503. No default: a guessable token would let anyone move the champion.")
     api_retrieval_k: int = Field(3, ge=0, le=20, description="Abstracts retrieved as context and cited per answer.")
+    api_retriever: Literal["vector", "lexical", "hybrid"] = Field(
+        "vector", description="How abstracts are ranked: MiniLM cosine, full-text search (FTS5 / PostgreSQL), or "
+                              "their reciprocal-rank fusion (bench/retrieval_quality.py compares them).")
+    api_min_relevance: float = Field(
+        0.42, ge=-1, le=1, description="Cosine (MiniLM) between question and abstract below which an abstract is not "
+                                       "evidence; with none left the API abstains. Calibrated by "
+                                       "bench/retrieval_quality.py on PubMedQA's training share.")
     api_max_question_chars: int = Field(1000, ge=1, le=100_000, description="Longest question accepted.")
     api_max_new_tokens: int = Field(256, ge=1, le=4096, description="Largest max_new_tokens a request may ask.")
     api_default_new_tokens: int = Field(64, ge=1, le=4096, description="max_new_tokens when a request omits it.")

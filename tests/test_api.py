@@ -315,7 +315,7 @@ def test_retracted_and_deleted_abstracts_are_not_cited_and_new_ones_are_found(ap
         # Not refreshed yet: the answer-time check keeps them out already.
         for gone in (retracted, deleted):
             pmids = [x["pmid"] for x in ask(c, gone.title)["citations"]]
-            assert gone.pmid not in pmids and len(pmids) == 3
+            assert gone.pmid not in pmids and set(pmids) <= {a.pmid for a in live_abstracts()}
         assert index.refresh()["removed"] == 2 and len(index) == 28
 
         ingest_synth(tmp_path / "later", files=1, per_file=10, seed=11, start_pmid=96_000_000)
@@ -357,10 +357,10 @@ def test_concurrent_requests_are_batched(api_env, tmp_path, monkeypatch, batchin
     api_env(api_batching=str(batching).lower(), api_batch_wait_ms="200", api_default_new_tokens="6")
     make_version(tmp_path, seed=1, champion=True)
     calls = _spy_generate(monkeypatch)
-    questions = [f"Question {i}: does {t} help?" for i, t in enumerate(
-        ["metformin", "aspirin", "warfarin", "insulin", "statins", "exercise", "sleep", "vitamin D"])]
+    questions = [a.title for a in live_abstracts()[:8]]  # each has evidence (its own abstract), so each is answered
     results: dict[str, dict] = {}
     with client() as c:
+        ready(c)
         barrier = threading.Barrier(len(questions))
 
         def one(q: str) -> None:
@@ -372,7 +372,7 @@ def test_concurrent_requests_are_batched(api_env, tmp_path, monkeypatch, batchin
             t.start()
         for t in threads:
             t.join()
-    assert len(results) == len(questions)
+    assert len(results) == len(questions) and all(r["outcome"] == "answered" for r in results.values())
     # Each request got the answer generated for its own question.
     produced = {item[0]: ans for items, outs in calls for item, ans in zip(items, outs, strict=True)}
     assert all(results[q]["answer"] == produced[q] for q in questions)
@@ -387,20 +387,22 @@ def test_mixed_answer_lengths_share_a_batch_but_not_a_generate_call(api_env, mon
     api_env(api_batch_wait_ms="300")
     calls = _spy_generate(monkeypatch)
     out: list[int] = []
+    titles = [a.title for a in live_abstracts()[:4]]  # answered from their own abstracts
     with client() as c:
+        ready(c)
         barrier = threading.Barrier(4)
 
         def one(n: int) -> None:
             barrier.wait()
-            ask(c, f"Question about {n}?", max_new_tokens=n)
-            out.append(n)
+            assert ask(c, titles[n], max_new_tokens=(2, 2, 3, 3)[n])["generated"]
+            out.append((2, 2, 3, 3)[n])
 
-        threads = [threading.Thread(target=one, args=(n,)) for n in (2, 2, 3, 3)]
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    assert sorted(out) == [2, 2, 3, 3] and len(calls) <= 4
+    assert sorted(out) == [2, 2, 3, 3] and 2 <= len(calls) <= 4
 
 
 @pytest.mark.parametrize("keep_text", [True, False])
@@ -424,7 +426,7 @@ def test_one_unloggable_question_never_drops_the_others(store_env):
 
     texts = [f"Does drug {n} lower blood pressure?" + ("\x00" if n % 8 == 0 else "") for n in range(40)]
     pipeline = Pipeline(get_settings(), server=None, index=None, metrics=None)  # type: ignore[arg-type]
-    pipeline._log([Question(t, 8) for t in texts], [Answer("a", [], None) for _ in texts])
+    pipeline._log([Question(t, 8) for t in texts], [Answer("answered", "a", [], None) for _ in texts])
     with session_scope() as s:
         logged = set(s.exec(select(QuestionLog.text)).all())
     assert {t for t in texts if "\x00" not in t} <= logged  # every clean question is logged

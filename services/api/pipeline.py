@@ -1,4 +1,9 @@
-"""One batch of questions: retrieve abstracts, generate answers, log the questions.
+"""One batch of questions: refer, retrieve, abstain or answer with quoted evidence, log the questions.
+
+A question asking for a personal diagnosis or dose is referred to a clinician (services/api/safety.py).
+The others are answered only from evidence: abstracts over the relevance floor that have a sentence
+supporting the answer, quoted verbatim. With none, the answer says so, with no citation and no
+generated text. A yes/no research question also gets the model's calibrated yes/no/maybe verdict.
 
 Runs in the batcher's single worker thread, so the embedding model, the LM and its tokenizer are
 only ever called from one thread (besides the refresher, which shares EMBED_LOCK).
@@ -7,20 +12,26 @@ only ever called from one thread (besides the refresher, which shares EMBED_LOCK
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Literal
 
 from sqlmodel import col, delete
 
 from services.api.metrics import ApiMetrics
 from services.api.retrieval import Hit, RetrievalIndex
+from services.api.safety import referral
+from services.api.schemas import NO_EVIDENCE
 from services.api.serving import ModelServer
 from shared.db import session_scope
+from shared.evidence import Quote, supporting_quotes
 from shared.settings import Settings
 from shared.tables import CitationLog, QuestionLog, utcnow
 
 log = logging.getLogger("medqa.api.pipeline")
+QUOTES_PER_ABSTRACT = 2
 
 
 @dataclass(frozen=True)
@@ -30,10 +41,31 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Decision:
+    label: str
+    probabilities: dict[str, float]
+    calibrated: bool
+
+
+@dataclass(frozen=True)
 class Answer:
+    outcome: Literal["answered", "no_evidence", "referred"]  # schemas.AnswerResponse says what each means
     text: str
     citations: list[Hit]
     version_id: int | None
+    quotes: list[Quote] = field(default_factory=list)
+    decision: Decision | None = None
+    referral_rule: str | None = None
+
+    @property
+    def generated(self) -> bool:
+        return self.outcome == "answered"
+
+
+# A research question that a yes/no/maybe verdict answers starts with an auxiliary verb ("Does metformin
+# reduce...?", "Is surgery better...?"); "What/How/Why" questions get quoted evidence and a summary only.
+YES_NO_START = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|should|has|have|had|will|would|may|might|"
+                          r"must|shall)\b", re.IGNORECASE)
 
 
 def context_of(hits: Sequence[Hit]) -> str | None:
@@ -41,26 +73,72 @@ def context_of(hits: Sequence[Hit]) -> str | None:
     return "\n\n".join(f"[PMID {h.pmid}] {h.title}\n{h.text}" for h in hits) or None
 
 
+def grounded(question: str, hits: Sequence[Hit], quotes_per_abstract: int) -> tuple[list[Hit], list[Quote]]:
+    """The hits that have a sentence supporting the answer, and those sentences, verbatim: an abstract
+    over the relevance floor with nothing to quote is not cited."""
+    cited, quotes = [], []
+    for hit in hits:
+        found = supporting_quotes(question, hit.pmid, f"{hit.title}\n{hit.text}", k=quotes_per_abstract)
+        if found:
+            cited.append(hit)
+            quotes.extend(found)
+    return cited, quotes
+
+
 class Pipeline:
     def __init__(self, settings: Settings, server: ModelServer, index: RetrievalIndex, metrics: ApiMetrics) -> None:
         self.settings, self.server, self.index, self.metrics = settings, server, index, metrics
 
     def __call__(self, questions: Sequence[Question]) -> list[Answer]:
-        hits = self.index.retrieve([q.text for q in questions], self.settings.api_retrieval_k)
-        # One generate call per answer length: a left-padded batch shares one max_new_tokens.
-        groups: dict[int, list[int]] = {}
-        for i, q in enumerate(questions):
-            groups.setdefault(q.max_new_tokens, []).append(i)
         answers: list[Answer | None] = [None] * len(questions)
-        for max_new, idx in groups.items():
-            texts, version = self.server.generate([(questions[i].text, context_of(hits[i])) for i in idx], max_new)
-            self.metrics.batch_size.observe(len(idx))
-            for i, text in zip(idx, texts, strict=True):
-                answers[i] = Answer(text, hits[i], version)
+        asked: list[int] = []
+        for i, q in enumerate(questions):
+            rule = referral(q.text)
+            if rule is not None:  # a personal diagnosis or dose: no retrieval, no generated text
+                answers[i] = Answer("referred", rule.message, [], self._serving(), referral_rule=rule.rule)
+            else:
+                asked.append(i)
+        found = self.index.retrieve([questions[i].text for i in asked], self.settings.api_retrieval_k,
+                                    ranker=self.settings.api_retriever,
+                                    min_relevance=self.settings.api_min_relevance)
+        evidence: dict[int, tuple[list[Hit], list[Quote]]] = {}
+        for i, hits in zip(asked, found, strict=True):
+            cited, quotes = grounded(questions[i].text, hits, QUOTES_PER_ABSTRACT)
+            if cited:
+                evidence[i] = (cited, quotes)
+            else:
+                answers[i] = Answer("no_evidence", NO_EVIDENCE, [], self._serving())
+        self._answer(questions, evidence, answers)
         done = [a for a in answers if a is not None]
         self.metrics.retrieval_hits.inc(sum(len(a.citations) for a in done))
         self._log(questions, done)
         return done
+
+    def _serving(self) -> int | None:
+        served = self.server.served
+        return served.version_id if served is not None else None
+
+    def _answer(self, questions: Sequence[Question], evidence: dict[int, tuple[list[Hit], list[Quote]]],
+                answers: list[Answer | None]) -> None:
+        """Summaries (one generate call per answer length: a left-padded batch shares one max_new_tokens)
+        and, for yes/no questions, verdicts, over the cited abstracts only."""
+        groups: dict[int, list[int]] = {}
+        for i in evidence:
+            groups.setdefault(questions[i].max_new_tokens, []).append(i)
+        yes_no = [i for i in evidence if YES_NO_START.match(questions[i].text)]
+        decided: dict[int, Decision] = {}
+        if yes_no:
+            verdicts, calibrated = self.server.decide([(questions[i].text, context_of(evidence[i][0]))
+                                                       for i in yes_no])
+            decided = {i: Decision(label, probs, calibrated)
+                       for i, (label, probs) in zip(yes_no, verdicts, strict=True)}
+        for max_new, idx in groups.items():
+            texts, version = self.server.generate([(questions[i].text, context_of(evidence[i][0])) for i in idx],
+                                                  max_new)
+            self.metrics.batch_size.observe(len(idx))
+            for i, text in zip(idx, texts, strict=True):
+                cited, quotes = evidence[i]
+                answers[i] = Answer("answered", text, cited, version, quotes, decided.get(i))
 
     def _log(self, questions: Sequence[Question], answers: Sequence[Answer]) -> None:
         """The question log feeds question drift (monitor). Best effort: a store hiccup here must not

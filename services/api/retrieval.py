@@ -1,4 +1,10 @@
-"""Retrieval: an in-memory matrix of MiniLM vectors of the live stored abstracts, searched by cosine.
+"""Retrieval: the live stored abstracts ranked for a question, and each hit's relevance.
+
+Ranking (MEDQA_API_RETRIEVER): MiniLM vectors in an in-memory matrix searched by cosine (the default:
+best on PubMedQA's development share among 3,000 abstracts, bench/retrieval_quality.py), the store's
+full-text search (shared/search.py), or both fused by reciprocal rank. Relevance is always the cosine,
+which means the same for every question, so one floor (MEDQA_API_MIN_RELEVANCE) decides what counts
+as evidence.
 
 Refresh is incremental in the work that costs: each pass lists (pmid, content_hash) of the live
 abstracts, two narrow columns, and embeds only rows the index lacks or whose text changed. Listing
@@ -14,6 +20,7 @@ is dropped before it can be cited.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -24,7 +31,8 @@ from sqlmodel import Session, col, select
 
 from shared.db import session_scope
 from shared.embeddings import DIM, MODEL_NAME, abstract_vectors, embed, from_bytes
-from shared.queries import is_live, live_abstracts
+from shared.queries import abstract_text, is_live, live_abstracts
+from shared.search import fuse, lexical_search
 from shared.tables import Abstract, AbstractEmbedding
 
 log = logging.getLogger("medqa.api.retrieval")
@@ -33,6 +41,8 @@ log = logging.getLogger("medqa.api.retrieval")
 # once; the answer worker (questions) and the refresher (abstracts) share it through this lock.
 EMBED_LOCK = threading.Lock()
 _IN_CHUNK = 5000  # pmids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+RANKERS = ("vector", "lexical", "hybrid")
+CANDIDATES = 20  # per ranker, before fusion and the relevance floor
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,11 @@ class _Snapshot:
     pmids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, DIM), np.float32))
     hashes: dict[int, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def position(self) -> dict[int, int]:
+        """pmid -> its row in `matrix`."""
+        return {int(p): i for i, p in enumerate(self.pmids)}
 
     def extended(self, pmids: Sequence[int], vectors: np.ndarray, hashes: dict[int, str]) -> _Snapshot:
         return _Snapshot(np.concatenate([self.pmids, np.asarray(pmids, np.int64)]),
@@ -120,20 +135,67 @@ class RetrievalIndex:
         self._snap = self._snap.extended([r.pmid for r in rows], vectors, hashes)
         return len(rows)
 
-    def retrieve(self, questions: Sequence[str], k: int) -> list[list[Hit]]:
-        """Top-k live abstracts per question, best first."""
+    def retrieve(self, questions: Sequence[str], k: int, *, ranker: str = "vector",
+                 min_relevance: float | None = None) -> list[list[Hit]]:
+        """Per question, up to k live abstracts, best first, ranked by `ranker` ("vector": MiniLM cosine;
+        "lexical": the store's full-text search; "hybrid": their reciprocal-rank fusion). Each hit's
+        score is its cosine to the question whatever ranked it: the one relevance scale that holds
+        across questions, which `min_relevance` (None: no floor) applies to."""
+        if ranker not in RANKERS:
+            raise ValueError(f"unknown ranker {ranker!r}; expected one of {', '.join(RANKERS)}")
         snap = self._snap
-        if k <= 0 or not len(snap.pmids) or not questions:
+        if k <= 0 or not questions:
             return [[] for _ in questions]
         with EMBED_LOCK:
             q = embed(list(questions))
-        scores = q @ snap.matrix.T  # unit vectors: the dot product is the cosine
-        # A few spare candidates replace abstracts deleted or retracted since the last refresh.
-        take = min(len(snap.pmids), 2 * k + 4)
-        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-        ranked = [sorted(((int(snap.pmids[j]), float(scores[i, j])) for j in row), key=lambda t: -t[1])
-                  for i, row in enumerate(top)]
+        # Spare candidates replace abstracts dropped since the last refresh, or below the floor.
+        depth = max(CANDIDATES, 2 * k + 4)
+        rankings = self._rankings(snap, list(questions), q, depth, ranker)
         with session_scope() as session:
-            candidates = sorted({p for cands in ranked for p, _ in cands})
-            rows = {r.pmid: r for r in live_abstracts(session, candidates)}
-        return [[Hit(p, rows[p].title, rows[p].text, sc) for p, sc in cands if p in rows][:k] for cands in ranked]
+            rows = {r.pmid: r for r in live_abstracts(session, sorted({p for r in rankings for p in r}))}
+        vectors = self._vectors(snap, rows)
+        out: list[list[Hit]] = []
+        for i, ranking in enumerate(rankings):
+            hits = []
+            for pmid in ranking:
+                if pmid not in rows:
+                    continue  # deleted or retracted since the last refresh
+                cosine = float(q[i] @ vectors[pmid])
+                if min_relevance is None or cosine >= min_relevance:
+                    hits.append(Hit(pmid, rows[pmid].title, rows[pmid].text, cosine))
+                if len(hits) == k:
+                    break
+            out.append(hits)
+        return out
+
+    def _rankings(self, snap: _Snapshot, questions: list[str], q: np.ndarray, depth: int,
+                  ranker: str) -> list[list[int]]:
+        vector = _vector_rankings(snap, q, depth) if ranker != "lexical" else [[] for _ in questions]
+        if ranker == "vector":
+            return vector
+        with session_scope() as session:
+            lexical = [[p for p, _ in lexical_search(session, text, depth)] for text in questions]
+        if ranker == "lexical":
+            return lexical
+        return [[p for p, _ in fuse([v, lx])][:depth] for v, lx in zip(vector, lexical, strict=True)]
+
+    def _vectors(self, snap: _Snapshot, rows: dict[int, Abstract]) -> dict[int, np.ndarray]:
+        """Unit vectors of `rows`: the index's, else (not embedded yet: a lexical hit on an abstract
+        stored since the last refresh) computed now."""
+        out = {p: snap.matrix[snap.position[p]] for p in rows if p in snap.position
+               and snap.hashes.get(p) == rows[p].content_hash}
+        missing = [rows[p] for p in rows if p not in out]
+        if missing:
+            with EMBED_LOCK:
+                fresh = embed([abstract_text(r) for r in missing])
+            out |= {r.pmid: v for r, v in zip(missing, fresh, strict=True)}
+        return out
+
+
+def _vector_rankings(snap: _Snapshot, q: np.ndarray, depth: int) -> list[list[int]]:
+    if not len(snap.pmids):
+        return [[] for _ in range(len(q))]
+    scores = q @ snap.matrix.T  # unit vectors: the dot product is the cosine
+    take = min(len(snap.pmids), depth)
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    return [[int(snap.pmids[j]) for j in sorted(row, key=lambda j: -scores[i, j])] for i, row in enumerate(top)]

@@ -4,7 +4,7 @@ settings and show in the OpenAPI spec (maxLength, maximum) that clients and the 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
@@ -38,14 +38,40 @@ def answer_request_model(settings: Settings) -> type[BaseModel]:
     )
 
 
+NO_EVIDENCE = ("I found no relevant evidence in the indexed literature for this question, so I cannot answer it. "
+               "Please ask a doctor or another qualified clinician.")
+
+
 class Citation(BaseModel):
     pmid: int
     title: str
+    relevance: float = Field(description="Cosine between question and abstract (MiniLM); at least "
+                                         "MEDQA_API_MIN_RELEVANCE, or the abstract would not be cited.")
+
+
+class Evidence(BaseModel):
+    pmid: int
+    quote: str = Field(description="A sentence of the cited abstract, verbatim.")
+
+
+class Verdict(BaseModel):
+    label: Literal["yes", "no", "maybe"]
+    probability: float = Field(description="The label's probability.")
+    probabilities: dict[str, float]
+    calibrated: bool = Field(description="True: prior-calibrated with the offsets the gate fitted for this version; "
+                                         "false: the model's raw likelihoods (no fitted offsets yet).")
 
 
 class AnswerResponse(BaseModel):
-    answer: str
+    outcome: Literal["answered", "no_evidence", "referred"] = Field(
+        description="answered: evidence found, quoted and summarised; no_evidence: nothing in the index is relevant "
+                    "(no citations, no generated claim); referred: a personal diagnosis or dosage question.")
+    answer: str = Field(description="What to show: the generated summary, the no-evidence notice, or the referral.")
+    generated: bool = Field(description="True when `answer` was written by the language model.")
+    verdict: Verdict | None = Field(description="For a yes/no research question with evidence.")
+    evidence: list[Evidence]
     citations: list[Citation]
+    referral_rule: str | None = Field(None, description="The safety rule that referred the question.")
     model_version: int | None = Field(description="The version that wrote the answer; null: the bare base model.")
     latency_ms: float
     disclaimer: str

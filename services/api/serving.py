@@ -28,7 +28,9 @@ from shared.checksums import sha256_folder
 from shared.db import session_scope
 from shared.lm import generation  # the module, not the function: tests spy on generation.generate
 from shared.lm.base_model import load_base_model
+from shared.lm.decisions import DECISIONS, verdict
 from shared.lm.generation import use_bf16
+from shared.queries import decision_offsets
 from shared.settings import Settings
 from shared.tables import ModelVersion
 
@@ -50,11 +52,12 @@ class _Target:
     base_model: str
     adapter_path: Path
     sha256: str
+    offsets: tuple[float, ...] | None  # its verdicts' calibration (shared/queries.decision_offsets)
 
     @classmethod
-    def of(cls, v: ModelVersion) -> _Target:
+    def of(cls, v: ModelVersion, offsets: Sequence[float] | None) -> _Target:
         assert v.id is not None
-        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256)
+        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256, tuple(offsets) if offsets else None)
 
 
 class ModelServer:
@@ -74,6 +77,7 @@ class ModelServer:
         self.swaps = 0
         self.last_swap_pause_ms: float | None = None
         self._failed: tuple[int, str] | None = None  # (version, error) already logged once
+        self._offsets: tuple[float, ...] | None = None  # the served version's verdict calibration
 
     # ----------------------------------------------------------------------------------- serving
     def generate(self, items: Sequence[tuple[str, str | None]], max_new_tokens: int) -> tuple[list[str], int | None]:
@@ -86,6 +90,19 @@ class ModelServer:
             answers = generation.generate(self._net, self.tokenizer, items, max_new_tokens=new, batch_size=len(items),
                                   max_length=self.max_length)
         return answers, served.version_id
+
+    def decide(self, items: Sequence[tuple[str, str | None]]) -> tuple[list[tuple[str, dict[str, float]]], bool]:
+        """Yes/no/maybe verdicts with their probabilities, and whether they are calibrated: shifted by the
+        offsets the gate fitted for the served version (the bare base, or a version scored before
+        offsets were stored, answers with raw likelihoods)."""
+        with self._gen_lock:
+            offsets = self._offsets
+            out = []
+            for question, context in items:
+                label, probs = verdict(self._net, self.tokenizer, question, context, offsets=offsets,
+                                       max_length=self.max_length)
+                out.append((label, {d: round(p, 4) for d, p in zip(DECISIONS, probs, strict=True)}))
+        return out, offsets is not None
 
     # ------------------------------------------------------------------------------------- swaps
     def start(self) -> ModelServer:
@@ -125,7 +142,9 @@ class ModelServer:
     def _read_champion(self) -> _Target | None:
         with session_scope() as session:
             champion = registry.champion(session, model_line=self.settings.model_line)
-            return _Target.of(champion) if champion is not None else None
+            if champion is None or champion.id is None:
+                return None
+            return _Target.of(champion, decision_offsets(session, champion.id))
 
     def _build(self, spec: str) -> tuple[Any, Any, int]:
         model: Any
@@ -140,6 +159,7 @@ class ModelServer:
         with self._gen_lock:
             self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
             self.served = Served(None, spec, None)
+            self._offsets = None
 
     def _switch(self, target: _Target) -> None:
         if not (target.adapter_path / "adapter_config.json").is_file():
@@ -155,6 +175,7 @@ class ModelServer:
             with self._gen_lock:
                 self._net, self._peft, self.tokenizer, self.max_length = peft, peft, tokenizer, max_length
                 self.served = Served(target.version_id, target.base_model, name)
+                self._offsets = target.offsets
             self.swaps += 1
             log.info("serving v%d on a freshly loaded %s", target.version_id, target.base_model)
             return
@@ -173,6 +194,7 @@ class ModelServer:
                 self._peft.delete_adapter(old)
             self._net = self._peft
             self.served = Served(target.version_id, target.base_model, name)
+            self._offsets = target.offsets
         self.last_swap_pause_ms = (time.perf_counter() - started) * 1000
         self.swaps += 1
         log.info("serving v%d (%s); generation paused %.0f ms for the swap", target.version_id, target.base_model,

@@ -29,13 +29,15 @@ from services.evaluator.metrics import per_answer_scores, text_scores
 from services.evaluator.perplexity import perplexity_of, text_nll
 from services.evaluator.qa import expected_calibration_error, macro_f1
 from shared.corpora import GeneralText
-from shared.lm.decisions import CONTENT_FREE, DECISIONS, calibrate, decision_scores
+from shared.lm.decisions import CONTENT_FREE, DECISIONS, calibration_offsets, decision_scores, with_offsets
 from shared.lm.generation import generate
+from shared.queries import OFFSET_METRICS
 
 # Version 2: per-item values are stored; results of version 1 (aggregates only) are never reused.
 # pubmedqa 3: decisions calibrated (params "calibration"), expected calibration error reported.
 # pubmedqa 4: the gold decision is kept per item (series "gold"), so macro-F1 gets a bootstrap interval.
-SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 4, "consumer": 2}
+# pubmedqa 5: the calibration's log-offsets are stored (pubmedqa_offset_*): the QA API calibrates verdicts with them.
+SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 5, "consumer": 2}
 
 
 @dataclass
@@ -80,13 +82,15 @@ def _perplexity(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float
 def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
     items, p = suite.items, suite.params
     pairs = [(i.question, i.context) for i in items]
-    scores = calibrated_decisions(suite, net, tokenizer, pairs)
+    scores, offsets = calibrated_decisions(suite, net, tokenizer, pairs)
     pred = [DECISIONS[max(range(len(DECISIONS)), key=s.__getitem__)] for s in scores]
     gold = [decision_of(i) for i in items]
     correct = [int(g == q) for g, q in zip(gold, pred, strict=True)]
     probabilities = [[math.exp(v) for v in row] for row in scores]
     metrics = {"pubmedqa_acc": sum(correct) / len(items), "pubmedqa_f1": macro_f1(gold, pred),
                "pubmedqa_ece": expected_calibration_error(probabilities, [DECISIONS.index(g) for g in gold])}
+    if suite.params.get("calibration", "none") != "none":  # the QA API calibrates its verdicts with these
+        metrics |= dict(zip(OFFSET_METRICS, offsets, strict=True))
     series: dict[str, list] = {"correct": correct, "label": pred, "gold": gold}
     # Long answers for the first `generate_items` items only: a decision costs one forward pass, an
     # answer dozens, so the decisions can cover many more items for the same time.
@@ -104,10 +108,10 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
 
 
 def calibrated_decisions(suite: Suite, net: Any, tokenizer: Any,
-                         pairs: list[tuple[str, str | None]]) -> list[list[float]]:
+                         pairs: list[tuple[str, str | None]]) -> tuple[list[list[float]], list[float]]:
     """Per item, calibrated log-probabilities of DECISIONS (shared/lm/decisions.calibrate) by the suite's
-    "calibration" parameter; the "prior" method fits on these items' scores and the suite's "prior" (the
-    training share's label shares), never on their gold labels."""
+    "calibration" parameter, and the log-offsets that calibration added; the "prior" method fits on these
+    items' scores and the suite's "prior" (the training share's label shares), never on their gold labels."""
     p = suite.params
     raw = decision_scores(net, tokenizer, pairs, batch_size=p["batch_size"], max_length=p["max_length"])
     method = p.get("calibration", "none")
@@ -115,7 +119,8 @@ def calibrated_decisions(suite: Suite, net: Any, tokenizer: Any,
     if method == "contextual":
         content_free = decision_scores(net, tokenizer, [(c, c or None) for c in CONTENT_FREE],
                                        batch_size=p["batch_size"], max_length=p["max_length"])
-    return calibrate(raw, method, prior=p.get("prior"), content_free=content_free)
+    offsets = calibration_offsets(raw, method, prior=p.get("prior"), content_free=content_free)
+    return with_offsets(raw, offsets), offsets
 
 
 def label_shares(items: tuple[GeneralText, ...] | list[GeneralText]) -> list[float]:

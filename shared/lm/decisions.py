@@ -119,22 +119,36 @@ def calibrate(scores: Sequence[Sequence[float]], method: str, *, prior: Sequence
                 their raw scores), Zhao et al. 2021
     prior       shifted so the predicted label shares over these items match `prior` (prior_offsets)
     """
+    return with_offsets(scores, calibration_offsets(scores, method, prior=prior, content_free=content_free))
+
+
+def with_offsets(scores: Sequence[Sequence[float]], offsets: Sequence[float]) -> list[list[float]]:
+    """Each item's scores normalised, shifted by `offsets`, normalised again (log-probabilities)."""
+    return [[math.log(p) for p in softmax([v + b for v, b in zip(row, offsets, strict=True)])]
+            for row in normalised(scores)]
+
+
+def normalised(scores: Sequence[Sequence[float]]) -> list[list[float]]:
+    return [[math.log(p) for p in softmax(row)] for row in scores]
+
+
+def calibration_offsets(scores: Sequence[Sequence[float]], method: str, *, prior: Sequence[float] | None = None,
+                        content_free: Sequence[Sequence[float]] | None = None) -> list[float]:
+    """The log-offsets `calibrate` adds to each item's normalised scores (zeros for "none"). The gate
+    stores them with a version's PubMedQA scores, so the QA API's verdicts are calibrated the same way."""
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown calibration {method!r}; expected one of {', '.join(CALIBRATIONS)}")
-    normalised = [[math.log(p) for p in softmax(row)] for row in scores]
     if method == "none":
-        return normalised
+        return [0.0] * len(DECISIONS)
     if method == "contextual":
         if not content_free:
             raise ValueError("contextual calibration needs the content-free inputs' scores")
         probs = [softmax(row) for row in content_free]
         mean = [sum(col) / len(probs) for col in zip(*probs, strict=True)]
-        offsets = [-math.log(max(m, 1e-12)) for m in mean]
-    else:
-        if not prior or (scores and len(prior) != len(scores[0])):
-            raise ValueError("prior calibration needs one prior share per label")
-        offsets = prior_offsets(normalised, prior)
-    return [[math.log(p) for p in softmax([v + b for v, b in zip(row, offsets, strict=True)])] for row in normalised]
+        return [-math.log(max(m, 1e-12)) for m in mean]
+    if not prior or (scores and len(prior) != len(scores[0])):
+        raise ValueError("prior calibration needs one prior share per label")
+    return prior_offsets(normalised(scores), prior)
 
 
 def verdict(net: Any, tokenizer: Any, question: str, context: str | None, *, offsets: Sequence[float] | None = None,
@@ -144,9 +158,7 @@ def verdict(net: Any, tokenizer: Any, question: str, context: str | None, *, off
     evaluator on the PubMedQA suite; None = uncalibrated), softmaxed."""
     if offsets is not None and len(offsets) != len(DECISIONS):
         raise ValueError(f"offsets needs one log-offset per decision ({len(DECISIONS)}), got {len(offsets)}")
-    raw = decision_scores(net, tokenizer, [(question, context)], batch_size=1, max_length=max_length)[0]
-    # The offsets were fitted on normalised rows (calibrate's "prior" branch), so they shift normalised ones here.
-    normalised = [math.log(p) for p in softmax(raw)]
-    shift = offsets if offsets is not None else [0.0] * len(DECISIONS)
-    probs = softmax([v + b for v, b in zip(normalised, shift, strict=True)])
+    raw = decision_scores(net, tokenizer, [(question, context)], batch_size=1, max_length=max_length)
+    # The offsets were fitted on normalised rows (calibration_offsets), so they shift normalised ones here.
+    probs = [math.exp(v) for v in with_offsets(raw, offsets if offsets is not None else [0.0] * len(DECISIONS))[0]]
     return DECISIONS[max(range(len(probs)), key=probs.__getitem__)], probs

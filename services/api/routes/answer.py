@@ -9,8 +9,16 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from services.api.deps import RuntimeDep
-from services.api.pipeline import Question
-from services.api.schemas import DISCLAIMER, AnswerResponse, Citation, answer_request_model, error_responses
+from services.api.pipeline import Decision, Question
+from services.api.schemas import (
+    DISCLAIMER,
+    AnswerResponse,
+    Citation,
+    Evidence,
+    Verdict,
+    answer_request_model,
+    error_responses,
+)
 from shared.settings import Settings
 
 
@@ -31,9 +39,18 @@ def answer_router(settings: Settings) -> APIRouter:
             result = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=settings.api_answer_timeout_s)
         except TimeoutError:
             raise HTTPException(503, "the model is busy; try again shortly", headers={"Retry-After": "5"}) from None
-        return AnswerResponse(answer=result.text, citations=[Citation(pmid=h.pmid, title=h.title)
-                                                             for h in result.citations],
-                              model_version=result.version_id, disclaimer=DISCLAIMER,
-                              latency_ms=round((time.perf_counter() - started) * 1e3, 1))
+        return AnswerResponse(
+            outcome=result.outcome, answer=result.text, generated=result.generated,
+            verdict=_verdict(result.decision), evidence=[Evidence(pmid=q.pmid, quote=q.text) for q in result.quotes],
+            citations=[Citation(pmid=h.pmid, title=h.title, relevance=round(h.score, 4)) for h in result.citations],
+            referral_rule=result.referral_rule, model_version=result.version_id, disclaimer=DISCLAIMER,
+            latency_ms=round((time.perf_counter() - started) * 1e3, 1))
 
     return router
+
+
+def _verdict(decision: Decision | None) -> Verdict | None:
+    if decision is None:
+        return None
+    return Verdict(label=decision.label, probability=decision.probabilities[decision.label],  # type: ignore[arg-type]
+                   probabilities=decision.probabilities, calibrated=decision.calibrated)
