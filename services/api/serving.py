@@ -28,7 +28,7 @@ from shared.checksums import sha256_folder
 from shared.db import session_scope
 from shared.lm import generation  # the module, not the function: tests spy on generation.generate
 from shared.lm.base_model import load_base_model
-from shared.lm.decisions import DECISIONS, verdict
+from shared.lm.decisions import DECISIONS, verdicts
 from shared.lm.generation import use_bf16
 from shared.queries import decision_offsets
 from shared.settings import Settings
@@ -97,12 +97,9 @@ class ModelServer:
         offsets were stored, answers with raw likelihoods)."""
         with self._gen_lock:
             offsets = self._offsets
-            out = []
-            for question, context in items:
-                label, probs = verdict(self._net, self.tokenizer, question, context, offsets=offsets,
-                                       max_length=self.max_length)
-                out.append((label, {d: round(p, 4) for d, p in zip(DECISIONS, probs, strict=True)}))
-        return out, offsets is not None
+            found = verdicts(self._net, self.tokenizer, items, offsets=offsets, max_length=self.max_length)
+        return ([(label, {d: round(p, 4) for d, p in zip(DECISIONS, probs, strict=True)}) for label, probs in found],
+                offsets is not None)
 
     # ------------------------------------------------------------------------------------- swaps
     def start(self) -> ModelServer:

@@ -153,12 +153,23 @@ def calibration_offsets(scores: Sequence[Sequence[float]], method: str, *, prior
 
 def verdict(net: Any, tokenizer: Any, question: str, context: str | None, *, offsets: Sequence[float] | None = None,
             max_length: int = 512) -> tuple[str, list[float]]:
-    """The decision (one of DECISIONS) and its probabilities for one question + context: raw log-likelihoods
-    (decision_scores), normalised, shifted by `offsets` (the "prior" calibration's log-offsets fitted by the
-    evaluator on the PubMedQA suite; None = uncalibrated), softmaxed."""
+    """The decision (one of DECISIONS) and its probabilities for one question + context (verdicts)."""
+    return verdicts(net, tokenizer, [(question, context)], offsets=offsets, max_length=max_length)[0]
+
+
+def verdicts(net: Any, tokenizer: Any, items: Sequence[tuple[str, str | None]], *,
+             offsets: Sequence[float] | None = None, max_length: int = 512) -> list[tuple[str, list[float]]]:
+    """Per (question, context): the decision and its probabilities: raw log-likelihoods (decision_scores, one
+    batch), normalised, shifted by `offsets` (calibration_offsets, as the gate fitted them for the version;
+    None = uncalibrated), softmaxed."""
     if offsets is not None and len(offsets) != len(DECISIONS):
         raise ValueError(f"offsets needs one log-offset per decision ({len(DECISIONS)}), got {len(offsets)}")
-    raw = decision_scores(net, tokenizer, [(question, context)], batch_size=1, max_length=max_length)
+    if not items:
+        return []
+    raw = decision_scores(net, tokenizer, items, batch_size=len(items), max_length=max_length)
     # The offsets were fitted on normalised rows (calibration_offsets), so they shift normalised ones here.
-    probs = [math.exp(v) for v in with_offsets(raw, offsets if offsets is not None else [0.0] * len(DECISIONS))[0]]
-    return DECISIONS[max(range(len(probs)), key=probs.__getitem__)], probs
+    out = []
+    for row in with_offsets(raw, offsets if offsets is not None else [0.0] * len(DECISIONS)):
+        probs = [math.exp(v) for v in row]
+        out.append((DECISIONS[max(range(len(probs)), key=probs.__getitem__)], probs))
+    return out
