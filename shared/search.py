@@ -1,7 +1,7 @@
 """Lexical search over the stored abstracts, on the store's own engine, and rank fusion.
 
 SQLite (the embedded default) searches an FTS5 index ranked by BM25; PostgreSQL (the deployment) a
-GIN-indexed tsvector ranked by ts_rank with length normalisation. Both stem English words, so
+stored, GIN-indexed tsvector column ranked by ts_rank with length normalisation. Both stem English words, so
 "reduces" finds "reduction". Migration 0012 builds both; SQLite's index is kept current by triggers
 on the abstract table, so no writer needs to know it exists.
 
@@ -22,6 +22,9 @@ from sqlmodel import Session
 
 FTS_TABLE = "abstract_fts"
 PG_INDEX = "ix_abstract_fts"
+# A stored generated column, not an expression index alone: ranking reads the vector of every matching
+# row, and recomputing it per row made a query 0.5 s on 3,000 abstracts (bench/retrieval_quality.py).
+PG_COLUMN = "search_vector"
 PG_VECTOR = "to_tsvector('english', title || ' ' || text)"
 # Only a change of title or text touches the index: claiming abstracts for a run (train_run_id) or
 # marking them deleted updates thousands of rows, and liveness is checked on the abstract row anyway.
@@ -73,8 +76,8 @@ def lexical_search(session: Session, question: str, k: int) -> list[tuple[int, f
             {"match": match, "k": k})
         return [(int(pmid), -float(rank)) for pmid, rank in rows]  # bm25() is lower-is-better
     rows = session.execute(text(
-        f"SELECT pmid, ts_rank({PG_VECTOR}, q, 1) AS rank FROM abstract, to_tsquery('english', :query) q "
-        f"WHERE {PG_VECTOR} @@ q AND NOT deleted AND NOT retracted ORDER BY rank DESC LIMIT :k"),
+        f"SELECT pmid, ts_rank({PG_COLUMN}, q, 1) AS rank FROM abstract, to_tsquery('english', :query) q "
+        f"WHERE {PG_COLUMN} @@ q AND NOT deleted AND NOT retracted ORDER BY rank DESC LIMIT :k"),
         {"query": " | ".join(terms), "k": k})
     return [(int(pmid), float(rank)) for pmid, rank in rows]
 
@@ -91,7 +94,8 @@ def fuse(rankings: Sequence[Sequence[int]], *, k: int = RRF_K) -> list[tuple[int
 
 def not_search_index(name: str | None, type_: str, parent_names: object) -> bool:
     """Alembic's include_name filter: the search index lives outside the models (FTS5's table and its
-    shadow tables; PostgreSQL's expression index), so comparing models with the store skips it."""
+    shadow tables; PostgreSQL's generated column and its index), so comparing models with the store
+    skips it."""
     if type_ == "table" and name is not None and name.startswith(FTS_TABLE):
         return False
-    return not (type_ == "index" and name == PG_INDEX)
+    return (type_, name) not in {("index", PG_INDEX), ("column", PG_COLUMN)}

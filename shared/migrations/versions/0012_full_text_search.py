@@ -8,11 +8,11 @@ SQLite: an external-content FTS5 table over abstract(title, text), keyed by the 
 pmid, an INTEGER PRIMARY KEY), kept in step by triggers, so every writer (ingest, tests, a hand-run
 UPDATE) keeps it current without knowing it exists. A later batch migration that recreates `abstract`
 on SQLite drops these triggers and must create them again (shared/search.py: SQLITE_TRIGGERS).
-PostgreSQL: a GIN index on the same tsvector expression the search uses.
+PostgreSQL: a stored generated tsvector column (the database keeps it current) with a GIN index.
 """
 from alembic import op
 
-from shared.search import FTS_TABLE, PG_INDEX, PG_VECTOR, SQLITE_TRIGGERS
+from shared.search import FTS_TABLE, PG_COLUMN, PG_INDEX, PG_VECTOR, SQLITE_TRIGGERS
 
 revision = '0012'
 down_revision = '0011'
@@ -28,7 +28,8 @@ def upgrade() -> None:
             op.execute(f"CREATE TRIGGER {name} {sql}")
         op.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')")  # the rows stored before
     else:
-        op.execute(f"CREATE INDEX {PG_INDEX} ON abstract USING gin ({PG_VECTOR})")
+        op.execute(f"ALTER TABLE abstract ADD COLUMN {PG_COLUMN} tsvector GENERATED ALWAYS AS ({PG_VECTOR}) STORED")
+        op.execute(f"CREATE INDEX {PG_INDEX} ON abstract USING gin ({PG_COLUMN})")
 
 
 def downgrade() -> None:
@@ -38,3 +39,4 @@ def downgrade() -> None:
         op.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
     else:
         op.execute(f"DROP INDEX IF EXISTS {PG_INDEX}")
+        op.execute(f"ALTER TABLE abstract DROP COLUMN IF EXISTS {PG_COLUMN}")
