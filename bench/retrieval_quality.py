@@ -1,7 +1,7 @@
 """Benchmark: does retrieval find the evidence, and does the relevance floor abstain when there is none?
 One JSON line last.
 
-Run: .venv/bin/python bench/retrieval_quality.py [--stores sqlite,postgres] [--answer-share 0.95]
+Run: .venv/bin/python bench/retrieval_quality.py [--stores sqlite,postgres] [--answer-share 0.99]
 Needs MEDQA_PUBMEDQA_SOURCE and MEDQA_MEDQUAD_SOURCE (the Makefile sets them on our machines) and, for the
 NLM samples, MEDQA_DEMO_CORPUS (a folder of PubMed XML).
 
@@ -127,7 +127,8 @@ def floor_from_training(train, vectors_by_pmid: dict, share: float) -> float:  #
 def abstention(index, dev, floor: float, ranker: str, k: int = 3) -> dict:  # type: ignore[no-untyped-def]
     """What the API would do (services/api/pipeline.grounded): cite the top-k abstracts over the floor
     that have a sentence to quote; answer only with at least one."""
-    from services.api.pipeline import QUOTES_PER_ABSTRACT, grounded
+    from services.api.pipeline import QUOTES_PER_ABSTRACT
+    from shared.evidence import grounded
     from shared.offtopic import OFF_TOPIC_QUESTIONS
 
     def cited(questions: list[str]) -> list[list[int]]:
@@ -150,7 +151,8 @@ def abstention(index, dev, floor: float, ranker: str, k: int = 3) -> dict:  # ty
 def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float) -> dict:  # type: ignore[no-untyped-def]
     import sqlalchemy
 
-    from services.api.retrieval import RANKERS, RetrievalIndex
+    from services.api.retrieval import RetrievalIndex
+    from shared.search import RANKERS
 
     with tempfile.TemporaryDirectory() as tmp:
         admin, name = None, ""

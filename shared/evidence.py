@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol, TypeVar
 
 # A quote longer than this is skipped, not cut: a cut sentence is no longer verbatim.
 MAX_QUOTE_CHARS = 400
@@ -273,3 +275,30 @@ def _idf(words: list[set[str]], n_sentences: int) -> dict[str, float]:
 
 def _is_finding(index: int, sentence: _Sentence, n_sentences: int) -> bool:
     return index >= n_sentences - 2 or bool(FINDINGS_SECTIONS.search(sentence.section))
+
+
+class Document(Protocol):
+    @property
+    def pmid(self) -> int: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+D = TypeVar("D", bound=Document)
+
+
+def grounded(question: str, hits: Sequence[D], quotes_per_abstract: int) -> tuple[list[D], list[Quote]]:
+    """The hits that have a sentence supporting the answer, and those sentences, verbatim (quoted from
+    "title\ntext", the abstract as stored and shown): an abstract over the relevance floor with nothing
+    to quote is not cited. The QA API answers this way and the evaluator's grounding suite measures it."""
+    cited, quotes = [], []
+    for hit in hits:
+        found = supporting_quotes(question, hit.pmid, f"{hit.title}\n{hit.text}", k=quotes_per_abstract)
+        if found:
+            cited.append(hit)
+            quotes.extend(found)
+    return cited, quotes

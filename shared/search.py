@@ -15,9 +15,11 @@ Measured against the MiniLM vectors and their fusion in bench/retrieval_quality.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-from sqlalchemy import text
+import numpy as np
+from sqlalchemy import create_engine, text
 from sqlmodel import Session
 
 FTS_TABLE = "abstract_fts"
@@ -37,6 +39,9 @@ SQLITE_TRIGGERS = {
                            "rowid, title, text) VALUES ('delete', old.pmid, old.title, old.text); "
                            f"INSERT INTO {FTS_TABLE}(rowid, title, text) VALUES (new.pmid, new.title, new.text); END",
 }
+RANKERS = ("vector", "lexical", "hybrid")
+FTS_DDL = (f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(title, text, content='abstract', content_rowid='pmid', "
+           "tokenize='porter unicode61')")
 MAX_TERMS = 32  # a pasted paragraph must not become a query of hundreds of ORs
 RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009): ranks past a few dozen barely count
 
@@ -90,6 +95,64 @@ def fuse(rankings: Sequence[Sequence[int]], *, k: int = RRF_K) -> list[tuple[int
         for rank, pmid in enumerate(ranking, start=1):
             total[pmid] = total.get(pmid, 0.0) + 1.0 / (k + rank)
     return sorted(total.items(), key=lambda item: (-item[1], item[0]))
+
+
+def vector_rankings(questions: np.ndarray, matrix: np.ndarray, ids: np.ndarray, depth: int) -> list[list[int]]:
+    """Per question vector (unit length), the ids of the `depth` rows of `matrix` (unit vectors) with
+    the highest cosine, best first."""
+    if not len(ids):
+        return [[] for _ in range(len(questions))]
+    scores = questions @ matrix.T
+    take = min(len(ids), depth)
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    return [[int(ids[j]) for j in sorted(row, key=lambda j: -scores[i, j])] for i, row in enumerate(top)]
+
+
+def combined(ranker: str, vector: list[list[int]], lexical: list[list[int]], depth: int) -> list[list[int]]:
+    """The rankings `ranker` names: "vector", "lexical", or "hybrid" (their reciprocal-rank fusion)."""
+    if ranker not in RANKERS:
+        raise ValueError(f"unknown ranker {ranker!r}; expected one of {', '.join(RANKERS)}")
+    if ranker == "vector":
+        return vector
+    if ranker == "lexical":
+        return lexical
+    return [[p for p, _ in fuse([v, lx])][:depth] for v, lx in zip(vector, lexical, strict=True)]
+
+
+def over_floor(ranking: Sequence[int], cosine: Callable[[int], float | None], floor: float | None,
+               k: int) -> list[tuple[int, float]]:
+    """The first k of `ranking` whose cosine to the question reaches `floor` (None: no floor), as (id,
+    cosine). `cosine` gives None for an id to skip (deleted or retracted since it was ranked)."""
+    out: list[tuple[int, float]] = []
+    for pmid in ranking:
+        value = cosine(pmid)
+        if value is not None and (floor is None or value >= floor):
+            out.append((pmid, value))
+            if len(out) == k:
+                break
+    return out
+
+
+@contextmanager
+def scratch_index(docs: Sequence[tuple[int, str, str]]) -> Iterator[Session]:
+    """A throwaway in-memory SQLite store of (pmid, title, text) with the same FTS5 index and triggers as
+    the real one, for lexical_search over a fixed set of documents (the evaluator's grounding suite):
+    the same ranking code as the API, on documents that are not in the store."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE abstract (pmid INTEGER PRIMARY KEY, title TEXT NOT NULL, "
+                                 "text TEXT NOT NULL, deleted BOOLEAN NOT NULL DEFAULT 0, "
+                                 "retracted BOOLEAN NOT NULL DEFAULT 0)")
+            conn.exec_driver_sql(FTS_DDL)
+            for name, sql in SQLITE_TRIGGERS.items():
+                conn.exec_driver_sql(f"CREATE TRIGGER {name} {sql}")
+            conn.execute(text("INSERT INTO abstract (pmid, title, text) VALUES (:pmid, :title, :text)"),
+                         [{"pmid": p, "title": t, "text": x} for p, t, x in docs])
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def not_search_index(name: str | None, type_: str, parent_names: object) -> bool:

@@ -174,8 +174,8 @@ PUBMEDQA = Path(os.environ.get("MEDQA_TEST_SHARED_DATA", "/nonexistent")) / "pub
 def test_pubmedqa_questions_cite_their_own_abstract_among_distractors(grounded_env, tmp_path):
     """Real PubMedQA items (their contexts stored with an empty title, as bench/retrieval_quality.py does)
     among the synthetic abstracts: the retrieval the API uses cites each item's own abstract."""
-    from services.api.pipeline import grounded
     from services.api.retrieval import RetrievalIndex
+    from shared.evidence import grounded
     from shared.settings import get_settings
 
     items = list(json.loads(PUBMEDQA.read_text()).items())[:40]

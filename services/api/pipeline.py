@@ -26,7 +26,7 @@ from services.api.safety import referral
 from services.api.schemas import NO_EVIDENCE
 from services.api.serving import ModelServer
 from shared.db import session_scope
-from shared.evidence import Quote, supporting_quotes
+from shared.evidence import Quote, grounded
 from shared.settings import Settings
 from shared.tables import CitationLog, QuestionLog, utcnow
 
@@ -71,18 +71,6 @@ YES_NO_START = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|should|ha
 def context_of(hits: Sequence[Hit]) -> str | None:
     """Best hit first: a prompt over the model's window loses the context's tail (shared/lm/prompts.py)."""
     return "\n\n".join(f"[PMID {h.pmid}] {h.title}\n{h.text}" for h in hits) or None
-
-
-def grounded(question: str, hits: Sequence[Hit], quotes_per_abstract: int) -> tuple[list[Hit], list[Quote]]:
-    """The hits that have a sentence supporting the answer, and those sentences, verbatim: an abstract
-    over the relevance floor with nothing to quote is not cited."""
-    cited, quotes = [], []
-    for hit in hits:
-        found = supporting_quotes(question, hit.pmid, f"{hit.title}\n{hit.text}", k=quotes_per_abstract)
-        if found:
-            cited.append(hit)
-            quotes.extend(found)
-    return cited, quotes
 
 
 class Pipeline:

@@ -32,7 +32,7 @@ from sqlmodel import Session, col, select
 from shared.db import session_scope
 from shared.embeddings import DIM, MODEL_NAME, abstract_vectors, embed, from_bytes
 from shared.queries import abstract_text, is_live, live_abstracts
-from shared.search import fuse, lexical_search
+from shared.search import RANKERS, combined, lexical_search, over_floor, vector_rankings
 from shared.tables import Abstract, AbstractEmbedding
 
 log = logging.getLogger("medqa.api.retrieval")
@@ -41,7 +41,6 @@ log = logging.getLogger("medqa.api.retrieval")
 # once; the answer worker (questions) and the refresher (abstracts) share it through this lock.
 EMBED_LOCK = threading.Lock()
 _IN_CHUNK = 5000  # pmids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-RANKERS = ("vector", "lexical", "hybrid")
 CANDIDATES = 20  # per ranker, before fusion and the relevance floor
 
 
@@ -150,34 +149,22 @@ class RetrievalIndex:
             q = embed(list(questions))
         # Spare candidates replace abstracts dropped since the last refresh, or below the floor.
         depth = max(CANDIDATES, 2 * k + 4)
-        rankings = self._rankings(snap, list(questions), q, depth, ranker)
+        vector = vector_rankings(q, snap.matrix, snap.pmids, depth) if ranker != "lexical" else []
+        lexical = []
+        if ranker != "vector":
+            with session_scope() as session:
+                lexical = [[p for p, _ in lexical_search(session, text, depth)] for text in questions]
+        rankings = combined(ranker, vector, lexical, depth)
         with session_scope() as session:
             rows = {r.pmid: r for r in live_abstracts(session, sorted({p for r in rankings for p in r}))}
         vectors = self._vectors(snap, rows)
         out: list[list[Hit]] = []
         for i, ranking in enumerate(rankings):
-            hits = []
-            for pmid in ranking:
-                if pmid not in rows:
-                    continue  # deleted or retracted since the last refresh
-                cosine = float(q[i] @ vectors[pmid])
-                if min_relevance is None or cosine >= min_relevance:
-                    hits.append(Hit(pmid, rows[pmid].title, rows[pmid].text, cosine))
-                if len(hits) == k:
-                    break
-            out.append(hits)
+            # A ranked pmid missing from `rows` was deleted or retracted since the last refresh.
+            kept = over_floor(ranking, lambda p: float(q[i] @ vectors[p]) if p in rows else None,  # noqa: B023
+                              min_relevance, k)
+            out.append([Hit(p, rows[p].title, rows[p].text, cosine) for p, cosine in kept])
         return out
-
-    def _rankings(self, snap: _Snapshot, questions: list[str], q: np.ndarray, depth: int,
-                  ranker: str) -> list[list[int]]:
-        vector = _vector_rankings(snap, q, depth) if ranker != "lexical" else [[] for _ in questions]
-        if ranker == "vector":
-            return vector
-        with session_scope() as session:
-            lexical = [[p for p, _ in lexical_search(session, text, depth)] for text in questions]
-        if ranker == "lexical":
-            return lexical
-        return [[p for p, _ in fuse([v, lx])][:depth] for v, lx in zip(vector, lexical, strict=True)]
 
     def _vectors(self, snap: _Snapshot, rows: dict[int, Abstract]) -> dict[int, np.ndarray]:
         """Unit vectors of `rows`: the index's, else (not embedded yet: a lexical hit on an abstract
@@ -191,11 +178,3 @@ class RetrievalIndex:
             out |= {r.pmid: v for r, v in zip(missing, fresh, strict=True)}
         return out
 
-
-def _vector_rankings(snap: _Snapshot, q: np.ndarray, depth: int) -> list[list[int]]:
-    if not len(snap.pmids):
-        return [[] for _ in range(len(q))]
-    scores = q @ snap.matrix.T  # unit vectors: the dot product is the cosine
-    take = min(len(snap.pmids), depth)
-    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    return [[int(snap.pmids[j]) for j in sorted(row, key=lambda j: -scores[i, j])] for i, row in enumerate(top)]

@@ -12,7 +12,7 @@ PostgreSQL: a stored generated tsvector column (the database keeps it current) w
 """
 from alembic import op
 
-from shared.search import FTS_TABLE, PG_COLUMN, PG_INDEX, PG_VECTOR, SQLITE_TRIGGERS
+from shared.search import FTS_DDL, FTS_TABLE, PG_COLUMN, PG_INDEX, PG_VECTOR, SQLITE_TRIGGERS
 
 revision = '0012'
 down_revision = '0011'
@@ -22,8 +22,7 @@ depends_on = None
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        op.execute(f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(title, text, content='abstract', "
-                   "content_rowid='pmid', tokenize='porter unicode61')")
+        op.execute(FTS_DDL)
         for name, sql in SQLITE_TRIGGERS.items():
             op.execute(f"CREATE TRIGGER {name} {sql}")
         op.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')")  # the rows stored before
