@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, TypeVar
 
+QUOTES_PER_ABSTRACT = 2  # sentences quoted from each cited abstract, at most
 # A quote longer than this is skipped, not cut: a cut sentence is no longer verbatim.
 MAX_QUOTE_CHARS = 400
 # Results and conclusions say what was found, so they slightly outrank background sentences that

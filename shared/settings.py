@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     eval_qa_generate_items: int = Field(32, ge=0, description="Of those, the items whose long answers are "
                                         "generated for BLEU/ROUGE (generation is most of a suite's time).")
     eval_consumer_items: int = Field(24, ge=0, description="Questions in the consumer-health suite (0 = skip).")
+    eval_grounding_items: int = Field(
+        50, ge=0, le=10_000, description="PubMedQA development questions in the grounding suite, with as many "
+                                         "off-topic ones (at most the 71 written for it); 0 = skip.")
     eval_max_new_tokens: int = Field(48, ge=4, le=1024, description="Generated tokens per answer in eval suites.")
     eval_batch_size: int = Field(16, ge=1, le=256, description="Items per forward pass in eval suites.")
 

@@ -146,7 +146,8 @@ def paired_series(metric: str) -> tuple[str, str] | None:
         return metric.removeprefix("ppl_"), "nll"
     suite, _, series = metric.partition("_")
     per_item = {"pubmedqa": {"acc": "correct", "rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL"},
-                "consumer": {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "fk_grade": "fk_grade"}}
+                "consumer": {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "fk_grade": "fk_grade"},
+                "grounding": {"abstention_acc": "abstained_ok", "citation_precision": "precision"}}
     name = per_item.get(suite, {}).get(series)
     return (suite, name) if name else None
 

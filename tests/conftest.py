@@ -130,7 +130,7 @@ def medqa_env(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
                 eager="1", broker_url=TEST_REDIS, policy_file=str(policy), train_max_steps="6",
                 train_batch_size="2", train_grad_accum="1", train_max_length="64", trigger_min_new="30",
                 eval_max_texts="12", eval_qa_items="8", eval_consumer_items="4", eval_max_new_tokens="8",
-                monitor_after_ingest="0",
+                monitor_after_ingest="0", eval_grounding_items="0",  # tests/test_grounding_suite.py sets it
                 checkpoint_every="3", drift_min_rows="10", train_precision="fp32")
 
     def apply(**more: str) -> None:

@@ -26,12 +26,11 @@ from services.api.safety import referral
 from services.api.schemas import NO_EVIDENCE
 from services.api.serving import ModelServer
 from shared.db import session_scope
-from shared.evidence import Quote, grounded
+from shared.evidence import QUOTES_PER_ABSTRACT, Quote, grounded
 from shared.settings import Settings
 from shared.tables import CitationLog, QuestionLog, utcnow
 
 log = logging.getLogger("medqa.api.pipeline")
-QUOTES_PER_ABSTRACT = 2
 
 
 @dataclass(frozen=True)

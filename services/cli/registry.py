@@ -48,7 +48,7 @@ def evaluate(version: str, as_json: bool = JsonOpt) -> None:
 
 @app.command("score")
 def score_cmd(target: str = typer.Argument(..., help="base, champion, or a version (v3 or 3)"),
-              suite: str = typer.Option(..., "--suite", help="pubmedqa, consumer or retention"),
+              suite: str = typer.Option(..., "--suite", help="pubmedqa, consumer, retention or grounding"),
               source: str | None = typer.Option(None, "--source", help="A local path or hub id in the suite's "
                                                 "format (default: the gate's own items)"),
               items: str | None = typer.Option(None, "--items", help="N or all (default: the gate's size)"),

@@ -19,14 +19,17 @@ import torch
 from peft import PeftModel
 from sqlmodel import Session, col, select
 
+from services.evaluator.grounding import distractor_hash
 from services.evaluator.judge import Guard, judge
 from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
 from shared import lineage, registry
 from shared.corpora import CorpusUnavailable, GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope, write_lock
+from shared.evidence import QUOTES_PER_ABSTRACT
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import use_bf16
 from shared.manifest import RunManifest
+from shared.offtopic import OFF_TOPIC_QUESTIONS
 from shared.pipeline import Event, emit
 from shared.policy import Policy
 from shared.queries import abstract_text, live_abstracts
@@ -106,7 +109,23 @@ def build_suites(session: Session, run: TrainingRun) -> list[Suite]:
     consumer = consumer_suite(settings, list(corpus_items("liveqa")), general, settings.eval_consumer_items)
     if consumer is not None:
         suites.append(consumer)
+    grounding = grounding_suite(settings, pubmedqa_split()[1], settings.eval_grounding_items)
+    if grounding is not None:
+        suites.append(grounding)
     return suites
+
+
+def grounding_suite(settings: Settings, answerable: Sequence[GeneralText], n: int) -> Suite | None:
+    """n of `answerable` (PubMedQA items: their own abstract is indexed) and as many off-topic questions,
+    with the QA API's evidence settings; None when n is 0 or there is nothing to ask."""
+    asked = [i for i in sample(tuple(answerable), n) if i.context]
+    if not asked:
+        return None
+    off_topic = [GeneralText(f"offtopic:{k}", q, question=q) for k, q in enumerate(OFF_TOPIC_QUESTIONS[:len(asked)])]
+    params = {"ranker": settings.api_retriever, "min_relevance": settings.api_min_relevance,
+              "k": settings.api_retrieval_k, "quotes": QUOTES_PER_ABSTRACT,
+              "distractors": distractor_hash(general_texts())}
+    return Suite("grounding", "grounding", tuple(asked) + tuple(off_topic), params)
 
 
 def consumer_suite(settings: Settings, patients: Sequence[GeneralText], medquad: Sequence[GeneralText],

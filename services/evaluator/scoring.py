@@ -6,6 +6,8 @@ suites; --source swaps in another source of the same format:
   pubmedqa   PubMedQA items (original JSON, `datasets` folder, parquet or hub id)
   consumer   consumer questions with reference answers (LiveQA TREC XML, or the same table forms)
   retention  general medical text (MedQuAD XML, or the same table forms), scored by perplexity
+  grounding  the QA API's evidence step: PubMedQA items (answered from their own abstract) and the
+             off-topic probe questions (abstained on); the model plays no part
 
 Every metric comes with a bootstrap interval over the suite's items. Results are stored as the
 gate's are (SuiteResult, by suite hash, per item), so asking again costs nothing, and a gate that
@@ -24,7 +26,14 @@ from typing import Any
 
 from sqlmodel import Session
 
-from services.evaluator.gate import cached_scores, consumer_suite, pubmedqa_suite, score, store_scores
+from services.evaluator.gate import (
+    cached_scores,
+    consumer_suite,
+    grounding_suite,
+    pubmedqa_suite,
+    score,
+    store_scores,
+)
 from services.evaluator.qa import macro_f1_interval
 from services.evaluator.suites import Suite, SuiteScores, sample
 from shared import registry
@@ -32,8 +41,8 @@ from shared.corpora import general_texts, load_corpus, pubmedqa_split, split_gen
 from shared.settings import Settings
 from shared.stats import Interval, mean_interval
 
-SUITES = ("pubmedqa", "consumer", "retention")
-SOURCE_FORMAT = {"pubmedqa": "pubmedqa", "consumer": "liveqa", "retention": "medquad"}
+SUITES = ("pubmedqa", "consumer", "retention", "grounding")
+SOURCE_FORMAT = {"pubmedqa": "pubmedqa", "consumer": "liveqa", "retention": "medquad", "grounding": "pubmedqa"}
 
 
 class ScoreError(ValueError):
@@ -71,10 +80,10 @@ def build_suite(name: str, settings: Settings, *, source: str | None, items: int
         raise ScoreError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     general = split_general(general_texts())[1] if source is None else []
     pool = tuple(load_corpus(SOURCE_FORMAT[name], source)) if source is not None else \
-        tuple(pubmedqa_split()[1]) if name == "pubmedqa" else \
+        tuple(pubmedqa_split()[1]) if name in ("pubmedqa", "grounding") else \
         tuple(load_corpus("liveqa", None)) if name == "consumer" else tuple(general)
     configured = {"pubmedqa": settings.eval_qa_items, "consumer": settings.eval_consumer_items,
-                  "retention": settings.eval_max_texts}[name]
+                  "retention": settings.eval_max_texts, "grounding": settings.eval_grounding_items}[name]
     extra = len(general) if name == "consumer" else 0
     n = configured if items is None else len(pool) + extra if items == "all" else int(items)
     suite: Suite | None
@@ -82,6 +91,8 @@ def build_suite(name: str, settings: Settings, *, source: str | None, items: int
         suite = pubmedqa_suite(settings, sample(pool, n))
     elif name == "consumer":
         suite = consumer_suite(settings, pool, general, n)
+    elif name == "grounding":
+        suite = grounding_suite(settings, pool, n)
     else:
         suite = Suite("retention", "perplexity", sample(pool, n), {"max_length": settings.eval_max_length})
     if suite is None or not suite.items:
@@ -136,7 +147,9 @@ def _interval(metric: str, items: dict[str, list], confidence: float) -> tuple[f
         per_token = mean_interval([a / t for a, t in zip(nll, tokens, strict=True)], weights=tokens,
                                   confidence=confidence)
         return math.exp(per_token.low), math.exp(per_token.high)
-    series = {"pubmedqa_acc": "correct"}.get(metric, metric.split("_", 1)[1] if "_" in metric else metric)
+    named = {"pubmedqa_acc": "correct", "grounding_abstention_acc": "abstained_ok",
+             "grounding_citation_precision": "precision"}
+    series = named.get(metric, metric.split("_", 1)[1] if "_" in metric else metric)
     values = [v for v in items.get(series, []) if v is not None]
     if not values:
         return None

@@ -44,7 +44,8 @@ def configured_items(settings: Settings, metric: str, suite: str) -> int:
     if suite == "pubmedqa" and metric != "pubmedqa_acc":  # generated answers: a subset of the items
         return min(settings.eval_qa_generate_items, settings.eval_qa_items)
     return {"new": settings.eval_max_texts, "retention": settings.eval_max_texts,
-            "pubmedqa": settings.eval_qa_items, "consumer": settings.eval_consumer_items}.get(suite, 0)
+            "pubmedqa": settings.eval_qa_items, "consumer": settings.eval_consumer_items,
+            "grounding": 2 * settings.eval_grounding_items}.get(suite, 0)
 
 
 def check_sizes(session: Session, policy: Policy, settings: Settings) -> list[GuardSize]:

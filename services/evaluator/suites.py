@@ -25,10 +25,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.evaluator.grounding import score_grounding
 from services.evaluator.metrics import per_answer_scores, text_scores
 from services.evaluator.perplexity import perplexity_of, text_nll
 from services.evaluator.qa import expected_calibration_error, macro_f1
-from shared.corpora import GeneralText
+from shared.corpora import GeneralText, general_texts
 from shared.lm.decisions import CONTENT_FREE, DECISIONS, calibration_offsets, decision_scores, with_offsets
 from shared.lm.generation import generate
 from shared.queries import OFFSET_METRICS
@@ -37,7 +38,7 @@ from shared.queries import OFFSET_METRICS
 # pubmedqa 3: decisions calibrated (params "calibration"), expected calibration error reported.
 # pubmedqa 4: the gold decision is kept per item (series "gold"), so macro-F1 gets a bootstrap interval.
 # pubmedqa 5: the calibration's log-offsets are stored (pubmedqa_offset_*): the QA API calibrates verdicts with them.
-SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 5, "consumer": 2}
+SCORER_VERSIONS = {"perplexity": 2, "pubmedqa": 5, "consumer": 2, "grounding": 1}
 
 
 @dataclass
@@ -46,7 +47,8 @@ class SuiteScores:
 
     Series: perplexity suites `nll` (summed over the item's tokens) and `tokens`; pubmedqa `correct`
     (0/1), `label` (the chosen decision), `gold` (the item's decision) and per-answer `bleu`,
-    `rouge1/2/L`; consumer per-answer `rouge1/2/L` and `fk_grade` (None for an empty answer)."""
+    `rouge1/2/L`; consumer per-answer `rouge1/2/L` and `fk_grade` (None for an empty answer); grounding
+    `abstained_ok` (0/1) and `precision` (None where nothing was cited or abstaining was right)."""
 
     metrics: dict[str, float]
     items: dict[str, list[Any]]
@@ -68,7 +70,8 @@ class Suite:
         return h.hexdigest()
 
     def run(self, net: Any, tokenizer: Any) -> SuiteScores:
-        scorer = {"perplexity": _perplexity, "pubmedqa": _pubmedqa, "consumer": _consumer}[self.kind]
+        scorer = {"perplexity": _perplexity, "pubmedqa": _pubmedqa, "consumer": _consumer,
+                  "grounding": _grounding}[self.kind]
         metrics, series = scorer(self, net, tokenizer)
         return SuiteScores(metrics, {"item_id": [i.item_id for i in self.items], **series})
 
@@ -138,6 +141,12 @@ def _consumer(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
     per_answer = per_answer_scores(answers, refs)
     return ({f"consumer_{k}": v for k, v in text.items() if k != "bleu"},
             {k: v for k, v in per_answer.items() if k != "bleu"})
+
+
+def _grounding(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, list]]:
+    """Retrieval, relevance floor and quoting as the QA API runs them (services/evaluator/grounding.py);
+    the model plays no part."""
+    return score_grounding(suite.items, general_texts(), suite.params)
 
 
 def decision_of(item: GeneralText) -> str:
