@@ -127,8 +127,7 @@ def floor_from_training(train, vectors_by_pmid: dict, share: float) -> float:  #
 def abstention(index, dev, floor: float, ranker: str, k: int = 3) -> dict:  # type: ignore[no-untyped-def]
     """What the API would do (services/api/pipeline.grounded): cite the top-k abstracts over the floor
     that have a sentence to quote; answer only with at least one."""
-    from services.api.pipeline import QUOTES_PER_ABSTRACT
-    from shared.evidence import grounded
+    from shared.evidence import QUOTES_PER_ABSTRACT, grounded
     from shared.offtopic import OFF_TOPIC_QUESTIONS
 
     def cited(questions: list[str]) -> list[list[int]]:
