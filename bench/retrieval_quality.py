@@ -23,7 +23,9 @@ against the training share's 0.61.) It is then measured on the
 development share (answer rate: at least one abstract over the floor among the top 3 with a sentence
 to quote, as the API answers; own-abstract cited
 rate; citation precision: own abstracts among all cited, a lower bound, since another abstract may be
-relevant too) and on shared/offtopic.py's questions (abstention rate: nothing over the floor).
+relevant too) and on shared/offtopic.py's questions (abstention rate: nothing over the floor). Citations
+are also cut at --margin (0.10) below the best abstract's cosine, as the API cuts them; the margin is
+chosen on the training share too (margin_on_training_share: own-abstract rate and precision per margin).
 Goals: recall@3 >= 0.90, answer rate >= 0.90, abstention rate >= 0.95. No baseline is divided by: the
 rankers are compared in the same run. Say how loaded the box was.
 """
@@ -124,30 +126,38 @@ def floor_from_training(train, vectors_by_pmid: dict, share: float) -> float:  #
     return round(own[int((1 - share) * (len(own) - 1))], 3)
 
 
-def abstention(index, dev, floor: float, ranker: str, k: int = 3) -> dict:  # type: ignore[no-untyped-def]
-    """What the API would do (services/api/pipeline.grounded): cite the top-k abstracts over the floor
-    that have a sentence to quote; answer only with at least one."""
+def cited_by_api(index, questions: list[str], floor: float, ranker: str, margin: float | None,  # type: ignore[no-untyped-def]
+                 k: int = 3) -> list[list[int]]:
+    """What the API would cite (services/api/pipeline: retrieve over the floor, within the margin of the
+    best, then shared/evidence.grounded): the abstracts over the floor that have a sentence to quote."""
     from shared.evidence import QUOTES_PER_ABSTRACT, grounded
+
+    hits = index.retrieve(questions, k, ranker=ranker, min_relevance=floor, margin=margin)
+    return [[h.pmid for h in grounded(q, found, QUOTES_PER_ABSTRACT)[0]] for q, found in zip(questions, hits,
+                                                                                             strict=True)]
+
+
+def citing(index, items, floor: float, ranker: str, margin: float | None) -> dict:  # type: ignore[no-untyped-def]
+    cited = cited_by_api(index, [i.question for i in items], floor, ranker, margin)
+    targets = [int(i.item_id.split(":")[1]) for i in items]
+    n_cited = sum(len(c) for c in cited)
+    own = sum(t in c for c, t in zip(cited, targets, strict=True))
+    answered = sum(bool(c) for c in cited)
+    return {"answer_rate": round(answered / len(items), 3), "own_cited_rate": round(own / len(items), 3),
+            "citation_precision": round(own / n_cited, 3) if n_cited else None,
+            "citations_per_answer": round(n_cited / max(1, answered), 2)}
+
+
+def abstention(index, dev, floor: float, ranker: str, margin: float | None) -> dict:  # type: ignore[no-untyped-def]
     from shared.offtopic import OFF_TOPIC_QUESTIONS
 
-    def cited(questions: list[str]) -> list[list[int]]:
-        hits = index.retrieve(questions, k, ranker=ranker, min_relevance=floor)
-        return [[h.pmid for h in grounded(q, found, QUOTES_PER_ABSTRACT)[0]] for q, found in zip(questions, hits,
-                                                                                                 strict=True)]
-
-    on_dev = cited([i.question for i in dev])
-    targets = [int(i.item_id.split(":")[1]) for i in dev]
-    n_cited = sum(len(c) for c in on_dev)
-    own = sum(t in c for c, t in zip(on_dev, targets, strict=True))
-    answered = sum(bool(c) for c in on_dev)
-    off = cited(list(OFF_TOPIC_QUESTIONS))
-    return {"floor": floor, "answer_rate": round(answered / len(dev), 3), "own_cited_rate": round(own / len(dev), 3),
-            "citation_precision": round(own / n_cited, 3) if n_cited else None,
-            "citations_per_answer": round(n_cited / max(1, answered), 2),
+    off = cited_by_api(index, list(OFF_TOPIC_QUESTIONS), floor, ranker, margin)
+    return {"floor": floor, "margin": margin, **citing(index, dev, floor, ranker, margin),
             "offtopic_questions": len(off), "abstention_rate": round(sum(not c for c in off) / len(off), 3)}
 
 
-def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float) -> dict:  # type: ignore[no-untyped-def]
+def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float,  # type: ignore[no-untyped-def]
+              margin: float | None) -> dict:
     import sqlalchemy
 
     from services.api.retrieval import RetrievalIndex
@@ -177,7 +187,10 @@ def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float) ->
             out["rankers"] = {r: ranks(index, questions, targets, r) for r in RANKERS}
             vectors_by_pmid = {p: index._snap.matrix[i] for p, i in index._snap.position.items()}
             floor = floor_from_training(train, vectors_by_pmid, share)
-            out["abstention"] = {r: abstention(index, dev, floor, r) for r in RANKERS}
+            out["abstention"] = {r: abstention(index, dev, floor, r, margin) for r in RANKERS}
+            # How the margin was chosen: on the TRAINING share (its abstracts are indexed too), per margin.
+            out["margin_on_training_share"] = {str(m): citing(index, train, floor, "vector", m)
+                                               for m in (None, 0.2, 0.15, 0.1, 0.05)}
             return out
         finally:
             if admin is not None:
@@ -193,6 +206,8 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--answer-share", type=float, default=0.99,
                         help="share of training questions whose own abstract must clear the floor")
+    parser.add_argument("--margin", type=float, default=0.10,
+                        help="cite only abstracts within this cosine of the best (MEDQA_API_RELEVANCE_MARGIN)")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "bench" / "results" / f"retrieval_quality_{date.today()}.json")
     args = parser.parse_args()
@@ -203,7 +218,8 @@ def main() -> None:
     rows, dev, train = corpus()
     vectors = embed([f"{r['title']}\n{r['text']}" for r in rows])
     embed_s = time.monotonic() - t0
-    stores = [one_store(kind, rows, vectors, dev, train, args.answer_share) for kind in args.stores.split(",")]
+    stores = [one_store(kind, rows, vectors, dev, train, args.answer_share, args.margin)
+              for kind in args.stores.split(",")]
     first = stores[0]
     best = max(first["rankers"], key=lambda r: (first["rankers"][r]["recall@3"], first["rankers"][r]["mrr@20"]))
     result = {"bench": "retrieval_quality", "dev_items": len(dev), "training_items": len(train),

@@ -120,9 +120,13 @@ def combined(ranker: str, vector: list[list[int]], lexical: list[list[int]], dep
 
 
 def over_floor(ranking: Sequence[int], cosine: Callable[[int], float | None], floor: float | None,
-               k: int) -> list[tuple[int, float]]:
+               k: int, *, margin: float | None = None) -> list[tuple[int, float]]:
     """The first k of `ranking` whose cosine to the question reaches `floor` (None: no floor), as (id,
-    cosine). `cosine` gives None for an id to skip (deleted or retracted since it was ranked)."""
+    cosine), less those more than `margin` below the best of them (None: keep all k). `cosine` gives
+    None for an id to skip (deleted or retracted since it was ranked).
+
+    The margin is for precision: a question usually has one abstract that answers it, and the next
+    ones over the floor are most often only on the same topic (bench/retrieval_quality.py)."""
     out: list[tuple[int, float]] = []
     for pmid in ranking:
         value = cosine(pmid)
@@ -130,6 +134,9 @@ def over_floor(ranking: Sequence[int], cosine: Callable[[int], float | None], fl
             out.append((pmid, value))
             if len(out) == k:
                 break
+    if margin is not None and out:
+        best = max(value for _, value in out)
+        out = [(pmid, value) for pmid, value in out if value >= best - margin]
     return out
 
 

@@ -172,6 +172,10 @@ class Settings(BaseSettings):
         0.42, ge=-1, le=1, description="Cosine (MiniLM) between question and abstract below which an abstract is not "
                                        "evidence; with none left the API abstains. Calibrated by "
                                        "bench/retrieval_quality.py on PubMedQA's training share.")
+    api_relevance_margin: float | None = Field(
+        0.10, ge=0, le=2, description="An abstract more than this below the best one's cosine is not cited: most "
+                                      "questions have one answering abstract, the rest are only on its topic. "
+                                      "Unset: cite all MEDQA_API_RETRIEVAL_K over the floor.")
     api_max_question_chars: int = Field(1000, ge=1, le=100_000, description="Longest question accepted.")
     api_max_new_tokens: int = Field(256, ge=1, le=4096, description="Largest max_new_tokens a request may ask.")
     api_default_new_tokens: int = Field(64, ge=1, le=4096, description="max_new_tokens when a request omits it.")

@@ -186,7 +186,8 @@ def test_pubmedqa_questions_cite_their_own_abstract_among_distractors(grounded_e
     index.refresh()
     settings = get_settings()
     found = index.retrieve([v["QUESTION"] for _, v in items], settings.api_retrieval_k,
-                           ranker=settings.api_retriever, min_relevance=settings.api_min_relevance)
+                           ranker=settings.api_retriever, min_relevance=settings.api_min_relevance,
+                           margin=settings.api_relevance_margin)
     own = 0
     for (pmid, item), hits in zip(items, found, strict=True):
         cited, quotes = grounded(item["QUESTION"], hits, 2)

@@ -67,3 +67,15 @@ def test_reciprocal_rank_fusion_rewards_agreement():
     assert [p for p, _ in fused] == [1, 3, 2, 4]  # 1 and 3 are high in both; 2 and 4 in one each
     assert fused[0][1] == 1 / 61 + 1 / 62
     assert fuse([]) == []
+
+
+def test_over_floor_keeps_the_first_k_over_the_floor_within_the_margin():
+    from shared.search import over_floor
+
+    cosines = {1: 0.80, 2: 0.30, 3: 0.75, 4: 0.60, 5: 0.55}
+    ranking = [2, 1, 3, 4, 5]
+    assert over_floor(ranking, cosines.get, 0.5, 3) == [(1, 0.80), (3, 0.75), (4, 0.60)]
+    assert over_floor(ranking, cosines.get, 0.5, 3, margin=0.1) == [(1, 0.80), (3, 0.75)]
+    assert over_floor(ranking, lambda p: None if p == 1 else cosines[p], 0.5, 2) == [(3, 0.75), (4, 0.60)]
+    assert over_floor(ranking, cosines.get, 0.9, 3, margin=0.1) == []
+    assert over_floor(ranking, cosines.get, None, 2) == [(2, 0.30), (1, 0.80)]

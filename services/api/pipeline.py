@@ -87,7 +87,8 @@ class Pipeline:
                 asked.append(i)
         found = self.index.retrieve([questions[i].text for i in asked], self.settings.api_retrieval_k,
                                     ranker=self.settings.api_retriever,
-                                    min_relevance=self.settings.api_min_relevance)
+                                    min_relevance=self.settings.api_min_relevance,
+                                    margin=self.settings.api_relevance_margin)
         evidence: dict[int, tuple[list[Hit], list[Quote]]] = {}
         for i, hits in zip(asked, found, strict=True):
             cited, quotes = grounded(questions[i].text, hits, QUOTES_PER_ABSTRACT)

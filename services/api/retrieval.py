@@ -135,11 +135,12 @@ class RetrievalIndex:
         return len(rows)
 
     def retrieve(self, questions: Sequence[str], k: int, *, ranker: str = "vector",
-                 min_relevance: float | None = None) -> list[list[Hit]]:
+                 min_relevance: float | None = None, margin: float | None = None) -> list[list[Hit]]:
         """Per question, up to k live abstracts, best first, ranked by `ranker` ("vector": MiniLM cosine;
         "lexical": the store's full-text search; "hybrid": their reciprocal-rank fusion). Each hit's
         score is its cosine to the question whatever ranked it: the one relevance scale that holds
-        across questions, which `min_relevance` (None: no floor) applies to."""
+        across questions, which `min_relevance` (None: no floor) and `margin` (shared/search.over_floor)
+        apply to."""
         if ranker not in RANKERS:
             raise ValueError(f"unknown ranker {ranker!r}; expected one of {', '.join(RANKERS)}")
         snap = self._snap
@@ -162,7 +163,7 @@ class RetrievalIndex:
         for i, ranking in enumerate(rankings):
             # A ranked pmid missing from `rows` was deleted or retracted since the last refresh.
             kept = over_floor(ranking, lambda p: float(q[i] @ vectors[p]) if p in rows else None,  # noqa: B023
-                              min_relevance, k)
+                              min_relevance, k, margin=margin)
             out.append([Hit(p, rows[p].title, rows[p].text, cosine) for p, cosine in kept])
         return out
 

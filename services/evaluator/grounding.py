@@ -81,7 +81,7 @@ def score_grounding(items: Sequence[GeneralText], distractors: Sequence[GeneralT
     precision: list[float | None] = []
     for n, (item, ranking) in enumerate(zip(items, rankings, strict=True)):
         kept = over_floor(ranking, lambda p: float(q[n] @ matrix[position[p]]), params["min_relevance"],  # noqa: B023
-                          params["k"])
+                          params["k"], margin=params["margin"])
         cited, _ = grounded(item.question, [by_id[p] for p, _ in kept], params["quotes"])
         own = own_pmid(item)
         abstained_ok.append(int(bool(cited) == (own is not None)))
