@@ -63,7 +63,10 @@ def test_answer_cites_stored_abstracts_from_the_champion(api_env, tmp_path):
         assert doc["model_version"] == v1 and doc["disclaimer"] == DISCLAIMER and doc["latency_ms"] > 0
         assert isinstance(doc["answer"], str)
         pmids = [x["pmid"] for x in doc["citations"]]
-        assert len(pmids) == 3 and pmids[0] == target.pmid  # its own title retrieves it first
+        # Its own title retrieves it first; others only within MEDQA_API_RELEVANCE_MARGIN of it.
+        assert 1 <= len(pmids) <= 3 and pmids[0] == target.pmid
+        best = doc["citations"][0]["relevance"]
+        assert all(best - 0.1001 <= x["relevance"] <= best for x in doc["citations"])  # shown rounded to 1e-4
         stored = {a.pmid: a.title for a in live_abstracts()}
         assert all(stored[x["pmid"]] == x["title"] for x in doc["citations"])
 
@@ -76,7 +79,7 @@ def test_answer_cites_stored_abstracts_from_the_champion(api_env, tmp_path):
         metrics = c.get("/metrics").text
         assert 'medqa_api_requests_total{endpoint="/v1/answer",method="POST",status="200"} 1.0' in metrics
         assert f"medqa_api_model_version {float(v1)}" in metrics
-        assert "medqa_api_retrieval_hits_total 3.0" in metrics
+        assert f"medqa_api_retrieval_hits_total {float(len(pmids))}" in metrics
         assert 'medqa_api_request_seconds_bucket{endpoint="/v1/answer"' in metrics
 
 

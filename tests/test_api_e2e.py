@@ -45,7 +45,7 @@ def test_answers_follow_the_loop_and_a_rollback_under_load(medqa_env, tmp_path):
             assert r.status_code == 200, r.text
         doc = c.post("/v1/answer", json={"question": question}).json()
         assert doc["model_version"] == v2
-        assert len(doc["citations"]) == 3 and {x["pmid"] for x in doc["citations"]} <= stored
+        assert 1 <= len(doc["citations"]) <= 3 and {x["pmid"] for x in doc["citations"]} <= stored
 
         failures: list[str] = []
         seen: list[tuple[float, int]] = []
