@@ -26,6 +26,10 @@ rate; citation precision: own abstracts among all cited, a lower bound, since an
 relevant too) and on shared/offtopic.py's questions (abstention rate: nothing over the floor). Citations
 are also cut at --margin (0.10) below the best abstract's cosine, as the API cuts them; the margin is
 chosen on the training share too (margin_on_training_share: own-abstract rate and precision per margin).
+A cited abstract must also contain --coverage (0.45) of the question's search terms, the largest share
+that keeps 95% of the training share answered (coverage_on_training_share). Last, every PubMedQA
+abstract is removed and the same questions are asked again: medical questions whose evidence is not
+indexed, which should mostly abstain (without_own_abstracts).
 Goals: recall@3 >= 0.90, answer rate >= 0.90, abstention rate >= 0.95. No baseline is divided by: the
 rankers are compared in the same run. Say how loaded the box was.
 """
@@ -48,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 PG_ADMIN = os.environ.get("MEDQA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MEDQUAD_PMIDS = 990_000_000  # made-up ids for MedQuAD answers, far above real PMIDs
 DEPTH = 20
+COVERAGES = (0.0, 0.3, 0.4, 0.45, 0.5, 0.6)
 
 
 def configure(url: str, data_dir: Path) -> None:
@@ -127,18 +132,19 @@ def floor_from_training(train, vectors_by_pmid: dict, share: float) -> float:  #
 
 
 def cited_by_api(index, questions: list[str], floor: float, ranker: str, margin: float | None,  # type: ignore[no-untyped-def]
-                 k: int = 3) -> list[list[int]]:
+                 coverage: float, k: int = 3) -> list[list[int]]:
     """What the API would cite (services/api/pipeline: retrieve over the floor, within the margin of the
     best, then shared/evidence.grounded): the abstracts over the floor that have a sentence to quote."""
     from shared.evidence import QUOTES_PER_ABSTRACT, grounded
 
     hits = index.retrieve(questions, k, ranker=ranker, min_relevance=floor, margin=margin)
-    return [[h.pmid for h in grounded(q, found, QUOTES_PER_ABSTRACT)[0]] for q, found in zip(questions, hits,
-                                                                                             strict=True)]
+    return [[h.pmid for h in grounded(q, found, QUOTES_PER_ABSTRACT, min_coverage=coverage)[0]]
+            for q, found in zip(questions, hits, strict=True)]
 
 
-def citing(index, items, floor: float, ranker: str, margin: float | None) -> dict:  # type: ignore[no-untyped-def]
-    cited = cited_by_api(index, [i.question for i in items], floor, ranker, margin)
+def citing(index, items, floor: float, ranker: str, margin: float | None,  # type: ignore[no-untyped-def]
+           coverage: float) -> dict:
+    cited = cited_by_api(index, [i.question for i in items], floor, ranker, margin, coverage)
     targets = [int(i.item_id.split(":")[1]) for i in items]
     n_cited = sum(len(c) for c in cited)
     own = sum(t in c for c, t in zip(cited, targets, strict=True))
@@ -148,16 +154,28 @@ def citing(index, items, floor: float, ranker: str, margin: float | None) -> dic
             "citations_per_answer": round(n_cited / max(1, answered), 2)}
 
 
-def abstention(index, dev, floor: float, ranker: str, margin: float | None) -> dict:  # type: ignore[no-untyped-def]
+def abstention(index, dev, floor: float, ranker: str, margin: float | None,  # type: ignore[no-untyped-def]
+               coverage: float) -> dict:
     from shared.offtopic import OFF_TOPIC_QUESTIONS
 
-    off = cited_by_api(index, list(OFF_TOPIC_QUESTIONS), floor, ranker, margin)
-    return {"floor": floor, "margin": margin, **citing(index, dev, floor, ranker, margin),
+    off = cited_by_api(index, list(OFF_TOPIC_QUESTIONS), floor, ranker, margin, coverage)
+    return {"floor": floor, "margin": margin, "coverage": coverage,
+            **citing(index, dev, floor, ranker, margin, coverage),
             "offtopic_questions": len(off), "abstention_rate": round(sum(not c for c in off) / len(off), 3)}
 
 
+def remove_pubmedqa_abstracts() -> None:
+    from sqlmodel import col, update
+
+    from shared.db import session_scope
+    from shared.tables import Abstract
+
+    with session_scope() as s:
+        s.exec(update(Abstract).where(col(Abstract.source) == "pubmedqa").values(deleted=True))  # type: ignore[call-overload]
+
+
 def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float,  # type: ignore[no-untyped-def]
-              margin: float | None) -> dict:
+              margin: float | None, coverage: float) -> dict:
     import sqlalchemy
 
     from services.api.retrieval import RetrievalIndex
@@ -187,10 +205,20 @@ def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float,  #
             out["rankers"] = {r: ranks(index, questions, targets, r) for r in RANKERS}
             vectors_by_pmid = {p: index._snap.matrix[i] for p, i in index._snap.position.items()}
             floor = floor_from_training(train, vectors_by_pmid, share)
-            out["abstention"] = {r: abstention(index, dev, floor, r, margin) for r in RANKERS}
-            # How the margin was chosen: on the TRAINING share (its abstracts are indexed too), per margin.
-            out["margin_on_training_share"] = {str(m): citing(index, train, floor, "vector", m)
+            out["abstention"] = {r: abstention(index, dev, floor, r, margin, coverage) for r in RANKERS}
+            # How the margin and the term coverage were chosen: on the TRAINING share (its abstracts are
+            # indexed too), per value.
+            out["margin_on_training_share"] = {str(m): citing(index, train, floor, "vector", m, coverage)
                                                for m in (None, 0.2, 0.15, 0.1, 0.05)}
+            out["coverage_on_training_share"] = {str(c): citing(index, train, floor, "vector", margin, c)
+                                                 for c in COVERAGES}
+            # Medical questions whose evidence is not indexed: every PubMedQA abstract removed (deleted, so
+            # the API's answer-time check drops them), the same questions asked again.
+            remove_pubmedqa_abstracts()
+            out["without_own_abstracts"] = {
+                "training_share_by_coverage": {str(c): citing(index, train, floor, "vector", margin, c)["answer_rate"]
+                                               for c in COVERAGES},
+                "dev_answer_rate": {r: citing(index, dev, floor, r, margin, coverage)["answer_rate"] for r in RANKERS}}
             return out
         finally:
             if admin is not None:
@@ -208,6 +236,9 @@ def main() -> None:
                         help="share of training questions whose own abstract must clear the floor")
     parser.add_argument("--margin", type=float, default=0.10,
                         help="cite only abstracts within this cosine of the best (MEDQA_API_RELEVANCE_MARGIN)")
+    parser.add_argument("--coverage", type=float, default=0.45,
+                        help="share of the question's terms a cited abstract must contain "
+                             "(MEDQA_API_MIN_TERM_COVERAGE)")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "bench" / "results" / f"retrieval_quality_{date.today()}.json")
     args = parser.parse_args()
@@ -218,7 +249,7 @@ def main() -> None:
     rows, dev, train = corpus()
     vectors = embed([f"{r['title']}\n{r['text']}" for r in rows])
     embed_s = time.monotonic() - t0
-    stores = [one_store(kind, rows, vectors, dev, train, args.answer_share, args.margin)
+    stores = [one_store(kind, rows, vectors, dev, train, args.answer_share, args.margin, args.coverage)
               for kind in args.stores.split(",")]
     first = stores[0]
     best = max(first["rankers"], key=lambda r: (first["rankers"][r]["recall@3"], first["rankers"][r]["mrr@20"]))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, TypeVar
 
+from shared.search import query_terms
+
 QUOTES_PER_ABSTRACT = 2  # sentences quoted from each cited abstract, at most
 # A quote longer than this is skipped, not cut: a cut sentence is no longer verbatim.
 MAX_QUOTE_CHARS = 400
@@ -292,13 +294,26 @@ class Document(Protocol):
 D = TypeVar("D", bound=Document)
 
 
-def grounded(question: str, hits: Sequence[D], quotes_per_abstract: int) -> tuple[list[D], list[Quote]]:
+def term_coverage(question: str, text: str) -> float:
+    """Share of the question's search terms (shared/search.query_terms, stemmed) that `text` contains."""
+    asked = {_stem(w) for w in query_terms(question) if not w.isdigit()}
+    return len(asked & _content_words(text)) / len(asked) if asked else 0.0
+
+
+def grounded(question: str, hits: Sequence[D], quotes_per_abstract: int, *,
+             min_coverage: float = 0.0) -> tuple[list[D], list[Quote]]:
     """The hits that have a sentence supporting the answer, and those sentences, verbatim (quoted from
-    "title\ntext", the abstract as stored and shown): an abstract over the relevance floor with nothing
-    to quote is not cited. The QA API answers this way and the evaluator's grounding suite measures it."""
+    "title\ntext", the abstract as stored and shown). An abstract over the relevance floor is not cited
+    when it has nothing to quote, or when it names less than `min_coverage` of the question's terms:
+    a question about metformin and cancer is close in meaning to any diabetes abstract, but an abstract
+    that never says "metformin" or "cancer" cannot answer it. The QA API answers this way and the
+    evaluator's grounding suite measures it."""
     cited, quotes = [], []
     for hit in hits:
-        found = supporting_quotes(question, hit.pmid, f"{hit.title}\n{hit.text}", k=quotes_per_abstract)
+        text = f"{hit.title}\n{hit.text}"
+        if term_coverage(question, text) < min_coverage:
+            continue
+        found = supporting_quotes(question, hit.pmid, text, k=quotes_per_abstract)
         if found:
             cited.append(hit)
             quotes.extend(found)

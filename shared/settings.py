@@ -172,6 +172,10 @@ class Settings(BaseSettings):
         0.42, ge=-1, le=1, description="Cosine (MiniLM) between question and abstract below which an abstract is not "
                                        "evidence; with none left the API abstains. Calibrated by "
                                        "bench/retrieval_quality.py on PubMedQA's training share.")
+    api_min_term_coverage: float = Field(
+        0.45, ge=0, le=1, description="Share of the question's search terms a cited abstract must contain; none left: "
+                                      "the API abstains. Chosen by bench/retrieval_quality.py on PubMedQA's "
+                                      "training share.")
     api_relevance_margin: float | None = Field(
         0.10, ge=0, le=2, description="An abstract more than this below the best one's cosine is not cited: most "
                                       "questions have one answering abstract, the rest are only on its topic. "

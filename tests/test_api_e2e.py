@@ -35,9 +35,10 @@ def test_answers_follow_the_loop_and_a_rollback_under_load(medqa_env, tmp_path):
         assert s.get(ModelVersion, v1).status == VersionStatus.blessed
         v2_blessed = s.get(ModelVersion, v2).status == VersionStatus.blessed
         champion = registry.champion(s, model_line="default").id
-        stored = {a.pmid for a in s.exec(select(Abstract)) if not a.deleted and not a.retracted}
+        live = [a for a in s.exec(select(Abstract).order_by(col(Abstract.pmid))) if not a.deleted and not a.retracted]
+        stored = {a.pmid for a in live}
 
-    question = "Does adjuvant chemotherapy improve survival in older adults with colorectal cancer?"
+    question = f"What did this study find: {live[0].title.rstrip('.')}?"  # a question the store has evidence for
     with TestClient(create_app()) as c:
         c.app.state.runtime.index.refresh()  # type: ignore[attr-defined]
         if champion != v2:  # the gate may keep v1 on tiny-gpt2; an operator promotes v2 through the API
@@ -45,6 +46,7 @@ def test_answers_follow_the_loop_and_a_rollback_under_load(medqa_env, tmp_path):
             assert r.status_code == 200, r.text
         doc = c.post("/v1/answer", json={"question": question}).json()
         assert doc["model_version"] == v2
+        assert doc["outcome"] == "answered" and doc["citations"][0]["pmid"] == live[0].pmid
         assert 1 <= len(doc["citations"]) <= 3 and {x["pmid"] for x in doc["citations"]} <= stored
 
         failures: list[str] = []

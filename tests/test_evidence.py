@@ -148,3 +148,12 @@ def test_real_pubmedqa_abstracts_get_verbatim_quotes():
         assert [q.start for q in quotes] == sorted(q.start for q in quotes)
         quoted += bool(quotes)
     assert quoted >= 0.95 * len(items), f"only {quoted} of {len(items)} items got a quote"
+
+
+def test_term_coverage_counts_the_question_s_search_terms_in_the_text():
+    from shared.evidence import term_coverage
+
+    question = "Does metformin reduce the risk of cancer?"  # terms: metformin, reduce, risk, cancer
+    assert term_coverage(question, "Metformin reduced cancer risk.") == 1.0
+    assert term_coverage(question, "Diabetes raised the infection risk.") == 0.25
+    assert term_coverage("What is it?", "Anything.") == 0.0  # no search terms: nothing can cover them

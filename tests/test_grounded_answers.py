@@ -139,6 +139,36 @@ def test_a_retracted_abstract_is_never_cited(grounded_env, tmp_path):
             index.refresh()
 
 
+ACE2_SECTIONS = [
+    ("BACKGROUND", "Diabetes is a risk factor for severe COVID-19."),
+    ("RESULTS", "ACE2 protein expression was increased in bronchial and alveolar tissue of patients with diabetes."),
+    ("CONCLUSIONS", "Increased ACE2 expression in patients with diabetes could contribute to increased "
+                    "infection risk.")]
+
+
+def test_a_close_abstract_that_does_not_name_the_question_s_subject_is_not_evidence(medqa_env, tmp_path):
+    """The issue's example: a metformin-and-cancer question was answered from an abstract on lung ACE2 in
+    diabetes. Close in meaning (over the cosine floor, set low here so that only the term coverage
+    decides), but it names neither metformin nor cancer."""
+    from shared.evidence import term_coverage
+
+    medqa_env(**API_ENV, api_min_relevance="0.30")
+    article = dict(generate_articles(1, seed=6, start_pmid=95_000_002)[0], sections=ACE2_SECTIONS,
+                   title="Increased ACE2 expression in the lungs of patients with diabetes.",
+                   abstract="\n".join(f"{k}: {v}" for k, v in ACE2_SECTIONS))
+    (tmp_path / "ace2.xml").write_bytes(pubmed_xml([article]))
+    assert ingest_path(tmp_path / "ace2.xml").stored == 1
+    make_version(tmp_path, seed=1, champion=True)
+    with TestClient(create_app()) as c:
+        index = c.app.state.runtime.index  # type: ignore[attr-defined]
+        index.refresh()
+        (close,) = index.retrieve([METFORMIN_QUESTION], 3, min_relevance=0.30)[0]
+        assert close.pmid == 95_000_002  # over the floor ...
+        assert term_coverage(METFORMIN_QUESTION, f"{close.title}\n{close.text}") < 0.45
+        doc = ask(c, METFORMIN_QUESTION)
+    assert doc["outcome"] == "no_evidence" and doc["citations"] == [] and doc["verdict"] is None  # ... not evidence
+
+
 @pytest.mark.parametrize(("question", "rule"), [
     ("How much metformin should I take for my diabetes?", "personal_dosage"),
     ("Do I have type 2 diabetes if my fasting glucose is 7.2?", "personal_diagnosis"),

@@ -91,7 +91,8 @@ class Pipeline:
                                     margin=self.settings.api_relevance_margin)
         evidence: dict[int, tuple[list[Hit], list[Quote]]] = {}
         for i, hits in zip(asked, found, strict=True):
-            cited, quotes = grounded(questions[i].text, hits, QUOTES_PER_ABSTRACT)
+            cited, quotes = grounded(questions[i].text, hits, QUOTES_PER_ABSTRACT,
+                                     min_coverage=self.settings.api_min_term_coverage)
             if cited:
                 evidence[i] = (cited, quotes)
             else:

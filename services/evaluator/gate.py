@@ -123,7 +123,7 @@ def grounding_suite(settings: Settings, answerable: Sequence[GeneralText], n: in
         return None
     off_topic = [GeneralText(f"offtopic:{k}", q, question=q) for k, q in enumerate(OFF_TOPIC_QUESTIONS[:len(asked)])]
     params = {"ranker": settings.api_retriever, "min_relevance": settings.api_min_relevance,
-              "margin": settings.api_relevance_margin,
+              "margin": settings.api_relevance_margin, "min_coverage": settings.api_min_term_coverage,
               "k": settings.api_retrieval_k, "quotes": QUOTES_PER_ABSTRACT,
               "distractors": distractor_hash(general_texts())}
     return Suite("grounding", "grounding", tuple(asked) + tuple(off_topic), params)

@@ -82,7 +82,8 @@ def score_grounding(items: Sequence[GeneralText], distractors: Sequence[GeneralT
     for n, (item, ranking) in enumerate(zip(items, rankings, strict=True)):
         kept = over_floor(ranking, lambda p: float(q[n] @ matrix[position[p]]), params["min_relevance"],  # noqa: B023
                           params["k"], margin=params["margin"])
-        cited, _ = grounded(item.question, [by_id[p] for p, _ in kept], params["quotes"])
+        cited, _ = grounded(item.question, [by_id[p] for p, _ in kept], params["quotes"],
+                            min_coverage=params["min_coverage"])
         own = own_pmid(item)
         abstained_ok.append(int(bool(cited) == (own is not None)))
         precision.append(sum(d.pmid == own for d in cited) / len(cited) if own is not None and cited else None)
