@@ -24,14 +24,14 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PG_ADMIN = os.environ.get("MEDQA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+from scratch import scratch_store  # noqa: E402  (bench/, beside this file)
+
 FIRST_PMID = 30_000_000
 
 
@@ -135,34 +135,15 @@ def retraction_to_alert(pmid: int) -> tuple[float, int]:
 
 
 def one_store(kind: str, versions: int, rows: int, queries: int) -> dict:
-    import sqlalchemy
-
-    with tempfile.TemporaryDirectory() as tmp:
-        admin = None
-        if kind == "sqlite":
-            url = f"sqlite:///{tmp}/bench.db"
-        else:
-            name = f"medqa_bench_{uuid.uuid4().hex[:8]}"
-            admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:
-                c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        try:
-            configure(url, Path(tmp))
-            t0 = time.monotonic()
-            papers, first = build(versions, rows)
-            built_s = time.monotonic() - t0
-            result = {"store": kind, "versions": versions, "rows": versions * rows, "build_s": round(built_s, 1),
-                      "lookup": lookups(papers, queries), "cli_ms": cli_once(papers[len(papers) // 2])}
-            result["retraction_to_alert_ms"], _ = retraction_to_alert(first)
-            return result
-        finally:
-            if admin is not None:
-                from shared.db import engine_for
-
-                engine_for(url).dispose()
-                with admin.connect() as c:
-                    c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_store(kind) as (url, tmp):
+        configure(url, tmp)
+        t0 = time.monotonic()
+        papers, first = build(versions, rows)
+        built_s = time.monotonic() - t0
+        result = {"store": kind, "versions": versions, "rows": versions * rows, "build_s": round(built_s, 1),
+                  "lookup": lookups(papers, queries), "cli_ms": cli_once(papers[len(papers) // 2])}
+        result["retraction_to_alert_ms"], _ = retraction_to_alert(first)
+        return result
 
 
 def main() -> None:

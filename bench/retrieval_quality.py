@@ -41,15 +41,15 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PG_ADMIN = os.environ.get("MEDQA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+from scratch import scratch_store  # noqa: E402  (bench/, beside this file)
+
 MEDQUAD_PMIDS = 990_000_000  # made-up ids for MedQuAD answers, far above real PMIDs
 DEPTH = 20
 COVERAGES = (0.0, 0.3, 0.4, 0.45, 0.5, 0.6)
@@ -176,57 +176,38 @@ def remove_pubmedqa_abstracts() -> None:
 
 def one_store(kind: str, rows: list[dict], vectors, dev, train, share: float,  # type: ignore[no-untyped-def]
               margin: float | None, coverage: float) -> dict:
-    import sqlalchemy
-
     from services.api.retrieval import RetrievalIndex
     from shared.search import RANKERS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        admin, name = None, ""
-        if kind == "sqlite":
-            url = f"sqlite:///{tmp}/bench.db"
-        else:
-            name = f"medqa_bench_{uuid.uuid4().hex[:8]}"
-            admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:
-                c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        try:
-            configure(url, Path(tmp))
-            t0 = time.monotonic()
-            store_corpus(rows, vectors)
-            index = RetrievalIndex()
-            index.refresh(embed_missing=False)
-            assert len(index) == len(rows), (len(index), len(rows))
-            out: dict = {"store": kind, "indexed": len(index), "load_s": round(time.monotonic() - t0, 1)}
-            questions = [i.question for i in dev]
-            targets = [int(i.item_id.split(":")[1]) for i in dev]
-            index.retrieve(questions[:2], 3)  # warm-up: the first call loads MiniLM
-            out["rankers"] = {r: ranks(index, questions, targets, r) for r in RANKERS}
-            vectors_by_pmid = {p: index._snap.matrix[i] for p, i in index._snap.position.items()}
-            floor = floor_from_training(train, vectors_by_pmid, share)
-            out["abstention"] = {r: abstention(index, dev, floor, r, margin, coverage) for r in RANKERS}
-            # How the margin and the term coverage were chosen: on the TRAINING share (its abstracts are
-            # indexed too), per value.
-            out["margin_on_training_share"] = {str(m): citing(index, train, floor, "vector", m, coverage)
-                                               for m in (None, 0.2, 0.15, 0.1, 0.05)}
-            out["coverage_on_training_share"] = {str(c): citing(index, train, floor, "vector", margin, c)
-                                                 for c in COVERAGES}
-            # Medical questions whose evidence is not indexed: every PubMedQA abstract removed (deleted, so
-            # the API's answer-time check drops them), the same questions asked again.
-            remove_pubmedqa_abstracts()
-            out["without_own_abstracts"] = {
-                "training_share_by_coverage": {str(c): citing(index, train, floor, "vector", margin, c)["answer_rate"]
-                                               for c in COVERAGES},
-                "dev_answer_rate": {r: citing(index, dev, floor, r, margin, coverage)["answer_rate"] for r in RANKERS}}
-            return out
-        finally:
-            if admin is not None:
-                from shared.db import engine_for
-
-                engine_for(url).dispose()
-                with admin.connect() as c:
-                    c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_store(kind) as (url, tmp):
+        configure(url, tmp)
+        t0 = time.monotonic()
+        store_corpus(rows, vectors)
+        index = RetrievalIndex()
+        index.refresh(embed_missing=False)
+        assert len(index) == len(rows), (len(index), len(rows))
+        out: dict = {"store": kind, "indexed": len(index), "load_s": round(time.monotonic() - t0, 1)}
+        questions = [i.question for i in dev]
+        targets = [int(i.item_id.split(":")[1]) for i in dev]
+        index.retrieve(questions[:2], 3)  # warm-up: the first call loads MiniLM
+        out["rankers"] = {r: ranks(index, questions, targets, r) for r in RANKERS}
+        vectors_by_pmid = {p: index._snap.matrix[i] for p, i in index._snap.position.items()}
+        floor = floor_from_training(train, vectors_by_pmid, share)
+        out["abstention"] = {r: abstention(index, dev, floor, r, margin, coverage) for r in RANKERS}
+        # How the margin and the term coverage were chosen: on the TRAINING share (its abstracts are
+        # indexed too), per value.
+        out["margin_on_training_share"] = {str(m): citing(index, train, floor, "vector", m, coverage)
+                                           for m in (None, 0.2, 0.15, 0.1, 0.05)}
+        out["coverage_on_training_share"] = {str(c): citing(index, train, floor, "vector", margin, c)
+                                             for c in COVERAGES}
+        # Medical questions whose evidence is not indexed: every PubMedQA abstract removed (deleted, so
+        # the API's answer-time check drops them), the same questions asked again.
+        remove_pubmedqa_abstracts()
+        out["without_own_abstracts"] = {
+            "training_share_by_coverage": {str(c): citing(index, train, floor, "vector", margin, c)["answer_rate"]
+                                           for c in COVERAGES},
+            "dev_answer_rate": {r: citing(index, dev, floor, r, margin, coverage)["answer_rate"] for r in RANKERS}}
+        return out
 
 
 def main() -> None:

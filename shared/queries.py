@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_
 from sqlmodel import Session, col, select
 
-from shared.tables import Abstract, SuiteResult
+from shared.tables import Abstract, Evaluation
 
 
 def is_live() -> ColumnElement[bool]:
@@ -55,14 +56,33 @@ def sample(pmids: Sequence[int], n: int, seed: int = 1234) -> list[int]:
 OFFSET_METRICS = ("pubmedqa_offset_yes", "pubmedqa_offset_no", "pubmedqa_offset_maybe")
 
 
-def decision_offsets(session: Session, version_id: int) -> list[float] | None:
-    """The offsets of the version's latest PubMedQA scoring; None when it has none (scored before they
-    were stored, scored uncalibrated, or never scored)."""
-    rows = session.exec(select(SuiteResult).where(SuiteResult.subject == f"v{version_id}",
-                                                  SuiteResult.suite == "pubmedqa")
-                        .order_by(col(SuiteResult.created_at).desc(), col(SuiteResult.id).desc()))
-    for row in rows:
-        values = [row.metrics.get(name) for name in OFFSET_METRICS]
-        if all(isinstance(v, int | float) for v in values):
-            return [float(v) for v in values]  # type: ignore[arg-type]
-    return None
+@dataclass(frozen=True)
+class VerdictCalibration:
+    """What the gate measured of a version's yes/no/maybe decisions, for the QA API's verdicts."""
+
+    offsets: tuple[float, ...]
+    accuracy: float | None  # pubmedqa_acc on the gate's held-out items
+    majority: float | None  # what always answering those items' most common label scores
+    items: int | None  # how many items that accuracy is over
+
+
+def verdict_calibration(session: Session, version_id: int) -> VerdictCalibration | None:
+    """From the version's latest gate decision (its Evaluation): the PubMedQA suite the gate judged it on,
+    never a `medqa score --source FILE` result on other items. None when that decision holds no offsets
+    (scored before they were stored, scored uncalibrated, or never gated)."""
+    evaluation = session.exec(select(Evaluation).where(Evaluation.version_id == version_id)
+                              .order_by(col(Evaluation.id).desc())).first()
+    if evaluation is None:
+        return None
+    values = [evaluation.metrics.get(name) for name in OFFSET_METRICS]
+    if not all(isinstance(v, int | float) for v in values):
+        return None
+    items = _number(evaluation.metrics.get("pubmedqa_items"))
+    return VerdictCalibration(tuple(float(v) for v in values),  # type: ignore[arg-type]
+                              _number(evaluation.metrics.get("pubmedqa_acc")),
+                              _number(evaluation.metrics.get("pubmedqa_majority_acc")),
+                              int(items) if items is not None else None)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

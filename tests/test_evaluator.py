@@ -28,8 +28,8 @@ from shared.lm.decisions import DECISION_CUE, DECISIONS, decision_scores
 from shared.lm.generation import generate
 from shared.lm.prompts import prompt_ids
 from shared.policy import Policy, PolicyError
-from shared.queries import decision_offsets
 from shared.queries import live_texts as texts_for
+from shared.queries import verdict_calibration
 from shared.settings import get_settings
 from shared.stats import paired_bootstrap
 from shared.tables import Evaluation, ModelVersion, RunStatus, SuiteResult, TrainingRun, VersionStatus
@@ -285,9 +285,16 @@ def test_planted_bad_candidate_is_rejected_and_a_good_one_blessed(line, medqa_en
                 assert math.exp(sum(row.items["nll"]) / sum(row.items["tokens"])) == pytest.approx(
                     row.metrics[f"ppl_{row.suite}"])
         assert registry.champion(s, model_line="default").id == line.info["v1"]  # auto-promotion is off
-        # The prior calibration's offsets are stored with the PubMedQA scores: the QA API's verdicts use them.
-        offsets = decision_offsets(s, good)
-        assert offsets is not None and len(offsets) == 3 and any(abs(b) > 1e-6 for b in offsets)
+        # The prior calibration's offsets are stored with the gate's decision, with the accuracy and the
+        # majority-label baseline of the same items: the QA API's verdicts use and show them.
+        calibration = verdict_calibration(s, good)
+        assert calibration is not None and len(calibration.offsets) == 3
+        assert any(abs(b) > 1e-6 for b in calibration.offsets)
+        pubmedqa = s.exec(select(SuiteResult).where(SuiteResult.subject == f"v{good}",
+                                                    SuiteResult.suite == "pubmedqa")).one()
+        gold = pubmedqa.items["gold"]
+        assert calibration.accuracy == pubmedqa.metrics["pubmedqa_acc"] and calibration.items == len(gold)
+        assert calibration.majority == max(gold.count(d) for d in set(gold)) / len(gold)
     # A null candidate: the champion's own adapter, copied. Every paired difference is exactly zero, so
     # no guard calls it a regression; only the target (which asks for a real gain) turns it down.
     import shutil

@@ -25,7 +25,7 @@ from shared.db import session_scope
 from shared.lm import generation
 from shared.offtopic import OFF_TOPIC_QUESTIONS
 from shared.queries import OFFSET_METRICS
-from shared.tables import Abstract, SuiteResult
+from shared.tables import Abstract, Evaluation, SuiteResult
 
 METFORMIN_PMID = 95_000_001
 METFORMIN_TITLE = "Metformin and incident cancer in adults with type 2 diabetes: a cohort study."
@@ -185,15 +185,21 @@ def test_personal_questions_are_referred_without_retrieval_or_generation(grounde
     assert generate_calls == []
 
 
-def test_the_verdict_is_shifted_by_the_offsets_the_gate_fitted(grounded_env, tmp_path):
+def test_the_verdict_is_shifted_by_the_offsets_of_the_versions_gate_decision(grounded_env, tmp_path):
     v1 = make_version(tmp_path, seed=1, champion=True)
-    with session_scope() as s:  # as the gate stores them with the version's PubMedQA scores
-        s.add(SuiteResult(subject=f"v{v1}", suite="pubmedqa", suite_hash="h",
-                          metrics=dict(zip(OFFSET_METRICS, (0.0, 0.0, 50.0), strict=True)), items={}))
+    gated = {**dict(zip(OFFSET_METRICS, (0.0, 0.0, 50.0), strict=True)), "pubmedqa_acc": 0.57,
+             "pubmedqa_majority_acc": 0.55, "pubmedqa_items": 100}
+    with session_scope() as s:  # as the gate stores them with its decision
+        s.add(Evaluation(version_id=v1, suite="gate", suite_hash="h", metrics=gated, passed=True))
+        # A later `medqa score --source FILE` on other items must not replace the gate's calibration.
+        s.add(SuiteResult(subject=f"v{v1}", suite="pubmedqa", suite_hash="other-items",
+                          metrics=dict(zip(OFFSET_METRICS, (50.0, 0.0, 0.0), strict=True)), items={}))
     with TestClient(create_app()) as c:
         c.app.state.runtime.index.refresh()  # type: ignore[attr-defined]
         verdict = ask(c, METFORMIN_QUESTION)["verdict"]
     assert verdict["calibrated"] is True and verdict["label"] == "maybe" and verdict["probability"] > 0.99
+    assert (verdict["version_accuracy"], verdict["majority_baseline"], verdict["version_accuracy_items"]) == (
+        0.57, 0.55, 100)
 
 
 PUBMEDQA = Path(os.environ.get("MEDQA_TEST_SHARED_DATA", "/nonexistent")) / "pubmedqa" / "pqal_trainval.json"

@@ -27,6 +27,7 @@ from services.api.schemas import NO_EVIDENCE
 from services.api.serving import ModelServer
 from shared.db import session_scope
 from shared.evidence import QUOTES_PER_ABSTRACT, Quote, grounded
+from shared.queries import VerdictCalibration
 from shared.settings import Settings
 from shared.tables import CitationLog, QuestionLog, utcnow
 
@@ -43,7 +44,7 @@ class Question:
 class Decision:
     label: str
     probabilities: dict[str, float]
-    calibrated: bool
+    calibration: VerdictCalibration | None  # None: raw likelihoods
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,9 @@ class Pipeline:
         yes_no = [i for i in evidence if YES_NO_START.match(questions[i].text)]
         decided: dict[int, Decision] = {}
         if yes_no:
-            verdicts, calibrated = self.server.decide([(questions[i].text, context_of(evidence[i][0]))
+            verdicts, calibration = self.server.decide([(questions[i].text, context_of(evidence[i][0]))
                                                        for i in yes_no])
-            decided = {i: Decision(label, probs, calibrated)
+            decided = {i: Decision(label, probs, calibration)
                        for i, (label, probs) in zip(yes_no, verdicts, strict=True)}
         for max_new, idx in groups.items():
             texts, version = self.server.generate([(questions[i].text, context_of(evidence[i][0])) for i in idx],

@@ -60,6 +60,13 @@ class Verdict(BaseModel):
     probabilities: dict[str, float]
     calibrated: bool = Field(description="True: prior-calibrated with the offsets the gate fitted for this version; "
                                          "false: the model's raw likelihoods (no fitted offsets yet).")
+    version_accuracy: float | None = Field(
+        description="How often this version's verdict matched the expert label on the gate's held-out PubMedQA "
+                    "items: read the verdict in its light.")
+    majority_baseline: float | None = Field(
+        description="What always answering those items' most common label scores: a version_accuracy near it "
+                    "means the verdict carries little information.")
+    version_accuracy_items: int | None = Field(description="How many items both are over.")
 
 
 class AnswerResponse(BaseModel):

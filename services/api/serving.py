@@ -30,7 +30,7 @@ from shared.lm import generation  # the module, not the function: tests spy on g
 from shared.lm.base_model import load_base_model
 from shared.lm.decisions import DECISIONS, verdicts
 from shared.lm.generation import use_bf16
-from shared.queries import decision_offsets
+from shared.queries import VerdictCalibration, verdict_calibration
 from shared.settings import Settings
 from shared.tables import ModelVersion
 
@@ -52,12 +52,12 @@ class _Target:
     base_model: str
     adapter_path: Path
     sha256: str
-    offsets: tuple[float, ...] | None  # its verdicts' calibration (shared/queries.decision_offsets)
+    calibration: VerdictCalibration | None  # its verdicts' calibration, from its gate decision
 
     @classmethod
-    def of(cls, v: ModelVersion, offsets: Sequence[float] | None) -> _Target:
+    def of(cls, v: ModelVersion, calibration: VerdictCalibration | None) -> _Target:
         assert v.id is not None
-        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256, tuple(offsets) if offsets else None)
+        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256, calibration)
 
 
 class ModelServer:
@@ -77,7 +77,7 @@ class ModelServer:
         self.swaps = 0
         self.last_swap_pause_ms: float | None = None
         self._failed: tuple[int, str] | None = None  # (version, error) already logged once
-        self._offsets: tuple[float, ...] | None = None  # the served version's verdict calibration
+        self._calibration: VerdictCalibration | None = None  # the served version's verdict calibration
 
     # ----------------------------------------------------------------------------------- serving
     def generate(self, items: Sequence[tuple[str, str | None]], max_new_tokens: int) -> tuple[list[str], int | None]:
@@ -91,15 +91,17 @@ class ModelServer:
                                   max_length=self.max_length)
         return answers, served.version_id
 
-    def decide(self, items: Sequence[tuple[str, str | None]]) -> tuple[list[tuple[str, dict[str, float]]], bool]:
-        """Yes/no/maybe verdicts with their probabilities, and whether they are calibrated: shifted by the
-        offsets the gate fitted for the served version (the bare base, or a version scored before
-        offsets were stored, answers with raw likelihoods)."""
+    def decide(self, items: Sequence[tuple[str, str | None]],
+               ) -> tuple[list[tuple[str, dict[str, float]]], VerdictCalibration | None]:
+        """Yes/no/maybe verdicts with their probabilities, and the calibration they used: the offsets the
+        gate fitted for the served version, with the accuracy it measured (None: the bare base, or a
+        version gated before offsets were stored, answers with raw likelihoods)."""
         with self._gen_lock:
-            offsets = self._offsets
+            calibration = self._calibration
+            offsets = calibration.offsets if calibration is not None else None
             found = verdicts(self._net, self.tokenizer, items, offsets=offsets, max_length=self.max_length)
         return ([(label, {d: round(p, 4) for d, p in zip(DECISIONS, probs, strict=True)}) for label, probs in found],
-                offsets is not None)
+                calibration)
 
     # ------------------------------------------------------------------------------------- swaps
     def start(self) -> ModelServer:
@@ -141,7 +143,7 @@ class ModelServer:
             champion = registry.champion(session, model_line=self.settings.model_line)
             if champion is None or champion.id is None:
                 return None
-            return _Target.of(champion, decision_offsets(session, champion.id))
+            return _Target.of(champion, verdict_calibration(session, champion.id))
 
     def _build(self, spec: str) -> tuple[Any, Any, int]:
         model: Any
@@ -156,7 +158,7 @@ class ModelServer:
         with self._gen_lock:
             self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
             self.served = Served(None, spec, None)
-            self._offsets = None
+            self._calibration = None
 
     def _switch(self, target: _Target) -> None:
         if not (target.adapter_path / "adapter_config.json").is_file():
@@ -172,7 +174,7 @@ class ModelServer:
             with self._gen_lock:
                 self._net, self._peft, self.tokenizer, self.max_length = peft, peft, tokenizer, max_length
                 self.served = Served(target.version_id, target.base_model, name)
-                self._offsets = target.offsets
+                self._calibration = target.calibration
             self.swaps += 1
             log.info("serving v%d on a freshly loaded %s", target.version_id, target.base_model)
             return
@@ -191,7 +193,7 @@ class ModelServer:
                 self._peft.delete_adapter(old)
             self._net = self._peft
             self.served = Served(target.version_id, target.base_model, name)
-            self._offsets = target.offsets
+            self._calibration = target.calibration
         self.last_swap_pause_ms = (time.perf_counter() - started) * 1000
         self.swaps += 1
         log.info("serving v%d (%s); generation paused %.0f ms for the swap", target.version_id, target.base_model,

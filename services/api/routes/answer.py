@@ -52,5 +52,9 @@ def answer_router(settings: Settings) -> APIRouter:
 def _verdict(decision: Decision | None) -> Verdict | None:
     if decision is None:
         return None
+    calibration = decision.calibration
     return Verdict(label=decision.label, probability=decision.probabilities[decision.label],  # type: ignore[arg-type]
-                   probabilities=decision.probabilities, calibrated=decision.calibrated)
+                   probabilities=decision.probabilities, calibrated=calibration is not None,
+                   version_accuracy=calibration.accuracy if calibration else None,
+                   majority_baseline=calibration.majority if calibration else None,
+                   version_accuracy_items=calibration.items if calibration else None)
