@@ -19,8 +19,12 @@ from shared.tables import Abstract, Alias, AuditEvent, CitationLog, LineageItem,
 # Manifest field -> lineage role. Roles in TRAINED put the paper's text (or its mined QA item) into the
 # weights; a held-out abstract was only scored, as were the gate's suite items (role EVALUATED).
 ROLES = {"new": "new", "holdout": "holdout", "replay_pmids": "replay", "mined": "mined",
-         "replay_mined": "replay_mined", "replay_general": "general"}
+         "replay_mined": "replay_mined", "replay_general": "general", "reviewed": "reviewed",
+         "replay_reviewed": "replay_reviewed"}
 TRAINED = ("new", "replay", "mined", "replay_mined")
+# Roles whose items are not papers: general-medical replay items (by id) and expert-reviewed examples
+# (ref "reviewed:<ReviewedExample id>").
+NOT_PAPERS = {"general": "", "reviewed": "reviewed:", "replay_reviewed": "reviewed:"}
 EVALUATED = "eval"
 PMID_ITEMS = ("pmid", "pubmedqa")  # suite item ids "<prefix>:<PMID>" that name a paper
 RETRACTION_ALERT = "retraction:"  # + PMID: the dedup key of a retraction's one alert (services/monitor)
@@ -33,7 +37,8 @@ def retraction_key(pmid: int) -> str:
 def record_run(session: Session, run_id: int, manifest: RunManifest) -> int:
     """Write a run's manifest into the lineage table (in the transaction that queues the run)."""
     doc = manifest.to_json()
-    rows = [{"run_id": run_id, "role": role, "ref": str(item)[:64], "pmid": None if role == "general" else int(item)}
+    rows = [{"run_id": run_id, "role": role, "ref": f"{NOT_PAPERS.get(role, '')}{item}"[:64],
+             "pmid": None if role in NOT_PAPERS else int(item)}
             for name, role in ROLES.items() for item in dict.fromkeys(doc.get(name) or [])]
     if rows:
         session.exec(insert(LineageItem), params=rows)  # type: ignore[call-overload]

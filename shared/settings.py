@@ -200,6 +200,25 @@ class Settings(BaseSettings):
         True, description="Store question text in the question log; false keeps descriptors only.")
     api_question_retention_days: float = Field(30.0, gt=0, description="Question-log rows older than this go.")
 
+    # -- people in the loop (shared/review.py): feedback, the blind review page, the review queue
+    api_reviewer_tokens: SecretStr | None = Field(
+        None, description="Reviewers of /review as 'name=token' pairs, comma-separated; each token names its "
+        "reviewer in the ratings. Unset: the review page is off. Never the operator token.")
+    api_feedback_per_minute: int = Field(
+        10, ge=1, le=10_000, description="Feedback posts one client may make per minute; more get 429.")
+    review_uncertain_entropy: float = Field(
+        0.9, ge=0, le=1, description="A verdict whose yes/no/maybe entropy (0..1) reaches this is queued for "
+        "review as uncertain.")
+    review_sample_rate: float = Field(
+        0.05, ge=0, le=1, description="Share of answered questions queued uniformly at random (unbiased estimates).")
+    review_uniform_share: float = Field(
+        0.2, ge=0, le=1, description="Share of the review page's draws taken from the uniform sample.")
+    review_ratings_per_item: int = Field(
+        2, ge=1, le=10, description="Ratings an item takes before it leaves the queue (two: agreement is measured).")
+    review_pairs_per_candidate: int = Field(
+        24, ge=0, le=1000, description="Blind candidate/champion pairs the gate queues per candidate, from the "
+        "PubMedQA items where their verdicts differ.")
+
     # -- NCBI (no default secrets)
     ncbi_email: str | None = None
     ncbi_api_key: SecretStr | None = None
@@ -280,6 +299,17 @@ class Settings(BaseSettings):
             raise ValueError("required when MEDQA_ALERT_CHANNELS includes email")
         return v
 
+    @field_validator("api_reviewer_tokens")
+    @classmethod
+    def _reviewer_tokens(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        for pair in v.get_secret_value().split(","):
+            name, sep, token = pair.strip().partition("=")
+            if not sep or not name.strip() or not token.strip():
+                raise ValueError("expected 'name=token' pairs, comma-separated")
+        return v
+
     @field_validator("api_token")
     @classmethod
     def _api_token(cls, v: SecretStr | None) -> SecretStr | None:
@@ -287,6 +317,20 @@ class Settings(BaseSettings):
         # stripped, because a bearer header's value is compared stripped.
         token = v.get_secret_value().strip() if v is not None else ""
         return SecretStr(token) if token else None
+
+    def reviewers(self) -> dict[str, str]:
+        """Reviewer token -> reviewer name, from MEDQA_API_REVIEWER_TOKENS."""
+        if self.api_reviewer_tokens is None:
+            return {}
+        pairs = (p.strip().partition("=") for p in self.api_reviewer_tokens.get_secret_value().split(","))
+        return {token.strip(): name.strip() for name, _, token in pairs}
+
+    @model_validator(mode="after")
+    def _reviewers_are_not_operators(self) -> Settings:
+        # One token for two roles would let a reviewer move the champion: refuse it (without echoing it).
+        if self.api_token is not None and self.api_token.get_secret_value() in self.reviewers():
+            raise ValueError("MEDQA_API_REVIEWER_TOKENS must not contain the operator token (MEDQA_API_TOKEN)")
+        return self
 
     @model_validator(mode="after")
     def _derived_paths(self) -> Settings:
@@ -319,14 +363,17 @@ class Settings(BaseSettings):
 # Settings whose values can hold a credential: a database or broker URL with its password, tokens, keys,
 # a webhook URL (Slack's carry their secret in the path). Their values are never printed: the SecretStr
 # ones print as '**********', the two URLs stay out of the repr, and a bad value of any is <redacted>.
-SECRET_SETTINGS = frozenset({"database_url", "broker_url", "api_token", "alert_webhook_url",
-                             "alert_smtp_password", "ncbi_api_key"})
+SECRET_SETTINGS = frozenset({"database_url", "broker_url", "api_token", "api_reviewer_tokens",
+                             "alert_webhook_url", "alert_smtp_password", "ncbi_api_key"})
 
 
 def _explain(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else "?"
+        if not e["loc"]:  # a rule across settings: its input is every setting, secrets included
+            lines.append(str(e["msg"]))
+            continue
+        field = str(e["loc"][0])
         shown = "<redacted>" if field in SECRET_SETTINGS else repr(e.get("input"))
         lines.append(f"{ENV_PREFIX}{field.upper()}={shown}: {e['msg']}")
     return "bad setting: " + "; ".join(lines)

@@ -295,3 +295,93 @@ class AlertDelivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     next_attempt_at: datetime | None = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+
+
+# ------------------------------------------------------------------------------- people in the loop
+# An answer the API gave, what users and reviewers said of it, and what the reviewers' verdicts teach.
+# Feedback and ratings never train anything by themselves: only a correction an expert rated
+# "correct" becomes a training example (ReviewedExample), listed in the next run's manifest.
+
+
+class AnswerLog(SQLModel, table=True):
+    """One answer, by its public id (random, not guessable), under the question log's retention.
+    `question` and `answer` are NULL when the deployment keeps no question text
+    (MEDQA_API_LOG_QUESTION_TEXT=false): feedback still counts, but nothing can be reviewed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    answer_id: str = Field(max_length=32, unique=True, index=True)
+    asked_at: datetime = Field(default_factory=utcnow, index=True)
+    question: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    answer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    outcome: str = Field(max_length=16)
+    version_id: int | None = None
+    citations: list[int] = _json(list)
+    evidence: list[dict] = _json(list)  # [{pmid, quote}]
+    verdict: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Feedback(SQLModel, table=True):
+    """A user's thumbs up or down on an answer, with an optional correction and reason."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    answer_id: str = Field(max_length=32, index=True)
+    rating: str = Field(max_length=8)  # up | down
+    correction: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    client: str = Field(max_length=64)  # a hash of the client's address, for the rate limit and abuse
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ReviewItem(SQLModel, table=True):
+    """One thing for an expert to judge, put in the queue by the active-learning policy (shared/review.py).
+
+    kind: "single" (rate one answer: correct, partly correct, wrong, harmful) or "pair" (a blind choice
+    between a candidate's and the champion's answers to the same question, shown in `candidate_first`
+    order). source: why it is queued: uncertain | disagreement | thumbs_down | correction | uniform.
+    Each answer is {text, evidence: [{pmid, quote}], verdict}."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=8)
+    source: str = Field(max_length=16, index=True)
+    priority: float = 0.0  # higher first: entropy, disagreement, thumbs-down; uniform items are drawn apart
+    question: str = Field(sa_column=Column(Text, nullable=False))
+    answer: dict = _json()  # the rated answer (single), or the candidate's (pair)
+    other: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # the champion's (pair)
+    candidate_first: bool = True
+    candidate_version_id: int | None = Field(default=None, index=True)
+    champion_version_id: int | None = None
+    answer_log_id: int | None = None
+    feedback_id: int | None = None
+    dedup_key: str = Field(max_length=120, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ReviewRating(SQLModel, table=True):
+    """A reviewer's judgement of a review item. rating: correct | partly | wrong | harmful (single);
+    preference: candidate | champion | tie (pair, mapped back from the blind order)."""
+
+    __table_args__ = (UniqueConstraint("item_id", "reviewer"),)
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="reviewitem.id", index=True)
+    reviewer: str = Field(max_length=64, index=True)
+    rating: str | None = Field(default=None, max_length=8)
+    preference: str | None = Field(default=None, max_length=10)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    correction: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ReviewedExample(SQLModel, table=True):
+    """A correction an expert rated "correct": a QA training example with its provenance. The next
+    training run lists it in its manifest (`reviewed`), and lineage indexes it as `reviewed:<id>`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    question: str = Field(sa_column=Column(Text, nullable=False))
+    answer: str = Field(sa_column=Column(Text, nullable=False))
+    context: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    pmids: list[int] = _json(list)  # the abstracts the answer's evidence came from
+    reviewer: str = Field(max_length=64)
+    reviewed_at: datetime = Field(default_factory=utcnow)
+    item_id: int = Field(foreign_key="reviewitem.id", unique=True)
+    feedback_id: int | None = None
+    withdrawn: bool = False  # an operator can take it back before it trains again

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from services.api.deps import Runtime
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, NoQueryCredentials, RequestMetrics
-from services.api.routes import health, registry
+from services.api.routes import feedback, health, registry, review
 from services.api.routes.answer import answer_router
 from shared.db import store_unavailable
 from shared.settings import Settings, get_settings
@@ -82,5 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(InterfaceError, _store_error)
     app.include_router(answer_router(settings))
     app.include_router(registry.router)
+    app.include_router(feedback.router)
+    app.include_router(review.router)
     app.include_router(health.router)
     return app

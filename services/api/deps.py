@@ -140,3 +140,44 @@ def require_operator(request: Request, settings: SettingsDep) -> str:
 
 
 OperatorDep = Annotated[str, Depends(require_operator)]
+
+
+# ------------------------------------------------------------------------------ reviewer token
+# The review page (/review) takes reviewer tokens (MEDQA_API_REVIEWER_TOKENS, one per reviewer, naming
+# them), never the operator's: a reviewer cannot move the champion, and an operator cannot rate blind.
+# A browser sends the token as an HttpOnly, SameSite=Strict cookie set by the page's sign-in form; a
+# script may send it as a bearer header.
+
+REVIEWER_COOKIE = "medqa_reviewer"
+
+
+class ReviewerRefused(Exception):
+    """Why a request to /review is refused: the page shows its sign-in form with this message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def reviewer_for(token: str | None, settings: Settings) -> str:
+    """The reviewer a token names, or ReviewerRefused (503 page off, 401 no token, 403 wrong token)."""
+    reviewers = settings.reviewers()
+    if not reviewers:
+        raise ReviewerRefused(503, "the review page is off: set MEDQA_API_REVIEWER_TOKENS")
+    given = (token or "").strip()
+    if not given:
+        raise ReviewerRefused(401, "sign in with your reviewer token")
+    if settings.api_token is not None and hmac.compare_digest(given.encode(),
+                                                              settings.api_token.get_secret_value().encode()):
+        raise ReviewerRefused(403, "that is the operator token; the review page takes a reviewer token")
+    for known, name in reviewers.items():
+        if hmac.compare_digest(given.encode(), known.encode()):
+            return name
+    raise ReviewerRefused(403, "wrong reviewer token")
+
+
+def reviewer_token(request: Request) -> str | None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return given.strip()
+    return request.cookies.get(REVIEWER_COOKIE)

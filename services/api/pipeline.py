@@ -12,6 +12,7 @@ only ever called from one thread (besides the refresher, which shares EMBED_LOCK
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,13 @@ from services.api.retrieval import Hit, RetrievalIndex
 from services.api.safety import referral
 from services.api.schemas import NO_EVIDENCE
 from services.api.serving import ModelServer
+from shared import review
 from shared.db import session_scope
 from shared.evidence import QUOTES_PER_ABSTRACT, Quote, grounded
 from shared.queries import VerdictCalibration
+from shared.review import new_answer_id
 from shared.settings import Settings
-from shared.tables import CitationLog, QuestionLog, utcnow
+from shared.tables import AnswerLog, CitationLog, QuestionLog, utcnow
 
 log = logging.getLogger("medqa.api.pipeline")
 
@@ -56,6 +59,7 @@ class Answer:
     quotes: list[Quote] = field(default_factory=list)
     decision: Decision | None = None
     referral_rule: str | None = None
+    answer_id: str = field(default_factory=new_answer_id)  # what feedback names (POST /v1/feedback)
 
     @property
     def generated(self) -> bool:
@@ -76,6 +80,7 @@ def context_of(hits: Sequence[Hit]) -> str | None:
 class Pipeline:
     def __init__(self, settings: Settings, server: ModelServer, index: RetrievalIndex, metrics: ApiMetrics) -> None:
         self.settings, self.server, self.index, self.metrics = settings, server, index, metrics
+        self._rng = random.Random()  # the review queue's uniform sample
 
     def __call__(self, questions: Sequence[Question]) -> list[Answer]:
         answers: list[Answer | None] = [None] * len(questions)
@@ -137,26 +142,38 @@ class Pipeline:
         before, one client could blind question drift to a whole batch."""
         keep_text = self.settings.api_log_question_text
         rows = [dict(text=q.text if keep_text else None, n_chars=len(q.text), n_words=len(q.text.split()),
-                     version_id=a.version_id, cited=[h.pmid for h in a.citations])
+                     version_id=a.version_id, cited=[h.pmid for h in a.citations], answer=_answer_row(a, q, keep_text))
                 for q, a in zip(questions, answers, strict=True)]
-        if _store_log_rows(rows) or len(rows) == 1:
+        if self._store_log_rows(rows) or len(rows) == 1:
             return
-        lost = sum(not _store_log_rows([row]) for row in rows)
+        lost = sum(not self._store_log_rows([row]) for row in rows)
         if lost:
             log.error("question log: %d of %d questions could not be logged", lost, len(rows))
 
 
-def _store_log_rows(rows: list[dict]) -> bool:
-    try:
-        with session_scope() as session:
-            for row in rows:
-                session.add(QuestionLog(**{k: v for k, v in row.items() if k != "cited"}))
-                # What users were shown, for lineage: was a paper retracted later ever cited?
-                session.add_all(CitationLog(pmid=pmid, version_id=row["version_id"]) for pmid in row["cited"])
-        return True
-    except Exception:
-        log.exception("could not log %d question(s)", len(rows))
-        return False
+    def _store_log_rows(self, rows: list[dict]) -> bool:
+        try:
+            with session_scope() as session:
+                for row in rows:
+                    session.add(QuestionLog(**{k: v for k, v in row.items() if k not in ("cited", "answer")}))
+                    # What users were shown, for lineage: was a paper retracted later ever cited?
+                    session.add_all(CitationLog(pmid=pmid, version_id=row["version_id"]) for pmid in row["cited"])
+                    # The answer by its id, for feedback; uncertain ones (and a uniform sample) go to review.
+                    answer = AnswerLog(**row["answer"])
+                    session.add(answer)
+                    session.flush()
+                    review.queue_answer(session, answer, self.settings, self._rng)
+            return True
+        except Exception:
+            log.exception("could not log %d question(s)", len(rows))
+            return False
+
+
+def _answer_row(a: Answer, q: Question, keep_text: bool) -> dict:
+    verdict = None if a.decision is None else {"label": a.decision.label, "probabilities": a.decision.probabilities}
+    return dict(answer_id=a.answer_id, question=q.text if keep_text else None, answer=a.text if keep_text else None,
+                outcome=a.outcome, version_id=a.version_id, citations=[h.pmid for h in a.citations],
+                evidence=[{"pmid": x.pmid, "quote": x.text} for x in a.quotes], verdict=verdict)
 
 
 def purge_questions(settings: Settings) -> int:
@@ -167,6 +184,7 @@ def purge_questions(settings: Settings) -> int:
         result = session.exec(stale)  # type: ignore[call-overload]
         n = int(result.rowcount or 0)
         session.exec(delete(CitationLog).where(col(CitationLog.asked_at) < cutoff))  # type: ignore[call-overload]
+        session.exec(delete(AnswerLog).where(col(AnswerLog.asked_at) < cutoff))  # type: ignore[call-overload]
     if n:
         log.info("question log: %d rows older than %g days deleted", n, settings.api_question_retention_days)
     return n

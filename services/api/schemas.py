@@ -80,8 +80,29 @@ class AnswerResponse(BaseModel):
     citations: list[Citation]
     referral_rule: str | None = Field(None, description="The safety rule that referred the question.")
     model_version: int | None = Field(description="The version that wrote the answer; null: the bare base model.")
+    answer_id: str = Field(description="This answer's id: name it in POST /v1/feedback.")
     latency_ms: float
     disclaimer: str
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    answer_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(
+        description="The answer_id of a POST /v1/answer response.")
+    rating: Literal["up", "down"]
+    correction: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
+                          AfterValidator(_printable)] | None = Field(
+        None, description="What the answer should have said (with a thumbs-down): an expert checks it before "
+                          "it can ever train anything.")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+                      AfterValidator(_printable)] | None = None
+
+
+class FeedbackOut(BaseModel):
+    feedback_id: int
+    answer_id: str
+    queued_for_review: bool = Field(description="A thumbs-down (and a correction with it) goes to expert review.")
 
 
 class PromoteRequest(BaseModel):
@@ -160,9 +181,10 @@ ERROR_MEANINGS = {
     400: "Credentials in the query string (send them in the Authorization header).",
     401: "No bearer token.",
     403: "Wrong bearer token.",
-    404: "Unknown version.",
+    404: "Unknown version, or unknown answer id (answers are kept for the question log's retention).",
     409: "Refused by the registry (e.g. not blessed, already the champion), or a concurrent change won.",
     413: "Request body over MEDQA_API_MAX_BODY_BYTES.",
+    429: "Too many requests from this client (MEDQA_API_FEEDBACK_PER_MINUTE); Retry-After is set.",
     503: "The store is unavailable (Retry-After is set), or the operator endpoints are off (no MEDQA_API_TOKEN).",
 }
 

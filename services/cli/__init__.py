@@ -6,12 +6,14 @@ from services.cli.data import data_app
 from services.cli.db import db_app
 from services.cli.ingest import ingest_app
 from services.cli.registry import policy_app
+from services.cli.review import review_app
 from services.cli.root import app
 
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(policy_app, name="policy")
+app.add_typer(review_app, name="review")
 
 
 

@@ -16,7 +16,7 @@ from shared.lm.prompts import qa_answer
 from shared.manifest import RunManifest
 from shared.queries import is_live, live_texts
 from shared.settings import Settings
-from shared.tables import Abstract, MinedQA, RunStatus, TrainingRun
+from shared.tables import Abstract, MinedQA, ReviewedExample, RunStatus, TrainingRun
 
 
 def reservoir(session: Session, *, model_line: str) -> list[tuple[int, int]]:
@@ -64,9 +64,30 @@ def build_manifest(session: Session, *, new_pmids: list[int], model_line: str, s
     replay_general = [g.item_id for g in rng.sample(general, min(len(general), n_replay - n_past))]
     # A paper whose mined QA item exists trains twice: its text (the literature) and its question
     # (answering). Held-out papers' items are never trained: their texts are the `new` suite.
+    # Expert-checked corrections (shared/review.py) train in the first run after their review, and are
+    # replayed later like any other item: a quarter of the replay budget at most.
+    fresh, earlier = reviewed_examples(session, model_line=model_line)
+    replay_reviewed = sorted(rng.sample(earlier, min(len(earlier), n_replay // 4)))
     return RunManifest(new=train_new, holdout=holdout, replay_pmids=replay_pmids, replay_general=replay_general,
                        replay_ratio=settings.replay_ratio, mined=mined_pmids(session, train_new),
-                       replay_mined=mined_pmids(session, replay_pmids))
+                       replay_mined=mined_pmids(session, replay_pmids), reviewed=fresh,
+                       replay_reviewed=replay_reviewed)
+
+
+def reviewed_examples(session: Session, *, model_line: str) -> tuple[list[int], list[int]]:
+    """(ids of reviewed examples no run of the line has taken yet, ids an earlier successful run trained).
+    A queued or running run holds its examples; a failed run's are free again."""
+    taken: set[int] = set()
+    trained: set[int] = set()
+    for manifest, status in session.exec(select(TrainingRun.manifest, TrainingRun.status).where(
+            TrainingRun.model_line == model_line, TrainingRun.status != RunStatus.failed)):
+        reviewed = RunManifest.from_json(manifest).reviewed
+        taken.update(reviewed)
+        if status == RunStatus.succeeded:
+            trained.update(reviewed)
+    live = session.exec(select(ReviewedExample.id).where(col(ReviewedExample.withdrawn).is_(False))
+                        .order_by(col(ReviewedExample.id))).all()
+    return [i for i in live if i is not None and i not in taken], [i for i in live if i in trained]
 
 
 def mined_pmids(session: Session, pmids: list[int]) -> list[int]:
@@ -97,6 +118,10 @@ def training_examples(session: Session, *, manifest: RunManifest, settings: Sett
     out = [lm(t) for t in live_texts(session, manifest.new) + live_texts(session, manifest.replay_pmids)]
     for item in live_mined(session, manifest.mined + manifest.replay_mined):
         out.append(qa(item.question, qa_answer(item.long_answer, item.decision), item.context))
+    reviewed = manifest.reviewed + manifest.replay_reviewed
+    for ex in session.exec(select(ReviewedExample).where(col(ReviewedExample.id).in_(reviewed),
+                                                        col(ReviewedExample.withdrawn).is_(False))).all():
+        out.append(qa(ex.question, ex.answer, ex.context))
     for item_id in manifest.replay_general:
         g = general.get(item_id)
         if g is not None:

@@ -43,7 +43,8 @@ def answer_router(settings: Settings) -> APIRouter:
             outcome=result.outcome, answer=result.text, generated=result.generated,
             verdict=_verdict(result.decision), evidence=[Evidence(pmid=q.pmid, quote=q.text) for q in result.quotes],
             citations=[Citation(pmid=h.pmid, title=h.title, relevance=round(h.score, 4)) for h in result.citations],
-            referral_rule=result.referral_rule, model_version=result.version_id, disclaimer=DISCLAIMER,
+            referral_rule=result.referral_rule, model_version=result.version_id, answer_id=result.answer_id,
+            disclaimer=DISCLAIMER,
             latency_ms=round((time.perf_counter() - started) * 1e3, 1))
 
     return router
