@@ -13,8 +13,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _RULE_KEYS = {"direction", "max", "min", "margin", "margin_rel", "confidence"}
-_TOP_KEYS = {"target", "target_test", "confidence", "power", "metrics"}
+_TOP_KEYS = {"target", "target_test", "confidence", "power", "metrics", "expert_review"}
+_EXPERT_KEYS = {"min_reviews", "margin", "wait"}
 TARGET_TESTS = ("superiority", "non-inferiority")
+
+
+@dataclass(frozen=True)
+class ExpertReview:
+    """Blind pairwise expert reviews of a candidate against the champion (shared/review.py).
+
+    With at least `min_reviews` ratings, the candidate's win rate (a tie is half a win) must be
+    non-inferior to an even split: its interval's low end at least 0.5 - `margin`, judged like every
+    guard. `wait`: with fewer ratings, the decision waits for them (the version stays a candidate and
+    the gate decides once they are in); otherwise the gate decides and says it decided without them."""
+
+    min_reviews: int = 20
+    margin: float = 0.10
+    wait: bool = False
 
 
 class PolicyError(ValueError):
@@ -28,6 +43,7 @@ class Policy:
     target_test: str = "superiority"
     confidence: float = 0.95
     power: float = 0.8
+    expert: ExpertReview | None = None  # None: blind expert reviews play no part in the decision
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -51,7 +67,9 @@ class Policy:
             raise PolicyError(f"policy {path}: target_test must be one of {list(TARGET_TESTS)}")
         confidence = _share(path, "confidence", data.get("confidence", 0.95))
         power = _share(path, "power", data.get("power", 0.8))
-        return cls(target=target, rules=rules, target_test=target_test, confidence=confidence, power=power)
+        expert = _expert(path, data["expert_review"]) if "expert_review" in data else None
+        return cls(target=target, rules=rules, target_test=target_test, confidence=confidence, power=power,
+                   expert=expert)
 
     def confidence_for(self, metric: str) -> float:
         return float(self.rules[metric].get("confidence", self.confidence))
@@ -88,3 +106,19 @@ def _share(path: Path, key: str, value: object) -> float:
     if not isinstance(value, int | float) or not 0.5 <= value < 1:
         raise PolicyError(f"policy {path}: {key} must be a number in [0.5, 1)")
     return float(value)
+
+
+def _expert(path: Path, table: object) -> ExpertReview:
+    if not isinstance(table, dict):
+        raise PolicyError(f"policy {path}: expert_review must be a table")
+    unknown = set(table) - _EXPERT_KEYS
+    if unknown:
+        raise PolicyError(f"policy {path}: expert_review has unknown keys {sorted(unknown)}")
+    n, margin, wait = table.get("min_reviews", 20), table.get("margin", 0.10), table.get("wait", False)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise PolicyError(f"policy {path}: expert_review.min_reviews must be an integer >= 1")
+    if not isinstance(margin, int | float) or isinstance(margin, bool) or not 0 <= margin < 0.5:
+        raise PolicyError(f"policy {path}: expert_review.margin must be a number in [0, 0.5)")
+    if not isinstance(wait, bool):
+        raise PolicyError(f"policy {path}: expert_review.wait must be true or false")
+    return ExpertReview(min_reviews=n, margin=float(margin), wait=wait)

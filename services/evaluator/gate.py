@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from peft import PeftModel
 from sqlmodel import Session, col, select
 
 from services.evaluator.grounding import distractor_hash
-from services.evaluator.judge import Guard, judge
+from services.evaluator.judge import Guard, expert_guard, judge
 from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
-from shared import lineage, registry
+from shared import lineage, registry, review
 from shared.corpora import CorpusUnavailable, GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope, write_lock
-from shared.evidence import QUOTES_PER_ABSTRACT
+from shared.evidence import QUOTES_PER_ABSTRACT, supporting_quotes
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import use_bf16
 from shared.manifest import RunManifest
@@ -38,6 +39,7 @@ from shared.tables import Evaluation, ModelVersion, SuiteResult, TrainingRun, Ve
 
 log = logging.getLogger("medqa.evaluator")
 SUITE = "gate-v3"  # Evaluation.suite: the set of suites below, decided by the policy
+AWAITING = "awaiting expert review"  # a reason of a decision held for blind reviews
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Decision:
     reasons: list[str]
     promoted: bool
     guards: list[Guard]
+    waiting: bool = False  # held for blind expert reviews (policy expert_review.wait)
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "guards": [g.to_json() for g in self.guards]}
@@ -217,6 +220,7 @@ def _suites_hash(suites: list[Suite]) -> str:
 
 def evaluate_version(version_id: int) -> Decision | None:
     settings = get_settings()
+    policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]  # a bad policy fails before any scoring
     with session_scope() as session:
         version = registry.get_version(session, version_id=version_id)
         if version.status != VersionStatus.candidate:
@@ -224,23 +228,40 @@ def evaluate_version(version_id: int) -> Decision | None:
             return None
         run = registry.run_for_version(session, version=version)
         champ = registry.champion(session, model_line=version.model_line)
+        champ_id = champ.id if champ is not None else None
+        if _still_waiting(session, version_id, champ_id, policy):
+            return None
         suites = build_suites(session, run)
         base_spec = version.base_model
         cand_path = Path(version.adapter_path)
-        champ_id = champ.id if champ is not None else None
         champ_path = Path(champ.adapter_path) if champ is not None else None
-        # The champion (or the base, before there is one) is scored only on suites it has not met yet.
+        # The champion (or the base, before there is one) is scored only on suites it has not met yet;
+        # so is the candidate, whose scores are stored when the decision waits for expert reviews.
         baseline_subject = f"v{champ_id}" if champ is not None else f"base:{base_spec}"
         cached, todo = cached_scores(session, baseline_subject, suites)
+        cand_cached, cand_todo = cached_scores(session, f"v{version_id}", suites)
     if champ is not None and champ.base_model != base_spec:
         raise ValueError(f"v{version_id} and champion v{champ_id} have different base models")
-    policy = Policy.load(settings.policy_file)  # type: ignore[arg-type]  # a bad policy fails before any scoring
 
-    scores = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
-                   {"candidate": suites, "baseline": todo})
+    scores: dict[str, dict[str, SuiteScores]] = {"candidate": {}, "baseline": {}}
+    if cand_todo or todo:
+        scores = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
+                       {"candidate": cand_todo, "baseline": todo})
+    scores["candidate"] = {**cand_cached, **scores["candidate"]}
     scores["baseline"] = {**cached, **scores["baseline"]}
     verdict = judge(policy, scores["candidate"], scores["baseline"])
-    passed, reasons = verdict.passed, verdict.reasons
+    with session_scope() as session:
+        reviews = review.pairwise_scores(session, version_id, champ_id)
+    if policy.expert is not None:
+        verdict.guards.append(expert_guard(policy.expert, reviews, policy.confidence))
+    # The policy may hold a candidate that passed every automatic check until experts have reviewed it.
+    waiting = bool(policy.expert and policy.expert.wait and len(reviews) < policy.expert.min_reviews
+                   and all(g.passed for g in verdict.guards))
+    passed = all(g.passed for g in verdict.guards) and not waiting
+    reasons = [g.reason for g in verdict.guards]
+    if waiting:
+        reasons.append(f"{AWAITING}: {len(reviews)} of {policy.expert.min_reviews} blind reviews "  # type: ignore[union-attr]
+                       "(policy expert_review.wait); the gate decides once they are in")
     metrics = {name: flat_metrics(scores[name]) for name in ("candidate", "baseline")}
 
     with session_scope() as session:
@@ -250,7 +271,7 @@ def evaluate_version(version_id: int) -> Decision | None:
         version = row
         if version.status != VersionStatus.candidate:  # another worker decided meanwhile
             return None
-        store_scores(session, f"v{version_id}", suites, scores["candidate"])
+        store_scores(session, f"v{version_id}", cand_todo, scores["candidate"])
         # What it was scored on, indexed with what it trained on (`medqa lineage PMID`).
         lineage.record_evaluation(session, row.run_id, [i.item_id for suite in suites for i in suite.items])
         store_scores(session, baseline_subject, todo, scores["baseline"])
@@ -258,6 +279,11 @@ def evaluate_version(version_id: int) -> Decision | None:
                                suite_hash=_suites_hash(suites), metrics=metrics["candidate"],
                                baseline_metrics=metrics["baseline"], passed=passed, reasons=reasons,
                                guards=[g.to_json() for g in verdict.guards]))
+        queued = queue_disagreements(session, version_id, champ_id, suites, scores, settings)
+        if waiting:
+            log.info("v%d waits for expert review (%d blind pairs queued)", version_id, queued)
+            return Decision(version_id, champ_id, metrics["candidate"], metrics["baseline"], False, reasons, False,
+                            verdict.guards, waiting=True)
         version.status = VersionStatus.blessed if passed else VersionStatus.rejected
         version.metrics = {**version.metrics, **metrics["candidate"],
                            **{f"baseline_{k}": v for k, v in metrics["baseline"].items()}}
@@ -276,3 +302,45 @@ def evaluate_version(version_id: int) -> Decision | None:
              " and promoted" if promoted else "", "; ".join(reasons))
     return Decision(version_id, champ_id, metrics["candidate"], metrics["baseline"], passed, reasons, promoted,
                     verdict.guards)
+
+
+def _still_waiting(session: Session, version_id: int, champ_id: int | None, policy: Policy) -> bool:
+    """A candidate held for expert reviews (it has a decision row but is still a candidate) stays held
+    until enough are in; the sweeper re-sends version.created for it, and this keeps that cheap."""
+    held = session.exec(select(Evaluation.id).where(Evaluation.version_id == version_id)).first()
+    if held is None or policy.expert is None or not policy.expert.wait:
+        return False
+    have = len(review.pairwise_scores(session, version_id, champ_id))
+    if have >= policy.expert.min_reviews:
+        return False
+    log.info("v%d still waits for expert review: %d of %d blind reviews", version_id, have,
+             policy.expert.min_reviews)
+    return True
+
+
+def queue_disagreements(session: Session, version_id: int, champ_id: int | None, suites: list[Suite],
+                        scores: dict[str, dict[str, SuiteScores]], settings: Settings) -> int:
+    """Blind review pairs from the PubMedQA items where candidate and champion chose different verdicts
+    (shared/review.py): each answer shows its verdict, its generated long answer where the suite wrote
+    one, and sentences of the item's abstract quoted as evidence. Seeded by the version: a retried
+    decision queues the same pairs, in the same order."""
+    suite = next((x for x in suites if x.name == "pubmedqa"), None)
+    cand, base = scores["candidate"].get("pubmedqa"), scores["baseline"].get("pubmedqa")
+    if (suite is None or cand is None or base is None or not settings.review_pairs_per_candidate
+            or "label" not in cand.items or "label" not in base.items):
+        return 0
+    pairs = [review.PairedAnswer(item.item_id, item.question, _shown(item, cand, n), _shown(item, base, n))
+             for n, item in enumerate(suite.items) if cand.items["label"][n] != base.items["label"][n]]
+    rng = random.Random(f"pairs:{version_id}")
+    picked = rng.sample(pairs, min(len(pairs), settings.review_pairs_per_candidate))
+    return review.queue_pairs(session, version_id, champ_id, picked, rng)
+
+
+def _shown(item: GeneralText, result: SuiteScores, n: int) -> dict[str, Any]:
+    label = result.items["label"][n]
+    written = (result.items.get("answer") or [None] * (n + 1))[n]
+    text = f"{label.capitalize()}." + (f" {written}" if written else "")
+    ref = item.item_id.partition(":")[2]
+    quotes = supporting_quotes(item.question, int(ref) if ref.isdigit() else 0, item.context or "",
+                               k=QUOTES_PER_ABSTRACT)
+    return review.shown_answer(text, [{"pmid": q.pmid, "quote": q.text} for q in quotes], {"label": label})

@@ -28,8 +28,8 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from services.evaluator.suites import SuiteScores
-from shared.policy import Policy
-from shared.stats import Interval, aligned, metric_interval, non_inferior, paired_series, superior
+from shared.policy import ExpertReview, Policy
+from shared.stats import Interval, aligned, mean_interval, metric_interval, non_inferior, paired_series, superior
 
 
 @dataclass
@@ -189,3 +189,32 @@ def item_differences(metric: str, candidate: SuiteScores, baseline: SuiteScores)
         diffs = [(item, a - b) for item, a, b, _ in pairs]
     lower_better = metric.startswith("ppl_") or metric.endswith("fk_grade")
     return sorted(diffs, key=lambda x: x[1] if lower_better else -x[1])
+
+
+EXPERT_METRIC = "expert_win_rate"
+
+
+def expert_guard(expert: ExpertReview, scores: list[float], confidence: float) -> Guard:
+    """Blind pairwise expert reviews as a guard (shared/policy.ExpertReview): the candidate's win rate
+    (1 win, 0.5 tie, 0 loss per rating) must be non-inferior to an even split, 0.5 - margin, judged like
+    the paired guards; with fewer than min_reviews ratings it says so and passes (the caller waits for
+    them when the policy asks)."""
+    floor = 0.5 - expert.margin
+    if len(scores) < expert.min_reviews:
+        return Guard(EXPERT_METRIC, True, "not enough reviews",
+                     f"skip {EXPERT_METRIC}: {len(scores)} blind expert reviews of the {expert.min_reviews} the "
+                     "policy needs: not enough data, decided without expert review", n_items=len(scores))
+    interval = mean_interval(scores, confidence=confidence)
+    if interval.low >= floor:
+        verdict, passed = "non-inferior", True
+    elif interval.high < floor:
+        verdict, passed = "inferior", False
+    else:
+        verdict, passed = "inconclusive", interval.estimate >= floor
+    shown = verdict + (", estimate within the margin" if passed else ", estimate beyond the margin") \
+        if verdict == "inconclusive" else verdict
+    reason = (f"{'ok' if passed else 'FAIL'} {EXPERT_METRIC} {interval.estimate:.3f} [{interval.low:.3f}, "
+              f"{interval.high:.3f}] vs floor {floor:.2f} (an even split less the margin {expert.margin:g}): {shown} "
+              f"({len(scores)} blind reviews, {confidence:.0%} interval)")
+    return Guard(EXPERT_METRIC, bool(passed), verdict, reason, estimate=interval.estimate, low=interval.low,
+                 high=interval.high, margin=expert.margin, n_items=len(scores))

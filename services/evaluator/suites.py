@@ -46,7 +46,7 @@ class SuiteScores:
     """One model on one suite: aggregate metrics, and per-item series aligned with `items["item_id"]`.
 
     Series: perplexity suites `nll` (summed over the item's tokens) and `tokens`; pubmedqa `correct`
-    (0/1), `label` (the chosen decision), `gold` (the item's decision) and per-answer `bleu`,
+    (0/1), `label` (the chosen decision), `gold` (the item's decision) and per-answer `answer` (the text), `bleu`,
     `rouge1/2/L`; consumer per-answer `rouge1/2/L` and `fk_grade` (None for an empty answer); grounding
     `abstained_ok` (0/1) and `precision` (None where nothing was cited or abstaining was right)."""
 
@@ -111,6 +111,7 @@ def _pubmedqa(suite: Suite, net: Any, tokenizer: Any) -> tuple[dict[str, float],
     metrics |= {f"pubmedqa_{k}": v for k, v in text_scores(answers, refs).items() if k != "fk_grade"}
     not_generated: list[float | None] = [None] * (len(items) - n_gen)
     series |= {k: v + not_generated for k, v in per_answer_scores(answers, refs).items() if k != "fk_grade"}
+    series["answer"] = [*answers, *not_generated]  # the texts, for blind expert review (shared/review.py)
     return metrics, series
 
 
