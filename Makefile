@@ -20,7 +20,7 @@ export MEDQA_DEMO_CORPUS ?= $(SHARED_DATA)/pubmed_update_samples
 export MEDQA_TEST_SHARED_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -35,7 +35,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m services.devkit demo
 
-test: setup
+# The review page's browser test (tests/test_review_browser.py) drives Debian's Chromium. As root (CI
+# is) a missing one is installed from Debian's packages; otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "no chromium here: the review page's browser test will skip (run make test as root to install it)"
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest

@@ -157,7 +157,7 @@ def next_item(session: Session, reviewer: str, settings: Settings, rng: random.R
     rated = _rated(session)
     open_items = [i for i in session.exec(select(ReviewItem).order_by(col(ReviewItem.priority).desc(),
                                                                        col(ReviewItem.id))).all()
-                  if reviewer not in rated.get(i.id or 0, set())
+                  if reviewer not in rated.get(i.id or 0, set()) and i.written_by != reviewer
                   and len(rated.get(i.id or 0, set())) < settings.review_ratings_per_item]
     if not open_items:
         return None
@@ -194,6 +194,8 @@ def record_rating(session: Session, item: ReviewItem, reviewer: str, *, rating: 
     if session.exec(select(ReviewRating.id).where(ReviewRating.item_id == item.id,
                                                    ReviewRating.reviewer == reviewer)).first() is not None:
         raise ReviewError(f"{reviewer} has rated item {item.id} already")
+    if item.written_by == reviewer:
+        raise ReviewError("a correction is checked by another reviewer than its author")
     if item.kind == "pair":
         if choice is None:
             raise ReviewError("a pair takes a choice: A, B or tie")
@@ -210,7 +212,7 @@ def record_rating(session: Session, item: ReviewItem, reviewer: str, *, rating: 
         _add_item(session, ReviewItem(
             kind="single", source="correction", priority=BASE_PRIORITY["correction"], question=item.question,
             answer=shown_answer(correction, item.answer.get("evidence", []), None),
-            champion_version_id=item.champion_version_id, answer_log_id=item.answer_log_id,
+            champion_version_id=item.champion_version_id, answer_log_id=item.answer_log_id, written_by=reviewer,
             dedup_key=f"correction:rating:{row.id}"))
     return row
 

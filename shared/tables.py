@@ -352,6 +352,7 @@ class ReviewItem(SQLModel, table=True):
     champion_version_id: int | None = None
     answer_log_id: int | None = None
     feedback_id: int | None = None
+    written_by: str | None = Field(default=None, max_length=64)  # a reviewer's correction: never theirs to check
     dedup_key: str = Field(max_length=120, unique=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 

@@ -168,6 +168,9 @@ def test_the_queue_policy_and_agreement(api_env):  # noqa: F811
         review.record_rating(s, first, "alice", rating="partly", correction="Safe at low doses only.")
         queued = s.exec(select(ReviewItem).where(ReviewItem.source == "correction")).one()
         assert queued.answer["text"] == "Safe at low doses only."  # another expert checks it
+        with pytest.raises(review.ReviewError, match="another reviewer"):
+            review.record_rating(s, queued, "alice", rating="correct")
+        assert review.next_item(s, "bob", settings, never).id == queued.id  # type: ignore[union-attr]
         assert review.next_item(s, "alice", settings, never).id != first.id  # type: ignore[union-attr]
 
     assert review.cohen_kappa([("a", "a"), ("b", "b"), ("a", "b"), ("b", "b")]) == pytest.approx(0.5)

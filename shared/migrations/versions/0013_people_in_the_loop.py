@@ -60,6 +60,7 @@ def upgrade() -> None:
     sa.Column('champion_version_id', sa.Integer(), nullable=True),
     sa.Column('answer_log_id', sa.Integer(), nullable=True),
     sa.Column('feedback_id', sa.Integer(), nullable=True),
+    sa.Column('written_by', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('dedup_key', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
