@@ -90,10 +90,10 @@ def test_the_reviewer_token_is_not_the_operator_token(api_env, tmp_path):  # noq
         get_settings()
 
 
-def _correction_item(s, question: str = "Does drug X lower blood pressure?") -> ReviewItem:  # type: ignore[no-untyped-def]
-    item = ReviewItem(kind="single", source="correction", question=question, dedup_key=f"t:{question}",
-                      answer=review.shown_answer("Yes, by about 5 mmHg in adults.", [{"pmid": 11, "quote": "It fell."}],
-                                                 None))
+def _correction_item(s, question: str = "Does drug X lower blood pressure?",  # type: ignore[no-untyped-def]
+                     pmid: int = 11) -> ReviewItem:
+    shown = review.shown_answer("Yes, by about 5 mmHg in adults.", [{"pmid": pmid, "quote": "It fell."}], None)
+    item = ReviewItem(kind="single", source="correction", question=question, dedup_key=f"t:{question}", answer=shown)
     s.add(item)
     s.flush()
     return item
@@ -106,8 +106,9 @@ def test_a_reviewed_correction_trains_in_the_next_run_with_its_provenance(api_en
 
     settings = get_settings()
     new = [a.pmid for a in live_abstracts()]
+    quoted = new[0]
     with session_scope() as s:
-        item = _correction_item(s)
+        item = _correction_item(s, pmid=quoted)
         review.record_rating(s, item, "alice", rating="wrong")  # not "correct": teaches nothing
         assert s.exec(select(ReviewedExample)).all() == []
         review.record_rating(s, item, "bob", rating="correct")
@@ -115,12 +116,13 @@ def test_a_reviewed_correction_trains_in_the_next_run_with_its_provenance(api_en
             review.record_rating(s, item, "bob", rating="correct")
     with session_scope() as s:
         example = s.exec(select(ReviewedExample)).one()
-        assert (example.reviewer, example.answer, example.pmids) == ("bob", "Yes, by about 5 mmHg in adults.", [11])
+        assert (example.reviewer, example.answer, example.pmids) == ("bob", "Yes, by about 5 mmHg in adults.", [quoted])
         manifest = build_manifest(s, new_pmids=new, model_line="default", settings=settings)
         assert manifest.reviewed == [example.id] and manifest.counts["reviewed"] == 1
         qa = [e for e in training_examples(s, manifest=manifest, settings=settings)
               if e.kind == "qa" and e.answer == example.answer]
-        assert qa and qa[0].question == "Does drug X lower blood pressure?" and "[PMID 11]" in (qa[0].context or "")
+        assert qa and qa[0].question == "Does drug X lower blood pressure?"
+        assert f"[PMID {quoted}]" in (qa[0].context or "")
         run = TrainingRun(model_line="default", status=RunStatus.queued, base_model="tiny", manifest=manifest.to_json())
         s.add(run)
         s.flush()
@@ -134,6 +136,16 @@ def test_a_reviewed_correction_trains_in_the_next_run_with_its_provenance(api_en
         s.add(run)
         s.flush()
         assert review_replayed(s, new, settings) == [example.id]
+        # Its evidence retracted: it trains no more, and a clean rebuild drops it.
+        from services.trainer.rebuild import clean_manifest
+        from shared.tables import Abstract
+
+        paper = s.get(Abstract, quoted)
+        paper.retracted = True
+        s.add(paper)
+        s.flush()
+        assert not [e for e in training_examples(s, manifest=manifest, settings=settings) if e.answer == example.answer]
+        assert clean_manifest(s, manifest).reviewed == []
 
 
 def review_replayed(s, new: list[int], settings) -> list[int]:  # type: ignore[no-untyped-def]

@@ -119,9 +119,13 @@ def training_examples(session: Session, *, manifest: RunManifest, settings: Sett
     for item in live_mined(session, manifest.mined + manifest.replay_mined):
         out.append(qa(item.question, qa_answer(item.long_answer, item.decision), item.context))
     reviewed = manifest.reviewed + manifest.replay_reviewed
-    for ex in session.exec(select(ReviewedExample).where(col(ReviewedExample.id).in_(reviewed),
-                                                        col(ReviewedExample.withdrawn).is_(False))).all():
-        out.append(qa(ex.question, ex.answer, ex.context))
+    examples = session.exec(select(ReviewedExample).where(col(ReviewedExample.id).in_(reviewed),
+                                                          col(ReviewedExample.withdrawn).is_(False))).all()
+    quoted = {p for ex in examples for p in ex.pmids}
+    gone = quoted - set(session.exec(select(Abstract.pmid).where(col(Abstract.pmid).in_(quoted), is_live())).all())
+    for ex in examples:  # one quoting a retracted or deleted paper is not trained (an unstored PMID counts as gone)
+        if not set(ex.pmids) & gone:
+            out.append(qa(ex.question, ex.answer, ex.context))
     for item_id in manifest.replay_general:
         g = general.get(item_id)
         if g is not None:

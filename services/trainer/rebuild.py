@@ -19,7 +19,7 @@ from sqlmodel import Session, col, or_, select, update
 from shared import lineage, registry
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
-from shared.tables import Abstract, Alert, AuditEvent, ModelVersion, RunStatus, TrainingRun, utcnow
+from shared.tables import Abstract, Alert, AuditEvent, ModelVersion, ReviewedExample, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger("medqa.trainer")
 PMID_FIELDS = ("new", "holdout", "replay_pmids", "mined", "replay_mined")
@@ -107,7 +107,14 @@ def clean_manifest(session: Session, manifest: RunManifest) -> RunManifest:
     """The manifest without its retracted and deleted items (no substitutes)."""
     gone = _tainted(session, _pmids(manifest))
     fields = {name: [p for p in getattr(manifest, name) if p not in gone] for name in PMID_FIELDS}
-    return RunManifest(**fields, replay_general=list(manifest.replay_general), replay_ratio=manifest.replay_ratio)
+    # An expert-reviewed example goes with its evidence: one quoting a retracted or deleted paper is dropped.
+    quoting = {ex.id: set(ex.pmids) for ex in session.exec(select(ReviewedExample).where(
+        col(ReviewedExample.id).in_(manifest.reviewed + manifest.replay_reviewed))).all()}
+    tainted = _tainted(session, set().union(*quoting.values())) if quoting else set()
+    clean = [i for i, pmids in quoting.items() if not pmids & tainted]
+    return RunManifest(**fields, replay_general=list(manifest.replay_general), replay_ratio=manifest.replay_ratio,
+                       reviewed=[i for i in manifest.reviewed if i in clean],
+                       replay_reviewed=[i for i in manifest.replay_reviewed if i in clean])
 
 
 def queue_step(session: Session, *, replaces: int, rebuild_of: int, parent: int | None) -> int:
