@@ -81,3 +81,29 @@ def test_cli_refuses_to_start_on_bad_setting(monkeypatch):
     reset_settings()
     assert result.exit_code == 2
     assert "MEDQA_MAX_DELIVERIES" in result.output
+
+
+def test_a_rule_across_settings_never_echoes_them(monkeypatch):
+    """Before: a rule over several settings (loc empty) printed every setting's input, tokens included."""
+    monkeypatch.setenv("MEDQA_API_TOKEN", "hunter2-operator")
+    monkeypatch.setenv("MEDQA_API_REVIEWER_TOKENS", "alice=hunter2-operator")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "must not contain the operator token" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_the_console_script_reports_a_bad_setting_in_one_line():
+    """Before: the Celery app reads the settings while `medqa` imports its commands, so a bad value
+    came out as a 20-line traceback before the one line that named it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("medqa")
+    env = {**os.environ, "MEDQA_API_BATCH_MAX": "many", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(script), "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: bad setting: MEDQA_API_BATCH_MAX='many': Input should be a valid integer, unable to parse string "
+        "as an integer"]
