@@ -199,6 +199,14 @@ class Settings(BaseSettings):
     api_log_question_text: bool = Field(
         True, description="Store question text in the question log; false keeps descriptors only.")
     api_question_retention_days: float = Field(30.0, gt=0, description="Question-log rows older than this go.")
+    # Served precision (services/api/serving.py; measured by bench/serve.py --precisions).
+    api_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Weights of an unquantized served model. auto: bf16 on CUDA and on CPUs with native "
+                            "bf16 (as the trainer), else fp32. MEDQA_API_QUANTIZATION=int8 always loads fp32.")
+    api_quantization: Literal["none", "int8", "nf4"] = Field(
+        "none", description="Serve the champion merged into its base and quantized: int8 = dynamic int8 Linear layers "
+                            "on CPU (torch quantize_dynamic), bitsandbytes 8-bit on CUDA; nf4 = bitsandbytes 4-bit, "
+                            "CUDA only. none keeps the LoRA adapter on the base (swapped in place).")
 
     # -- people in the loop (shared/review.py): feedback, the blind review page, the review queue
     api_reviewer_tokens: SecretStr | None = Field(

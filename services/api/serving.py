@@ -8,6 +8,13 @@ half-loaded model. peft keeps the active adapter as model-wide state, so the loc
 swap) is what makes the switch atomic; the pause it costs is the adapter's load time, logged per
 swap. The adapter's files are checked against the version's sha256 before the lock is taken: a
 corrupt or missing adapter is refused and the old one keeps serving.
+
+Quantized serving (MEDQA_API_QUANTIZATION=int8/nf4) merges the adapter into a copy of the base
+(peft merge_and_unload) and quantizes the result: on CPU int8 is torch's dynamic int8 Linear
+(quantize_dynamic, on float32 weights); on CUDA int8 and nf4 are bitsandbytes weights, loaded from the
+merged model saved once per version (keyed by its sha256). A quantized merged model has no adapter to
+swap in place, so a swap builds the new model whole beside the old one and swaps the references under
+the generation lock (memory holds both for that moment).
 """
 
 from __future__ import annotations
@@ -27,11 +34,11 @@ from shared import registry
 from shared.checksums import sha256_folder
 from shared.db import session_scope
 from shared.lm import generation  # the module, not the function: tests spy on generation.generate
-from shared.lm.base_model import load_base_model
+from shared.lm.base_model import bnb_quantization_config, load_base_model, quantize_dynamic_int8
 from shared.lm.decisions import DECISIONS, verdicts
 from shared.lm.generation import use_bf16
 from shared.queries import VerdictCalibration, verdict_calibration
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 from shared.tables import ModelVersion
 
 log = logging.getLogger("medqa.api.serving")
@@ -60,12 +67,32 @@ class _Target:
         return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256, calibration)
 
 
+def check_quantization(mode: str, device: torch.device) -> None:
+    """Refuse, naming the setting, a quantization this machine cannot serve."""
+    if mode == "none":
+        return
+    if mode == "nf4" and device.type != "cuda":
+        raise SettingsError("bad setting: MEDQA_API_QUANTIZATION='nf4': bitsandbytes 4-bit needs CUDA and this "
+                            "machine has none; use int8 (dynamic int8 on CPU) or none")
+    if device.type == "cuda":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise SettingsError(f"bad setting: MEDQA_API_QUANTIZATION={mode!r}: on CUDA it needs the bitsandbytes "
+                                "package (pip install bitsandbytes), or use none") from None
+
+
 class ModelServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.quantization = settings.api_quantization
+        check_quantization(self.quantization, self.device)
         # bf16 wherever the trainer would use it (CUDA, CPUs with native bf16): same numerics, half the memory.
-        self.dtype = torch.bfloat16 if use_bf16("auto", self.device) else torch.float32
+        # Dynamic int8 quantizes float32 weights and takes float32 activations.
+        cpu_int8 = self.quantization == "int8" and self.device.type == "cpu"
+        self.dtype = torch.bfloat16 if not cpu_int8 and use_bf16(settings.api_precision, self.device) \
+            else torch.float32
         self._gen_lock = threading.Lock()   # one forward at a time; a swap waits between batches
         self._swap_lock = threading.Lock()  # one swap at a time: the poller and an operator request
         self._net: Any = None
@@ -145,16 +172,46 @@ class ModelServer:
                 return None
             return _Target.of(champion, verdict_calibration(session, champion.id))
 
-    def _build(self, spec: str) -> tuple[Any, Any, int]:
+    def _build(self, spec: str, adapter: Path | None = None, sha256: str = "") -> tuple[Any, Any, int]:
+        """The served network for `spec`: the plain base (`adapter` None, unquantized: the caller wraps it
+        in peft), or with quantization the base, with `adapter` merged into it when given, quantized."""
         model: Any
-        model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=self.dtype)
-        model = model.to(self.device).eval()
+        if self.quantization == "none":
+            model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=self.dtype)
+            model = model.to(self.device).eval()
+        elif self.device.type == "cpu":
+            model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=torch.float32)
+            if adapter is not None:
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            model = quantize_dynamic_int8(model.eval())
+        else:
+            folder = spec if adapter is None else str(self._merged_snapshot(spec, adapter, sha256))
+            model, tokenizer = load_base_model(folder, self.settings.models_dir,
+                                               quantization_config=bnb_quantization_config(self.quantization))
+            model = model.eval()
+        return model, tokenizer, self._window(model)
+
+    def _merged_snapshot(self, spec: str, adapter: Path, sha256: str) -> Path:
+        """The adapter merged into its base in float32, saved once per version (by its adapter's sha256,
+        checked by the caller) under the artifacts folder with a checksum manifest: bitsandbytes quantizes
+        while loading from a folder."""
+        from shared.lm.base_model import ensure_built
+
+        def build(dest: Path) -> None:
+            model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=torch.float32)
+            merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            merged.save_pretrained(dest)
+            tokenizer.save_pretrained(dest)
+
+        return ensure_built(self.settings.artifacts / "merged" / sha256, build, f"merged:{spec}+{adapter}")
+
+    def _window(self, model: Any) -> int:
         cfg = model.config
         positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
-        return model, tokenizer, min(self.settings.api_max_length, positions or self.settings.api_max_length)
+        return min(self.settings.api_max_length, positions or self.settings.api_max_length)
 
     def _load_base(self, spec: str) -> None:
-        model, tokenizer, max_length = self._build(spec)
+        model, tokenizer, max_length = self._build(spec)  # quantized too, with quantization on
         with self._gen_lock:
             self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
             self.served = Served(None, spec, None)
@@ -166,6 +223,9 @@ class ModelServer:
         if sha256_folder(target.adapter_path) != target.sha256:
             raise ValueError(f"adapter files at {target.adapter_path} do not match the version's sha256")
         name = f"v{target.version_id}"
+        if self.quantization != "none":
+            self._replace(target, name)
+            return
         if self.served is None or self.served.base_model != target.base_model:
             # A new base (first load, or a line moved to another base model) is built whole beside the
             # old model, then swapped in by reference; memory holds both for a moment.
@@ -198,3 +258,19 @@ class ModelServer:
         self.swaps += 1
         log.info("serving v%d (%s); generation paused %.0f ms for the swap", target.version_id, target.base_model,
                  self.last_swap_pause_ms)
+
+    def _replace(self, target: _Target, name: str) -> None:
+        """Quantized serving: the new version merged and quantized beside the old model, then swapped in by
+        reference between two batches (a quantized merged model has no adapter to swap in place)."""
+        started = time.perf_counter()
+        model, tokenizer, max_length = self._build(target.base_model, target.adapter_path, target.sha256)
+        built_s = time.perf_counter() - started
+        paused = time.perf_counter()
+        with self._gen_lock:
+            self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
+            self.served = Served(target.version_id, target.base_model, name)
+            self._calibration = target.calibration
+        self.last_swap_pause_ms = (time.perf_counter() - paused) * 1000
+        self.swaps += 1
+        log.info("serving v%d (%s, %s); built in %.1f s, generation paused %.1f ms for the swap", target.version_id,
+                 target.base_model, self.quantization, built_s, self.last_swap_pause_ms)

@@ -230,3 +230,65 @@ def load_base_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------- served quantization
+
+
+def _conv1d_to_linear(model: Any) -> int:
+    """Replace GPT-2's Conv1D layers (x @ W + b, W stored [in, out]) by the equivalent nn.Linear, so that
+    quantize_dynamic, which only knows nn.Linear, covers them too. Returns how many were replaced."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = torch.nn.Linear(n_in, n_out, device=child.weight.device, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(parent, name, linear)
+                replaced += 1
+    return replaced
+
+
+def quantize_dynamic_int8(model: Any) -> Any:
+    """A float32 causal LM with every nn.Linear (GPT-2's Conv1D included) made a dynamically quantized int8
+    Linear (torch.ao quantize_dynamic: int8 weights, activations quantized per call), in place, on CPU.
+
+    A tied LM head (SmolLM2, GPT-2) gets an int8 copy of the embedding matrix, which itself stays float32
+    for the token lookups. The tensors that stay float are copied out of the loaded safetensors file:
+    while one view of its memory map lives, the whole file's pages count as the process's memory."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("quantize_dynamic takes float32 weights; load the model with torch_dtype=torch.float32")
+    _conv1d_to_linear(model)
+    spec = {name: default_dynamic_qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)}
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model.eval()
+
+
+def bnb_quantization_config(mode: str) -> Any:
+    """bitsandbytes weights for serving on CUDA: "int8" (LLM.int8) or "nf4" (4-bit NormalFloat, bf16 compute)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if mode == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    raise ValueError(f"no bitsandbytes configuration for {mode!r}")
