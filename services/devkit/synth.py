@@ -22,6 +22,7 @@ from collections.abc import Collection, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 from lxml import etree
 
 __all__ = ["TOPICS", "generate_articles", "medline_text", "pubmed_xml", "retract", "retraction_notice",
@@ -766,3 +767,31 @@ def write_medquad(directory: Path, *, n: int = 120, seed: int = 11) -> Path:
     path = directory / "synthetic_medquad.xml"
     path.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     return path
+
+
+VECTOR_CENTRES = 3000
+
+
+def made_up_vectors(n: int, queries: int, seed: int = 0,
+                    centres: int = VECTOR_CENTRES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Made-up unit 384-d vectors with the structure of sentence embeddings (bench/retrieval.py, tests):
+    `centres` topical clusters in a 48-d latent space mapped to 384-d by one fixed random projection,
+    plus noise; queries are stored vectors' latent points moved a little (a question near its own
+    abstract). Returns (vectors [n, 384], queries [q, 384], the stored vector each query was made from)."""
+    dim, latent = 384, 48
+    rng = np.random.default_rng(seed)
+    projection = rng.normal(size=(latent, dim)).astype(np.float32)
+    centre_points = rng.normal(size=(centres, latent)).astype(np.float32)
+    x = np.empty((n, dim), np.float32)
+    latent_of = np.empty((n, latent), np.float32)
+    for start in range(0, n, 100_000):  # in chunks: the full latent-noise matrices would double the peak
+        m = min(100_000, n - start)
+        z = centre_points[rng.integers(0, centres, m)] + 0.5 * rng.normal(size=(m, latent)).astype(np.float32)
+        latent_of[start:start + m] = z
+        x[start:start + m] = z @ projection + 0.3 * rng.normal(size=(m, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    origin = rng.integers(0, n, queries)
+    qz = latent_of[origin] + 0.25 * rng.normal(size=(queries, latent)).astype(np.float32)
+    q = qz @ projection + 0.3 * rng.normal(size=(queries, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return x, q, origin
