@@ -33,7 +33,7 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 @pytest.fixture
 def api(medqa_env, tmp_path):  # type: ignore[no-untyped-def]
     # Short answers keep the generated ones cheap; the limits still come from the spec.
-    medqa_env(**{**API_ENV, "api_max_new_tokens": "8"})
+    medqa_env(**{**API_ENV, "api_max_new_tokens": "8", "api_reviewer_tokens": "fuzz=fuzz-reviewer-token"})
     ingest_synth(tmp_path / "corpus", files=1, per_file=12, seed=5)
     make_version(tmp_path, seed=1)
     make_version(tmp_path, seed=2, champion=True)
@@ -87,7 +87,7 @@ def _post_bodies(spec: dict) -> dict[str, st.SearchStrategy]:
 @given(data=st.data(), headers=HEADERS)
 def test_every_post_endpoint_survives_random_bodies(api, data, headers):
     bodies = _post_bodies(api.spec)
-    assert set(bodies) == {"/v1/answer", "/v1/promote", "/v1/rollback", "/v1/refresh"}
+    assert set(bodies) == {"/v1/answer", "/v1/promote", "/v1/rollback", "/v1/refresh", "/v1/feedback"}
     path = data.draw(st.sampled_from(sorted(bodies)), label="path")
     kind, value = data.draw(bodies[path], label="body")
     if kind == "json":
@@ -100,7 +100,8 @@ def test_every_post_endpoint_survives_random_bodies(api, data, headers):
 @FUZZ
 @given(method=st.sampled_from(METHODS),
        path=st.sampled_from(["/v1/answer", "/v1/versions", "/v1/champion", "/healthz", "/metrics", "/openapi.json",
-                             "/v1/promote", "/v1/rollback", "/v1/refresh", "/docs"])
+                             "/v1/promote", "/v1/rollback", "/v1/refresh", "/docs", "/v1/feedback", "/review",
+                             "/review/login", "/review/1"])
        | st.text(alphabet=PATH_CHARS, max_size=30).map(lambda p: "/" + p),
        body=st.binary(max_size=40), headers=HEADERS)
 def test_random_paths_and_methods_never_fail(api, method, path, body, headers):

@@ -98,7 +98,8 @@ def test_version_ancestry_runs_back_to_the_base(chain):
     with session_scope() as s:
         steps = lineage.version_ancestry(s, v3)
     assert [step["version"] for step in steps] == [v3, v2, v1]
-    assert steps[-1]["items"] == {"new": 2, "holdout": 0, "replay": 0, "mined": 1, "replay_mined": 0, "general": 1}
+    assert steps[-1]["items"] == {"new": 2, "holdout": 0, "replay": 0, "mined": 1, "replay_mined": 0, "general": 1,
+                                  "reviewed": 0, "replay_reviewed": 0}
 
 
 def test_cli_lineage_for_a_paper_and_for_a_version(chain):

@@ -13,8 +13,9 @@ import sys
 import grimp
 
 ROOTS = ("shared", "services")
-# The composition roots: the only packages allowed to import every service.
-COMPOSERS = ("services.cli", "services.devkit")
+# The composition roots: the only packages allowed to import every service (services.entry is the
+# `medqa` console script, which only loads the CLI).
+COMPOSERS = ("services.cli", "services.devkit", "services.entry")
 
 
 def _service(module: str) -> str | None:
