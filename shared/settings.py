@@ -37,6 +37,36 @@ class Settings(BaseSettings):
     # out of the settings' repr, and printed only through redacted_url.
     database_url: str = Field("", repr=False, description="SQLAlchemy URL; empty means sqlite:///<data_dir>/medqa.db.")
     artifact_dir: Path | None = Field(None, description="Adapters and checkpoints; default <data_dir>/artifacts.")
+    # Artifacts on object storage (shared/artifacts.py): a local path, or any fsspec URL such as s3://bucket/prefix
+    # (MinIO or S3 through s3fs). The secret key is a SecretStr, listed in SECRET_SETTINGS.
+    artifact_url: str | None = Field(None, description="Where adapters and checkpoints are stored: a local path or an "
+                                     "fsspec URL (s3://bucket/prefix); default MEDQA_ARTIFACT_DIR, files in place.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO: http://minio:9000); unset: AWS.")
+    s3_region: str | None = Field(None, description="S3 region; unset: the client's default.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id; unset: the AWS credential chain.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key; never printed.")
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url(cls, v: str | None) -> str | None:
+        if not v or not v.strip():
+            return None
+        protocol, sep, rest = v.strip().partition("://")
+        if sep and protocol != "file":
+            import fsspec  # only a URL needs it
+
+            if protocol not in fsspec.available_protocols():
+                raise ValueError(f"unknown storage protocol {protocol!r} (a local path or e.g. s3://bucket/prefix)")
+            if not rest.strip("/"):
+                raise ValueError(f"{protocol}:// needs a bucket or root, e.g. {protocol}://medqa/artifacts")
+        return v.strip().rstrip("/") or v.strip()
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v or None
     model_cache_dir: Path | None = Field(None, description="Converted/built base models; default <data_dir>/models.")
 
     # -- broker and task execution
@@ -372,7 +402,7 @@ class Settings(BaseSettings):
 # a webhook URL (Slack's carry their secret in the path). Their values are never printed: the SecretStr
 # ones print as '**********', the two URLs stay out of the repr, and a bad value of any is <redacted>.
 SECRET_SETTINGS = frozenset({"database_url", "broker_url", "api_token", "api_reviewer_tokens",
-                             "alert_webhook_url", "alert_smtp_password", "ncbi_api_key"})
+                             "alert_webhook_url", "alert_smtp_password", "ncbi_api_key", "s3_secret_access_key"})
 
 
 def _explain(err: ValidationError) -> str:
