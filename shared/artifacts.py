@@ -480,3 +480,24 @@ def artifact_store(settings: Settings | None = None) -> ArtifactStore:
     s = settings or get_settings()
     url = s.artifact_url or str(s.artifacts)
     return open_store(url, **(s3_options(s) if url.startswith(("s3://", "s3a://")) else {}))
+
+
+def cache_dir(settings: Settings | None = None) -> Path:
+    """Where a host keeps the artifacts it fetched, by sha256 (never shared between hosts)."""
+    return (settings or get_settings()).data_dir / "artifact-cache"
+
+
+def local_adapter(location: str, sha256: str, settings: Settings | None = None) -> Path:
+    """A version's adapter as local files that hash to its sha256: fetched from the artifact store into
+    this host's cache (object storage), or verified in place (a local store, or a version row written
+    before the store, whose absolute path is outside it). Refused, naming it, if the files differ."""
+    store = artifact_store(settings)
+    key = store.key_of(location)
+    if key is None:
+        path = Path(location)
+        if not (path / "adapter_config.json").is_file():
+            raise ArtifactNotFound(f"no adapter at {path}")
+        if sha256_folder(path) != sha256:
+            raise ArtifactCorrupted(f"adapter files at {path} do not match the version's sha256; refused")
+        return path
+    return store.get_folder(key, sha256, cache_dir(settings))

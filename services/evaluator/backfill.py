@@ -11,11 +11,11 @@ it is a different item set for every version.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from services.evaluator.gate import build_suites, cached_scores, score, store_scores
 from services.evaluator.suites import Suite
 from shared import registry
+from shared.artifacts import ArtifactError, local_adapter
 from shared.db import session_scope
 from shared.pipeline import Event, emit
 from shared.tables import ModelVersion
@@ -31,20 +31,22 @@ def score_earlier_champions(champion_id: int, version_ids: list[int]) -> int:
         champ = registry.get_version(session, version_id=champion_id)
         run = registry.run_for_version(session, version=champ)
         suites = [s for s in build_suites(session, run) if s.name != PER_INCREMENT_SUITE]
-        todo: list[tuple[int, Path, list[Suite]]] = []
+        todo: list[tuple[int, tuple[str, str], list[Suite]]] = []
         for vid in version_ids:
             version = session.get(ModelVersion, vid)
             if version is None or version.base_model != champ.base_model:
                 continue  # another base model's numbers never compare
-            if not Path(version.adapter_path).exists():
-                log.warning("v%d cannot be scored for the trend: its adapter %s is gone", vid, version.adapter_path)
-                continue
             _, missing = cached_scores(session, f"v{vid}", suites)
             if missing:
-                todo.append((vid, Path(version.adapter_path), missing))
+                todo.append((vid, (version.adapter_path, version.sha256), missing))
         base_spec = champ.base_model
     stored = 0
-    for vid, path, missing in todo:
+    for vid, artifact, missing in todo:
+        try:
+            path = local_adapter(*artifact)
+        except (FileNotFoundError, ValueError, ArtifactError) as exc:
+            log.warning("v%d cannot be scored for the trend: %s", vid, exc)
+            continue
         scores = score(base_spec, {"earlier": path}, {"earlier": missing})["earlier"]
         with session_scope() as session:
             store_scores(session, f"v{vid}", missing, scores)

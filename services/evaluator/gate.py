@@ -24,6 +24,7 @@ from services.evaluator.grounding import distractor_hash
 from services.evaluator.judge import Guard, expert_guard, judge
 from services.evaluator.suites import Suite, SuiteScores, label_shares, sample
 from shared import lineage, registry, review
+from shared.artifacts import local_adapter
 from shared.corpora import CorpusUnavailable, GeneralText, corpus_items, general_texts, pubmedqa_split, split_general
 from shared.db import session_scope, write_lock
 from shared.evidence import QUOTES_PER_ABSTRACT, supporting_quotes
@@ -233,8 +234,8 @@ def evaluate_version(version_id: int) -> Decision | None:
             return None
         suites = build_suites(session, run)
         base_spec = version.base_model
-        cand_path = Path(version.adapter_path)
-        champ_path = Path(champ.adapter_path) if champ is not None else None
+        cand_artifact = (version.adapter_path, version.sha256)
+        champ_artifact = (champ.adapter_path, champ.sha256) if champ is not None else None
         # The champion (or the base, before there is one) is scored only on suites it has not met yet;
         # so is the candidate, whose scores are stored when the decision waits for expert reviews.
         baseline_subject = f"v{champ_id}" if champ is not None else f"base:{base_spec}"
@@ -245,6 +246,9 @@ def evaluate_version(version_id: int) -> Decision | None:
 
     scores: dict[str, dict[str, SuiteScores]] = {"candidate": {}, "baseline": {}}
     if cand_todo or todo:
+        # Local files that hash to each version's sha256 (fetched from object storage where it is one).
+        cand_path = local_adapter(*cand_artifact, settings)
+        champ_path = local_adapter(*champ_artifact, settings) if champ_artifact is not None else None
         scores = score(base_spec, {"candidate": cand_path, "baseline": champ_path},
                        {"candidate": cand_todo, "baseline": todo})
     scores["candidate"] = {**cand_cached, **scores["candidate"]}

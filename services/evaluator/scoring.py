@@ -37,6 +37,7 @@ from services.evaluator.gate import (
 from services.evaluator.qa import macro_f1_interval
 from services.evaluator.suites import Suite, SuiteScores, sample
 from shared import registry
+from shared.artifacts import ArtifactError, local_adapter
 from shared.corpora import general_texts, load_corpus, pubmedqa_split, split_general
 from shared.settings import Settings
 from shared.stats import Interval, mean_interval
@@ -69,7 +70,11 @@ def resolve_target(session: Session, target: str, settings: Settings) -> Target:
             version = registry.get_version(session, version_id=registry.parse_version_id(target))
         except registry.RegistryError as exc:
             raise ScoreError(str(exc)) from None
-    return Target(f"v{version.id}", f"v{version.id}", version.base_model, Path(version.adapter_path))
+    try:
+        adapter = local_adapter(version.adapter_path, version.sha256, settings)
+    except (FileNotFoundError, ValueError, ArtifactError) as exc:
+        raise ScoreError(f"v{version.id}: {exc}") from None
+    return Target(f"v{version.id}", f"v{version.id}", version.base_model, adapter)
 
 
 def build_suite(name: str, settings: Settings, *, source: str | None, items: int | str | None) -> Suite:
