@@ -386,3 +386,40 @@ class ReviewedExample(SQLModel, table=True):
     item_id: int = Field(foreign_key="reviewitem.id", unique=True)
     feedback_id: int | None = None
     withdrawn: bool = False  # an operator can take it back before it trains again
+
+
+# ------------------------------------------------------------------------------------ fan-out ingest
+
+
+class IngestFileStatus(StrEnum):
+    queued = "queued"
+    importing = "importing"
+    done = "done"
+    failed = "failed"
+
+
+class IngestFile(SQLModel, table=True):
+    """One NLM file queued for import, keyed by its content (sha256): `medqa ingest files` and the
+    beat's watch folder queue one `ingest.file` task per file, so N ingest workers import N files at
+    once. The row turns `done`, with the file's counts, in the import's own transaction; a worker
+    killed mid-file leaves it `importing` with nothing of the file stored, and importable again. A file
+    whose content is `done` already is skipped, wherever it lies."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(max_length=64, unique=True, index=True)
+    path: str = Field(sa_column=Column(Text, nullable=False))  # where it was found (first seen)
+    # A plain string, not a database enum (as AlertDelivery.status): a new status needs no type migration.
+    status: str = Field(default=IngestFileStatus.queued, max_length=16, index=True)
+    attempts: int = 0  # imports begun: more than one means a worker died or the file failed before
+    importer: str | None = Field(default=None, max_length=100)  # host:pid of the process that took it last
+    stored: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    deleted: int = 0
+    retracted: int = 0
+    mined: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    queued_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
