@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,17 @@ ingest_app = typer.Typer(no_args_is_help=True, help="Import PubMed XML into the 
 
 @ingest_app.command("files")
 def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder of NLM baseline/update XML"),
+                 queue_only: bool = typer.Option(False, "--queue-only", help="With workers: queue one task per "
+                                                 "file and return; `medqa ingest status` shows their progress."),
                  as_json: bool = JsonOpt) -> None:
     """Import PubMed XML files (plain or .gz); one transaction per file. Signals the trainer.
 
-    Under MEDQA_EAGER the training this import starts runs in this process, after the import's
-    summary. Ctrl-C keeps every file imported so far; a run it stops resumes with `medqa sweep`."""
+    With workers, one `ingest.file` task per file is queued (a file is recorded by its sha256; one
+    imported already is skipped), so N ingest workers import N files at once; this command imports
+    alongside them, taking the files no worker holds, and sums up when every file is in. Under
+    MEDQA_EAGER it imports them here one after another, and the training the import starts runs in this
+    process after the summary. Ctrl-C keeps every file imported so far; a run it stops resumes with
+    `medqa sweep`."""
     from services.ingest.store import IngestResult, ingest_file, pubmed_files
     from shared.pipeline import held_events, publish_held
     from shared.settings import get_settings
@@ -34,10 +39,11 @@ def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder 
         die(str(exc))
     from rich.progress import Progress
 
-    eager = get_settings().eager  # with workers, each file's event goes out as it commits
+    if not get_settings().eager:  # with workers, each file's event goes out as it commits
+        _fan_out(files, queue_only, as_json)
+        return
     result = IngestResult()
-    holding: AbstractContextManager[list] = held_events() if eager else nullcontext([])
-    with holding as held, Progress(console=err, disable=as_json, transient=True) as bar:
+    with held_events() as held, Progress(console=err, disable=as_json, transient=True) as bar:
         task = bar.add_task("ingesting", total=len(files))
         for done, file in enumerate(files):
             try:
@@ -61,6 +67,67 @@ def ingest_files(path: Path = typer.Argument(..., help="An XML file or a folder 
         raise typer.Exit(1)
 
 
+def _fan_out(files: list[Path], queue_only: bool, as_json: bool) -> None:
+    """Queue one task per file; unless `queue_only`, import alongside the workers until every file is in.
+
+    This process takes the files in order, skipping any a worker holds, then waits for those: with no
+    worker running (or no broker) it imports everything itself, as before there were file tasks."""
+    import time
+
+    from rich.progress import Progress
+
+    from services.ingest.store import IngestResult, StoreBusy, import_file
+    from services.ingest.tasks import fan_out, fan_out_summary
+
+    queued = fan_out(files, keep=0 if queue_only else 1)  # the first one is this process's at once
+    if queue_only:
+        summary = fan_out_summary(queued)
+        emit(summary, as_json, table("ingest queued", ["queued", "pending", "skipped", "errors"],
+                                     [[summary["queued"], summary["pending"], summary["skipped"],
+                                       len(summary["errors"])]]))
+        for e in summary["errors"]:
+            err.print(f"[red]bad file[/] {escape(e)}", highlight=False)
+        if summary["errors"]:
+            raise typer.Exit(1)
+        return
+    result = IngestResult()
+    imported = 0
+    with Progress(console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task("ingesting", total=len(queued))
+        waiting = []
+        for item in queued:
+            if item.action in ("done", "error"):
+                done = item.action == "done"
+                result.add(IngestResult(files_skipped=1) if done else IngestResult(errors=[item.error or ""]))
+                bar.advance(task)
+                continue
+            waiting.append(item)
+        while waiting:
+            held_elsewhere = []
+            for item in waiting:
+                assert item.id is not None
+                try:
+                    one = import_file(item.id, item.path, wait=False)
+                except StoreBusy:
+                    one = None
+                except KeyboardInterrupt:
+                    bar.stop()
+                    die(f"interrupted: {imported} of {len(queued)} files imported and kept; {item.path.name} was "
+                        "rolled back. Run the same command again to go on (imported files are skipped).", code=130)
+                if one is None:  # a worker is importing it: come back to it
+                    held_elsewhere.append(item)
+                    continue
+                result.add(one)
+                imported += 1
+                bar.advance(task)
+            waiting = held_elsewhere
+            if waiting:
+                time.sleep(0.5)
+    _print_ingest_summary(result, as_json)
+    if result.errors:
+        raise typer.Exit(1)
+
+
 def _print_ingest_summary(result: Any, as_json: bool) -> None:
     emit(vars(result), as_json, table(
         "ingest", ["files", "skipped", "stored", "updated", "duplicates", "filtered", "deleted", "retracted", "mined"],
@@ -74,7 +141,7 @@ def _print_ingest_summary(result: Any, as_json: bool) -> None:
 def ingest_status(as_json: bool = JsonOpt) -> None:
     """Watermarks, counts of stored / with abstract / deleted / retracted / skipped, last errors."""
     from shared.db import session_scope
-    from shared.tables import Abstract, IngestCursor, MinedQA
+    from shared.tables import Abstract, IngestCursor, IngestFile, IngestFileStatus, MinedQA
 
     ensure_store()
 
@@ -94,8 +161,11 @@ def ingest_status(as_json: bool = JsonOpt) -> None:
             "filtered": sum(c["filtered"] for c in cursors),
             "bad_documents": sum(c["errors"] for c in cursors),
         }
+        by_status = dict(session.exec(select(IngestFile.status, func.count()).group_by(IngestFile.status)).all())
+        files = {status.value: by_status.get(status.value, 0) for status in IngestFileStatus}
     errors = [c for c in cursors if c["last_error"]]
-    emit({"counts": counts, "cursors": cursors, "last_error": errors[-1]["last_error"] if errors else None},
+    emit({"counts": counts, "files": files, "cursors": cursors,
+          "last_error": errors[-1]["last_error"] if errors else None},
           as_json, table("ingest cursors", ["source", "query", "watermark", "stored", "dupes", "filtered", "errors",
                                              "last success", "last error"],
                           [[c["source"], c["query"] if c["source"] != "file" else Path(c["query"]).name,
@@ -104,6 +174,7 @@ def ingest_status(as_json: bool = JsonOpt) -> None:
                             (c["last_error"] or "")[:60]] for c in cursors]))
     if not as_json:
         out.print(table("abstracts", list(counts), [list(counts.values())]))
+        out.print(table("files (by sha256)", list(files), [list(files.values())]))
 
 
 @ingest_app.command("mine")
