@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     train_gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
+    train_processes: int = Field(1, ge=1, description="Training processes per run, DDP (services/trainer/"
+                                 "distributed.py): on a GPU host set it to its GPU count (one per GPU, NCCL); on CPU "
+                                 "they share the cores (gloo). Each trains the batch size, so a step takes batch x "
+                                 "processes x grad accum blocks.")
     replay_ratio: float = Field(0.5, ge=0, lt=1, description="Share of each run's examples drawn from replay "
                                 "(0.5: bench/continual.py, README \"Replay\").")
     holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of new abstracts kept for evaluation.")

@@ -12,7 +12,9 @@ import logging
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,11 +170,16 @@ def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
     from services.trainer.train import train_lora
 
     run_id = inputs.run_id
+    train: Callable[..., TrainResult] = train_lora
+    if settings.train_processes > 1:
+        # DDP ranks in processes of their own; this one keeps the lease, heartbeat and progress.
+        from services.trainer.distributed import train_lora_ddp
+
+        train = partial(train_lora_ddp, processes=settings.train_processes)
     try:
-        return train_lora(base_spec=inputs.base_spec, models_dir=settings.models_dir, examples=inputs.examples,
-                          cfg=inputs.cfg, out_dir=settings.artifacts / "adapters" / f"run-{run_id}",
-                          work_dir=inputs.work_dir, parent_adapter=inputs.parent_adapter,
-                          progress=_progress_writer(run_id))
+        return train(base_spec=inputs.base_spec, models_dir=settings.models_dir, examples=inputs.examples,
+                     cfg=inputs.cfg, out_dir=settings.artifacts / "adapters" / f"run-{run_id}",
+                     work_dir=inputs.work_dir, parent_adapter=inputs.parent_adapter, progress=_progress_writer(run_id))
     except KeyboardInterrupt:  # an operator's Ctrl-C in an eager process: not the run's fault
         _requeue(run_id)
         raise
@@ -237,7 +244,8 @@ def _register_version(inputs: _RunInputs, result: TrainResult) -> int:
                                adapter_path=str(result.adapter_dir), sha256=result.sha256,
                                metrics={"train_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
                                         "train_seconds": result.seconds, "tokens": result.tokens,
-                                        "resumed_from_step": result.resumed_from})
+                                        "resumed_from_step": result.resumed_from,
+                                        "train_processes": result.processes})
         session.add(version)
         run.status, run.finished_at, run.heartbeat_at = RunStatus.succeeded, utcnow(), utcnow()
         run.step, run.total_steps, run.loss = cfg.max_steps, cfg.max_steps, result.final_loss

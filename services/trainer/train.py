@@ -7,6 +7,7 @@ Celery task relies on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -14,16 +15,17 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 from services.trainer.config import TrainConfig
 from services.trainer.errors import TrainingFailed
-from services.trainer.examples import ExampleSpec, Packed, lm, pack
+from services.trainer.examples import IGNORE, ExampleSpec, Packed, lm, pack
 from shared.checksums import sha256_folder
 from shared.lm.base_model import load_base_model
 from shared.lm.generation import body_and_head, use_bf16
@@ -43,6 +45,11 @@ class TrainResult:
     final_loss: float
     resumed_from: int
     skipped_steps: int = 0
+    processes: int = 1  # training processes (DDP ranks) that ran it
+    # With record_blocks: the blocks each micro-batch trained on, [step, micro, [block indices]];
+    # a multi-process run has them per rank (services/trainer/distributed.py).
+    blocks: list | None = None
+    blocks_by_rank: dict[int, list] | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,13 +59,36 @@ class TrainResult:
 def batch_indices(n_blocks: int, batch_size: int, step: int, seed: int) -> list[int]:
     """Blocks for `step`: epochs are seeded permutations laid end to end, so step k never depends
     on what ran before it (resume = jump to k)."""
+    return block_order(n_blocks, seed, step * batch_size, batch_size)
+
+
+def block_order(n_blocks: int, seed: int, start: int, count: int) -> list[int]:
+    """Positions start..start+count of the run's block sequence (seeded permutations end to end)."""
     out = []
-    for pos in range(step * batch_size, (step + 1) * batch_size):
+    for pos in range(start, start + count):
         epoch, offset = divmod(pos, n_blocks)
         perm = list(range(n_blocks))
         random.Random(seed * 100_003 + epoch).shuffle(perm)
         out.append(perm[offset])
     return out
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the work: rank `rank` of `world` training processes. Each global
+    micro-batch is batch_size x world consecutive positions of the block sequence, and rank r trains
+    its r-th batch_size of them, so the ranks together see exactly the blocks that one process with
+    batch_size x world would (DistributedSampler's contract, without a sampler). One process (the
+    default) is the whole of it."""
+
+    rank: int = 0
+    world: int = 1
+    ddp: Any = None  # DistributedDataParallel around the trained module, world > 1 (distributed.py)
+    body: Any = None  # the module the sliced loss runs when `ddp` wraps the body only
+
+    def micro_batch(self, n_blocks: int, batch_size: int, position: int, seed: int) -> list[int]:
+        """This rank's blocks of the global micro-batch that starts at `position`."""
+        return block_order(n_blocks, seed, position + self.rank * batch_size, batch_size)
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -118,13 +148,14 @@ def _kbit_config(cfg: TrainConfig):  # type: ignore[no-untyped-def]
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def _save_checkpoint(model, opt, sched, step: int, path: Path, cfg: TrainConfig) -> None:  # type: ignore[no-untyped-def]
+def _save_checkpoint(model, opt, sched, step: int, path: Path, cfg: TrainConfig,  # type: ignore[no-untyped-def]
+                     extra: dict | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     try:
         torch.save({
             "step": step, "config": cfg.to_dict(), "adapter": get_peft_model_state_dict(model),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, **(extra or {}),
         }, tmp)
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
@@ -151,12 +182,24 @@ DISK_FULL_BYTES = 64 * 2**20  # less free than this after a failed write: the di
 def train_lora(
     *, base_spec: str, models_dir: Path, examples: list[ExampleSpec] | list[str], cfg: TrainConfig, out_dir: Path,
     work_dir: Path,
-    parent_adapter: Path | None = None, progress: Progress | None = None,
+    parent_adapter: Path | None = None, progress: Progress | None = None, record_blocks: bool = False,
+    shard_for: Callable[[Any], Shard] | None = None,
 ) -> TrainResult:
+    """Train one increment. `shard_for` (services/trainer/distributed.py) makes this process one rank
+    of several: it wraps the model for DDP once the checkpoint is loaded; rank 0 alone writes the
+    checkpoints and the adapter. Without it, one process trains alone."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = work_dir / "checkpoint.pt"
     loop, blocks = _setup(base_spec, models_dir, examples, cfg, parent_adapter)
     start = _resume(loop, ckpt_path)
+    if shard_for is not None:
+        loop.shard = shard_for(loop.model)
+    if start and loop.checkpoint_world != loop.shard.world:
+        log.warning("checkpoint written by %d training processes, resumed by %d: the remaining steps take "
+                    "%d blocks each", loop.checkpoint_world, loop.shard.world,
+                    cfg.batch_size * cfg.grad_accum * loop.shard.world)
+    if record_blocks:
+        loop.seen = []
     loop.model.train()
     t0 = time.perf_counter()
     try:
@@ -168,10 +211,11 @@ def train_lora(
             torch.cuda.empty_cache()
         raise TrainingFailed(f"GPU out of memory at batch {cfg.batch_size}x{cfg.max_length}: {exc}") from None
     seconds = time.perf_counter() - t0
-    _save_adapter(loop.model, out_dir)
-    return TrainResult(adapter_dir=out_dir, sha256=sha256_folder(out_dir), steps=cfg.max_steps - start,
-                       tokens=tokens, seconds=seconds, final_loss=loss_value, resumed_from=start,
-                       skipped_steps=skipped)
+    if loop.shard.rank == 0:  # the other ranks hold the same weights: DDP keeps them equal
+        _save_adapter(loop.model, out_dir)
+    return TrainResult(adapter_dir=out_dir, sha256=sha256_folder(out_dir) if loop.shard.rank == 0 else "",
+                       steps=cfg.max_steps - start, tokens=tokens, seconds=seconds, final_loss=loss_value,
+                       resumed_from=start, skipped_steps=skipped, processes=loop.shard.world, blocks=loop.seen)
 
 
 @dataclass
@@ -184,6 +228,20 @@ class _Loop:
     sched: torch.optim.lr_scheduler.LambdaLR
     cfg: TrainConfig
     device: torch.device
+    shard: Shard = field(default_factory=Shard)
+    # Global block position where step `base_step` starts (a checkpoint's, else 0), and the blocks
+    # trained, per micro-batch, when they are recorded.
+    base_position: int = 0
+    base_step: int = 0
+    checkpoint_world: int = 1
+    seen: list | None = None
+
+    def position(self, step: int, micro: int) -> int:
+        """Where micro-batch `micro` of `step` starts in the block sequence: micro-step s*accum+k of
+        batch_size x world blocks, counted from the checkpoint's position (equal to that formula
+        unless the checkpoint was written by a different number of processes)."""
+        per_micro = self.cfg.batch_size * self.shard.world
+        return self.base_position + ((step - self.base_step) * self.cfg.grad_accum + micro) * per_micro
 
 
 def _setup(base_spec: str, models_dir: Path, examples: list[ExampleSpec] | list[str], cfg: TrainConfig,
@@ -212,6 +270,10 @@ def _resume(loop: _Loop, ckpt_path: Path) -> int:
     loop.sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
+    # Where the next block comes from. Checkpoints before multi-process training were one process's.
+    loop.base_step = state["step"]
+    loop.base_position = state.get("position", state["step"] * loop.cfg.grad_accum * loop.cfg.batch_size)
+    loop.checkpoint_world = state.get("world", 1)
     log.info("resuming from checkpoint at step %d", state["step"])
     return state["step"]
 
@@ -219,10 +281,12 @@ def _resume(loop: _Loop, ckpt_path: Path) -> int:
 def _run_steps(loop: _Loop, blocks: Packed, start: int, ckpt_path: Path, progress: Progress | None,
                t0: float) -> tuple[int, float, int]:
     """Steps `start`..max_steps, checkpointing as configured; returns (tokens, last loss, skipped steps)."""
-    cfg = loop.cfg
+    cfg, shard = loop.cfg, loop.shard
     tokens, loss_value, skipped = 0, float("nan"), 0
     autocast = torch.autocast(loop.device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, loop.device))
     for step in range(start, cfg.max_steps):
+        if shard.world > 1:  # dropout: a stream per rank and step, so a resume replays it
+            torch.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + shard.rank)
         loss, step_tokens = _accumulate(loop, blocks, step, autocast)
         tokens += step_tokens
         norm = torch.nn.utils.clip_grad_norm_(loop.params, 1.0)
@@ -240,25 +304,53 @@ def _run_steps(loop: _Loop, blocks: Packed, start: int, ckpt_path: Path, progres
         if not torch.isfinite(loss):
             raise TrainingFailed(f"loss became {loss_value} at step {step + 1}")
         done = step + 1
-        if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-            _save_checkpoint(loop.model, loop.opt, loop.sched, done, ckpt_path, cfg)
+        if done % cfg.checkpoint_every == 0 and done < cfg.max_steps and shard.rank == 0:
+            _save_checkpoint(loop.model, loop.opt, loop.sched, done, ckpt_path, cfg,
+                             {"position": loop.position(done, 0), "world": shard.world})
         if progress is not None:
             progress(done, cfg.max_steps, loss_value, tokens / (time.perf_counter() - t0))
     return tokens, loss_value, skipped
 
 
 def _accumulate(loop: _Loop, blocks: Packed, step: int, autocast: Any) -> tuple[torch.Tensor, int]:
-    """Backpropagate the step's micro-batches; returns the last one's loss and the tokens seen."""
-    cfg = loop.cfg
+    """Backpropagate the step's micro-batches; returns the last one's loss and the tokens seen (by
+    every rank together)."""
+    cfg, shard = loop.cfg, loop.shard
     tokens = 0
     for micro in range(cfg.grad_accum):
         # Micro-batch k of step s is global micro-step s*accum+k: a pure function of the
         # seed, so resume stays exact with accumulation too.
-        index = batch_indices(len(blocks), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+        position = loop.position(step, micro)
+        index = shard.micro_batch(len(blocks), cfg.batch_size, position, cfg.seed)
+        if loop.seen is not None:
+            loop.seen.append([step, micro, index])
         batch = blocks.batch(index, loop.device)
-        loss = lm_loss_backward(loop.model, batch, 1.0 / cfg.grad_accum, autocast)
-        tokens += batch["input_ids"].numel()
+        if shard.world == 1:
+            loss = lm_loss_backward(loop.model, batch, 1.0 / cfg.grad_accum, autocast)
+        else:
+            loss = _ddp_loss_backward(loop, blocks, batch, position, micro == cfg.grad_accum - 1, autocast)
+        tokens += batch["input_ids"].numel() * shard.world
     return loss, tokens
+
+
+def _ddp_loss_backward(loop: _Loop, blocks: Packed, batch: dict[str, torch.Tensor], position: int, last: bool,
+                       autocast: Any) -> torch.Tensor:
+    """One rank's share of a global micro-batch. The loss is normalised by the target tokens of the
+    whole global micro-batch (every rank holds every block, so each counts them alike, without a
+    collective) and scaled by the world size, which DDP's gradient average divides out again: the
+    summed gradient is the one a single process gets from the whole global micro-batch. Gradients
+    are all-reduced in the last micro-batch's backward only (no_sync before). Returns the global
+    micro-batch's mean loss, the same on every rank (one scalar all-reduce), so every rank takes
+    the same skip-or-fail decision."""
+    cfg, shard = loop.cfg, loop.shard
+    everyone = block_order(len(blocks), cfg.seed, position, cfg.batch_size * shard.world)
+    n_total = int((blocks.labels[everyone][:, 1:] != IGNORE).sum())
+    with contextlib.nullcontext() if last else shard.ddp.no_sync():
+        loss = lm_loss_backward(shard.ddp if shard.body is None else loop.model, batch,
+                                shard.world / cfg.grad_accum, autocast, body=shard.body, denominator=n_total)
+    if last:
+        torch.distributed.all_reduce(loss)
+    return loss
 
 
 def _save_adapter(model: Any, out_dir: Path) -> None:
@@ -285,8 +377,14 @@ def _body_and_frozen_head(model: Any) -> tuple[Any, Any] | None:
     return parts
 
 
-def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, autocast: Any) -> torch.Tensor:
+def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, autocast: Any, *,
+                     body: Any = None, denominator: int | None = None) -> torch.Tensor:
     """Backpropagate `scale` x the mean next-token loss of `batch`; return the (detached) loss.
+
+    One rank of several (distributed.py) passes `denominator`, the target tokens of the whole global
+    micro-batch, to divide the summed loss by instead of this batch's own count, and `body`, the
+    DDP-wrapped body to run; it always runs forward and backward, even without a target token of
+    its own, since DDP's gradient all-reduce needs every rank in it.
 
     The vocabulary projection is the largest activation in a small LM. Run the body once, then the
     frozen head and cross-entropy slice by slice, each slice backpropagated into the hidden states at
@@ -294,17 +392,28 @@ def lm_loss_backward(model: Any, batch: dict[str, torch.Tensor], scale: float, a
     exist, and the numbers equal model(**batch).loss. Layouts we do not know take that plain path.
     Forwards run under `autocast`, backwards outside it (as torch.autocast asks).
     """
-    parts = _body_and_frozen_head(model)
+    distributed = denominator is not None
+    n_global = max(1, denominator or 0)
+    parts = None if distributed and body is None else _body_and_frozen_head(model)
     if parts is None:
         with autocast:
-            loss = model(**batch, use_cache=False).loss
+            out = model(**batch, use_cache=False)
+        if not distributed:
+            loss = out.loss
+            (loss * scale).backward()
+            return loss.detach()
+        n_local = int((batch["labels"][:, 1:] != -100).sum())
+        # transformers' mean over no target token is 0/0: this rank then contributes zeros.
+        loss = out.loss * (n_local / n_global) if n_local else out.logits.sum() * 0.0
         (loss * scale).backward()
         return loss.detach()
-    body, head = parts
+    body = body if body is not None else parts[0]
+    head = parts[1]
     targets = batch["labels"][:, 1:].reshape(-1)
     n_valid = int((targets != -100).sum())
-    if n_valid == 0:  # nothing to learn from (a block of prompt tokens only): contributes no gradient
+    if n_valid == 0 and not distributed:  # nothing to learn from (a block of prompt tokens only): no gradient
         return torch.zeros(())
+    n_valid = n_global if distributed else n_valid
     with autocast:
         hidden = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)[0]
     hidden_in = hidden[:, :-1].reshape(-1, hidden.shape[-1])
