@@ -1,5 +1,6 @@
 """The LoRA increment on the tiny GPT-2: what changes, what must not, packing, exact resume."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,48 @@ def test_checkpoints_of_finished_runs_are_pruned_beyond_the_setting(medqa_env, s
     assert prune_checkpoints(get_settings()) == [] and (runs / "1").exists()
     medqa_env(keep_run_checkpoints="0")
     assert prune_checkpoints(get_settings()) == [1] and not (runs / "1").exists() and (runs / "77").exists()
+
+
+def test_a_block_opening_with_a_lone_zero_embedding_token_keeps_finite_gradients():
+    """The H200 check's 3 skipped steps in every mode, fp32 included (bench/results/gpu_check_h200_2026-11-26.json).
+    Random init zeroes the embedding of the pad token, which is SmolLM2's EOS; a block that opens
+    with the previous example's EOS then holds an all-zero hidden state at position 0 through every
+    layer. RMSNorm's derivative at zero is weight / sqrt(eps) (316 here), so any gradient reaching that
+    row grows tens of times a layer and overflows float32 within 30 layers. The trainer of that run
+    sent it gradient (plain causal attention over the whole block, a loss on every token); this
+    trainer sends none (position ids restart at each example, so no token attends to the fragment,
+    and no loss is taken across the boundary). Trained weights have no zero row."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=512, num_hidden_layers=30,
+                         num_attention_heads=4, num_key_value_heads=4, pad_token_id=2, eos_token_id=2,
+                         bos_token_id=1, tie_word_embeddings=True)  # SmolLM2's depth, norm and token ids
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = get_peft_model(LlamaForCausalLM(config), lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    assert not model.get_input_embeddings().weight[2].any()  # the EOS row, zeroed as padding_idx
+    ids = torch.randint(3, 64, (1, 32), generator=torch.Generator().manual_seed(1))
+    ids[0, 0] = 2  # the block opens with the end of the previous example
+    labels = ids.clone()
+    labels[0, 1] = IGNORE  # a new example starts at position 1, as pack() writes it
+    packed = {"input_ids": ids, "labels": labels, "position_ids": torch.tensor([[17] + list(range(31))])}
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad_norm() -> float:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, 1e30))
+        model.zero_grad(set_to_none=True)
+        return norm
+
+    model(input_ids=ids, labels=ids).loss.backward()  # the H200 run's trainer
+    assert not math.isfinite(grad_norm())
+    lm_loss_backward(model, packed, 1.0, torch.autocast("cpu", enabled=False))  # this trainer
+    assert math.isfinite(grad_norm())
+    with torch.no_grad():  # bench/gpu_check.py now draws that row like the others
+        model.get_input_embeddings().weight[2].normal_(0, 0.02)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert math.isfinite(grad_norm())
