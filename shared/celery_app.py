@@ -71,6 +71,9 @@ def _configure(app: Celery) -> None:
                             "options": {"queue": "monitor"}},
             "sweep": {"task": "pipeline.sweep", "schedule": float(settings.sweep_every_s),
                       "options": {"queue": "monitor"}},
+            **({"retrieval-index": {"task": "monitor.retrieval_index",
+                                    "schedule": float(settings.retrieval_index_every_s),
+                                    "options": {"queue": "monitor"}}} if settings.retrieval_index_every_s else {}),
         },
         # Which task modules a worker loads is the composition root's choice (services/cli/tasks.py):
         # the foundation names no service.

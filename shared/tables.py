@@ -423,3 +423,19 @@ class IngestFile(SQLModel, table=True):
     queued_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class RetrievalIndexVersion(SQLModel, table=True):
+    """A published version of the shared ANN retrieval index (shared/ann.py, services/monitor/index.py):
+    an immutable file named by its sha256 under the artifact store, and what it holds. API replicas
+    with MEDQA_API_RETRIEVAL_INDEX=ann serve the newest one."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(max_length=500)
+    sha256: str = Field(max_length=64)
+    vectors: int
+    trained_on: int  # vectors its inverted lists were trained on (a fresh build past 4x growth)
+    embedding_model: str = Field(max_length=64)
+    added: int = 0  # abstracts new or revised since the previous version
+    rebuilt: bool = False
+    created_at: datetime = Field(default_factory=utcnow, index=True)

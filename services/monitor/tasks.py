@@ -226,6 +226,14 @@ def retractions(pmids: list[int]) -> list[int]:
     return raised
 
 
+@medqa_task("monitor.retrieval_index", queue="monitor", singleton=lambda: "retrieval-index")
+def retrieval_index() -> int | None:
+    """Publish the next version of the shared ANN retrieval index if the live abstracts changed."""
+    from services.monitor.index import publish_index  # FAISS and the embedding model load here only
+
+    return publish_index()
+
+
 @medqa_task("monitor.health", queue="monitor", singleton=lambda *_: "health")
 def health(version_id: int | None = None) -> list[str]:
     """Pipeline health now (the champion moved to `version_id`, or beat asked)."""
