@@ -27,6 +27,7 @@ from services.trainer.data import training_examples
 from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec
 from services.trainer.trigger import maybe_queue_run
+from shared.artifacts import ArtifactCorrupted, ArtifactNotFound, artifact_store, local_adapter
 from shared.celery_app import medqa_task
 from shared.db import session_scope, store_unavailable, when_store_is_back
 from shared.manifest import RunManifest
@@ -98,8 +99,9 @@ def train_run(run_id: int) -> int | None:
     result = _train(inputs, settings)
     if result is None:
         return None
+    location = _publish(result, run_id, settings)
     # The adapter is trained and saved: a store restarting now must not cost the run.
-    version_id = when_store_is_back(lambda: _register_version(inputs, result), wait_s=STORE_WAIT_S,
+    version_id = when_store_is_back(lambda: _register_version(inputs, result, location), wait_s=STORE_WAIT_S,
                                     what=f"training run {run_id}: registering its version")
     try:
         prune_checkpoints(settings)
@@ -134,7 +136,7 @@ class _RunInputs:
     base_spec: str
     cfg: TrainConfig
     examples: list[ExampleSpec]
-    parent_adapter: Path | None
+    parent: tuple[str, str] | None  # the parent version's adapter location and sha256
     work_dir: Path
 
 
@@ -161,7 +163,7 @@ def _inputs(session: Session, run: TrainingRun, settings: Settings) -> _RunInput
     examples = training_examples(session, manifest=RunManifest.from_json(run.manifest), settings=settings)
     return _RunInputs(run_id=run.id, model_line=run.model_line, base_spec=run.base_model,
                       cfg=TrainConfig.from_dict(run.config), examples=examples,
-                      parent_adapter=Path(parent.adapter_path) if parent else None,
+                      parent=(parent.adapter_path, parent.sha256) if parent else None,
                       work_dir=_work_dir(run, settings))
 
 
@@ -177,13 +179,16 @@ def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
 
         train = partial(train_lora_ddp, processes=settings.train_processes)
     try:
+        # The champion it warm-starts from, as local files that hash to its sha256 (fetched from object
+        # storage when the trainer runs on another host than the one that trained it).
+        parent_adapter = local_adapter(*inputs.parent, settings) if inputs.parent else None
         return train(base_spec=inputs.base_spec, models_dir=settings.models_dir, examples=inputs.examples,
                      cfg=inputs.cfg, out_dir=settings.artifacts / "adapters" / f"run-{run_id}",
-                     work_dir=inputs.work_dir, parent_adapter=inputs.parent_adapter, progress=_progress_writer(run_id))
+                     work_dir=inputs.work_dir, parent_adapter=parent_adapter, progress=_progress_writer(run_id))
     except KeyboardInterrupt:  # an operator's Ctrl-C in an eager process: not the run's fault
         _requeue(run_id)
         raise
-    except TrainingFailed as exc:
+    except (TrainingFailed, ArtifactNotFound, ArtifactCorrupted) as exc:
         _fail(run_id, str(exc))
     except Exception as exc:  # unexpected: record it whole, do not loop through redelivery
         _fail(run_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
@@ -229,7 +234,19 @@ def _progress_writer(run_id: int) -> Progress:
     return progress
 
 
-def _register_version(inputs: _RunInputs, result: TrainResult) -> int:
+def _publish(result: TrainResult, run_id: int, settings: Settings) -> str:
+    """Put the adapter in the artifact store (on a local path: where it was saved, only hashed) and
+    return the location its version row records. An upload that fails raises: the run is delivered
+    again, resumes from its checkpoint and publishes then; no version row names a missing adapter."""
+    store = artifact_store(settings)
+    key = f"adapters/run-{run_id}"
+    sha = store.put_folder(result.adapter_dir, key)
+    if sha != result.sha256:
+        raise ArtifactCorrupted(f"the adapter of run {run_id} changed while it was stored ({sha} != {result.sha256})")
+    return store.uri(key)
+
+
+def _register_version(inputs: _RunInputs, result: TrainResult, location: str) -> int:
     """Create the version row and finish the run; version.created goes out in the same transaction."""
     cfg = inputs.cfg
     with session_scope() as session:
@@ -241,7 +258,7 @@ def _register_version(inputs: _RunInputs, result: TrainResult) -> int:
         version = ModelVersion(model_line=inputs.model_line, run_id=inputs.run_id,
                                parent_version_id=run.parent_version_id, replaces_version_id=run.replaces_version_id,
                                base_model=inputs.base_spec,
-                               adapter_path=str(result.adapter_dir), sha256=result.sha256,
+                               adapter_path=location, sha256=result.sha256,
                                metrics={"train_loss": result.final_loss, "tokens_per_s": result.tokens_per_s,
                                         "train_seconds": result.seconds, "tokens": result.tokens,
                                         "resumed_from_step": result.resumed_from,
