@@ -22,7 +22,7 @@ from services.cli import app
 from services.devkit.synth import generate_articles, pubmed_xml, retract, retraction_notice, write_corpus
 from services.ingest.parser import ArticleRecord, iter_records
 from services.ingest.store import import_file, ingest_file, keep
-from services.ingest.tasks import fan_out, import_queued_file
+from services.ingest.tasks import fan_out, import_queued_file, poll
 from shared.celery_app import app as celery
 from shared.checksums import sha256_file
 from shared.db import session_scope
@@ -79,6 +79,17 @@ def test_queueing_a_folder_sends_one_task_per_file_with_its_sha256_row(medqa_env
     res = runner.invoke(app, ["ingest", "files", str(folder), "--queue-only", "--json"])
     assert json.loads(res.stdout) == {"queued": 0, "pending": 2, "skipped": 2, "errors": []}
     assert _queued_messages(broker) == []  # in hand already: no second task
+
+    # A task lost with its worker (a pool child killed by the kernel is acked, not redelivered): beat's
+    # poll sends the file again once it has been queued or importing for 3 x the visibility timeout.
+    broker.flushdb()
+    assert poll() is None  # nothing stale yet, no watch folder, no e-mail
+    with session_scope() as s:
+        lost = s.get(IngestFile, rows[1].id)
+        lost.status, lost.started_at = IngestFileStatus.importing, lost.queued_at - timedelta(hours=1)
+        s.add(lost)
+    assert poll() == {"requeued": [rows[1].id]}
+    assert _queued_messages(broker) == [("ingest.file", [rows[1].id])]
 
     # Without --queue-only (and with no worker running) the command imports every file itself.
     res = runner.invoke(app, ["ingest", "files", str(folder), "--json"])

@@ -17,13 +17,13 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, col, insert, select, update
+from sqlmodel import Session, and_, col, insert, or_, select, update
 
 from services.ingest.bulk import copy_merge, fresh_pmids_named_by_tombstones
 from services.ingest.mining import mine, store_mined
@@ -302,6 +302,17 @@ def queue_files(paths: Iterable[Path], *, stale_s: float) -> list[QueuedFile]:
                 action = "pending"
             queued.append(QueuedFile(path, row.id, action))
     return queued
+
+
+def stale_files(*, stale_s: float) -> list[int]:
+    """Rows queued or importing with no end for `stale_s` seconds, wherever their files lie: their
+    message or their worker may be lost (a child killed by the kernel is acked, not redelivered)."""
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    with session_scope() as session:
+        return [file_id for file_id in session.exec(select(IngestFile.id).where(or_(
+            and_(col(IngestFile.status) == IngestFileStatus.queued, col(IngestFile.queued_at) < cutoff),
+            and_(col(IngestFile.status) == IngestFileStatus.importing, col(IngestFile.started_at) < cutoff)))
+            .order_by(col(IngestFile.id))).all() if file_id is not None]
 
 
 def ingest_file(path: Path) -> IngestResult:

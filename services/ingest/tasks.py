@@ -24,6 +24,7 @@ from services.ingest.store import (
     ingest_file,
     pubmed_files,
     queue_files,
+    stale_files,
 )
 from shared.celery_app import app, medqa_task
 from shared.settings import get_settings
@@ -55,13 +56,20 @@ def fan_out(paths: list[Path], *, keep: int = 0) -> list[QueuedFile]:
     for n, item in enumerate(queued):
         if item.action != "send" or n < keep or not broker_ok:
             continue
-        try:
-            app.send_task(FILE_TASK, args=[item.id], queue="ingest")
-        except (BrokerError, redis.exceptions.ConnectionError, OSError) as exc:
-            log.warning("broker unreachable, %s left queued in the store: %s", item.path.name, exc)
+        assert item.id is not None
+        if not _send(item.id, item.path.name):
             broker_ok = False
             item.action = "pending"
     return queued
+
+
+def _send(file_id: int, name: str) -> bool:
+    try:
+        app.send_task(FILE_TASK, args=[file_id], queue="ingest")
+        return True
+    except (BrokerError, redis.exceptions.ConnectionError, OSError) as exc:
+        log.warning("broker unreachable, %s left queued in the store: %s", name, exc)
+        return False
 
 
 def fan_out_summary(queued: list[QueuedFile]) -> dict:
@@ -92,11 +100,16 @@ def ingest_files(path: str) -> dict:
 
 @medqa_task("ingest.poll", queue="ingest", singleton=lambda: "poll")
 def poll() -> dict | None:
-    """Beat's periodic import of the watch folder (one task per file; files already imported are
-    skipped by hash, and files whose task or worker was lost are queued again), then of PubMed through
-    E-utilities when an NCBI e-mail is set: new abstracts, then newly retracted publications."""
+    """Beat's periodic import. Files queued earlier (from any folder) whose task or worker was lost are
+    queued again; the watch folder's files are queued, one task per file (files already imported are
+    skipped by hash); then PubMed is polled through E-utilities when an NCBI e-mail is set: new
+    abstracts, then newly retracted publications."""
     settings = get_settings()
     done: dict = {}
+    if not settings.eager:  # files queued from anywhere whose task or worker was lost go out again
+        lost = [file_id for file_id in stale_files(stale_s=stale_after_s()) if _send(file_id, f"file {file_id}")]
+        if lost:
+            done["requeued"] = lost
     if settings.ingest_watch_dir is not None:
         done["files"] = (vars(ingest_path(settings.ingest_watch_dir)) if settings.eager
                          else fan_out_summary(fan_out(pubmed_files(settings.ingest_watch_dir))))
