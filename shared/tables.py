@@ -427,8 +427,7 @@ class IngestFile(SQLModel, table=True):
 
 class RetrievalIndexVersion(SQLModel, table=True):
     """A published version of the shared ANN retrieval index (shared/ann.py, services/monitor/index.py):
-    an immutable file named by its sha256 under the artifact store, and what it holds. API replicas
-    with MEDQA_API_RETRIEVAL_INDEX=ann serve the newest one."""
+    an immutable file named by its sha256 under the artifact store, and what it holds."""
 
     id: int | None = Field(default=None, primary_key=True)
     path: str = Field(max_length=500)

@@ -6,8 +6,8 @@ AbstractEmbedding cache the API and the drift checks share), and publishes a new
 something changed: the previous version plus the abstracts stored or revised since, or a fresh build
 when the collection outgrew the lists the previous one was trained on. Abstracts deleted or retracted
 since stay in the file until the next fresh build; the API filters them at query time, as it always
-re-checks citations against the store. API replicas with MEDQA_API_RETRIEVAL_INDEX=ann load the newest
-version and swap it like an adapter (services/api/retrieval.py).
+re-checks citations against the store. (The API does not read these versions yet: its vector ranker
+searches its own in-memory matrix; see the README's "Scale" sections.)
 """
 
 from __future__ import annotations
