@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     sweep_every_s: int = Field(60, ge=5, description="Beat: seconds between sweeps that re-derive lost work.")
     retrieval_index_every_s: int = Field(
         0, ge=0, description="Beat: seconds between passes that publish the shared ANN retrieval index "
-        "(services/monitor/index.py); 0 = off. Set it with MEDQA_API_RETRIEVAL_INDEX=ann.")
+        "(services/monitor/index.py); 0 = off.")
 
     # -- model
     model_line: str = Field("default", min_length=1, max_length=64, description="Name of the model line.")
@@ -202,10 +202,6 @@ class Settings(BaseSettings):
         None, description="Bearer token for the operator endpoints (promote, rollback, refresh); unset: they "
         "answer 503. No default: a guessable token would let anyone move the champion.")
     api_retrieval_k: int = Field(3, ge=0, le=20, description="Abstracts retrieved as context and cited per answer.")
-    api_retrieval_index: Literal["matrix", "ann"] = Field(
-        "matrix", description="Where the vector ranker searches: matrix = every live abstract's vector in this "
-        "replica's memory (exact); ann = the newest published ANN index (memory-mapped, shared/ann.py) plus a "
-        "matrix of what was stored since. For collections past a few million abstracts (bench/retrieval.py).")
     api_retriever: Literal["vector", "lexical", "hybrid"] = Field(
         "vector", description="How abstracts are ranked: MiniLM cosine, full-text search (FTS5 / PostgreSQL), or "
                               "their reciprocal-rank fusion (bench/retrieval_quality.py compares them).")
