@@ -243,7 +243,17 @@ class Settings(BaseSettings):
     api_quantization: Literal["none", "int8", "nf4"] = Field(
         "none", description="Serve the champion merged into its base and quantized: int8 = dynamic int8 Linear layers "
                             "on CPU (torch quantize_dynamic), bitsandbytes 8-bit on CUDA; nf4 = bitsandbytes 4-bit, "
-                            "CUDA only. none keeps the LoRA adapter on the base (swapped in place).")
+                            "CUDA only. none keeps the LoRA adapter on the base (swapped in place). Default none, "
+                            "from bench/serve.py --precisions (SmolLM2-135M, 2 CPU cores): int8 halved PubMedQA "
+                            "decision accuracy (0.29 against 0.58; paired -0.29 [-0.43, -0.15], not non-inferior at "
+                            "-0.05) and answered 0.79x as fast as fp32 with 24% less memory, while bf16 (what "
+                            "MEDQA_API_PRECISION=auto serves there) answered 2.0x as fast with 30% less at equal "
+                            "accuracy. nf4 and bitsandbytes int8 are unmeasured (no CUDA host).")
+    api_fast_start: bool = Field(
+        True, description="Start-up (services/api/deps.py): a verified merged snapshot of the champion loads without "
+                          "base + adapter + merge, the index's cached vectors and the embedder load beside the "
+                          "model, and embedding the abstracts without vectors waits for the first answer (or 30 s). "
+                          "false: the sequential start-up of before (bench/cold_start.py measures both).")
 
     # -- people in the loop (shared/review.py): feedback, the blind review page, the review queue
     api_reviewer_tokens: SecretStr | None = Field(

@@ -5,6 +5,8 @@ speed, memory and accuracy on SmolLM2."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from apikit import API_ENV, AUTH, ingest_synth, live_abstracts, make_version
@@ -142,3 +144,92 @@ def test_bitsandbytes_serving_on_cuda(medqa_env, tmp_path, mode):
         assert ask(c, "Is aspirin safe for older adults?")["model_version"] == v1
         net = c.app.state.runtime.server._net  # type: ignore[attr-defined]
         assert type(net.transformer.h[0].attn.c_attn).__module__.startswith("bitsandbytes")
+
+
+# -------------------------------------------------------------------- merged snapshots (fast start)
+
+
+def wait_for_snapshot(server: ModelServer, timeout: float = 60) -> Path:
+    """The served version's merged snapshot, which the deferred start-up work writes after the first answer."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = server.snapshot(server._target) if server._target else None  # type: ignore[arg-type]
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("no merged snapshot was written")
+
+
+def test_a_restart_loads_the_merged_snapshot_and_answers_alike(medqa_env, tmp_path):
+    medqa_env(**API_ENV, api_precision="fp32")
+    ingest_synth(tmp_path / "corpus", files=1, per_file=30, seed=7)
+    v1 = make_version(tmp_path, seed=1, champion=True)
+    v2 = make_version(tmp_path, seed=2)
+    items = [("Does aspirin prevent stroke in older adults?", "Aspirin lowered stroke rates.")]
+    with TestClient(create_app()) as c:
+        server = c.app.state.runtime.server  # type: ignore[attr-defined]
+        assert server._peft is not None  # no snapshot yet: base + adapter
+        before, _ = server.decide(items)
+        snapshot = wait_for_snapshot(server)
+    assert snapshot == get_settings().artifacts / "merged" / server._target.sha256
+    with TestClient(create_app()) as c:
+        server = c.app.state.runtime.server  # type: ignore[attr-defined]
+        assert server._peft is None and not hasattr(server._net, "peft_config")  # the merged model itself
+        after, _ = server.decide(items)
+        assert [label for label, _ in after] == [label for label, _ in before]
+        for (_, p), (_, q) in zip(after, before, strict=True):
+            assert p == pytest.approx(q, abs=2e-3)
+        # A model started merged has no adapter to swap in place: the swap builds v2 whole, then back.
+        r = c.post("/v1/promote", json={"version": f"v{v2}", "reason": "try v2"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["serving_version"] == v2, r.text
+        assert server._peft is not None and server.served.adapter == f"v{v2}"
+        r = c.post("/v1/rollback", json={"reason": "back"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["serving_version"] == v1, r.text
+        again, _ = server.decide(items)
+        assert [label for label, _ in again] == [label for label, _ in before]
+
+
+def test_a_damaged_snapshot_is_not_loaded(medqa_env, tmp_path):
+    medqa_env(**API_ENV, api_precision="fp32")
+    ingest_synth(tmp_path / "corpus", files=1, per_file=30, seed=7)
+    make_version(tmp_path, seed=1, champion=True)
+    with TestClient(create_app()) as c:
+        c.post("/v1/answer", json={"question": "Is aspirin safe?"})
+        snapshot = wait_for_snapshot(c.app.state.runtime.server)  # type: ignore[attr-defined]
+    weights = snapshot / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with TestClient(create_app()) as c:
+        server = c.app.state.runtime.server  # type: ignore[attr-defined]
+        assert server._peft is not None  # base + adapter, not the damaged merge
+        ask(c, "Is aspirin safe?")
+        assert wait_for_snapshot(server) == snapshot  # rebuilt after the first answer
+
+
+def test_the_sequential_start_writes_no_snapshot(medqa_env, tmp_path):
+    medqa_env(**API_ENV, api_fast_start="false")
+    ingest_synth(tmp_path / "corpus", files=1, per_file=30, seed=7)
+    make_version(tmp_path, seed=1, champion=True)
+    with TestClient(create_app()) as c:
+        ask(c, "Is aspirin safe?")
+        runtime = c.app.state.runtime  # type: ignore[attr-defined]
+        assert runtime.server._peft is not None
+        assert [t.name for t in runtime._threads] == ["medqa-champion-poll", "medqa-refresh"]  # nothing deferred
+    assert not (get_settings().artifacts / "merged").exists()
+
+
+def test_an_int8_start_saves_the_merge_and_the_next_start_loads_it(int8_env, tmp_path):
+    make_version(tmp_path, seed=1, champion=True)
+    question = live_abstracts()[5].title
+    with TestClient(create_app()) as c:
+        ready(c)
+        first = ask(c, question)
+        server = c.app.state.runtime.server  # type: ignore[attr-defined]
+        assert server.snapshot(server._target) is not None  # saved while building, before quantizing
+    with TestClient(create_app()) as c:
+        ready(c)
+        assert float_layers(c.app.state.runtime.server._net) == []  # type: ignore[attr-defined]
+        assert ask(c, question)["answer"] == first["answer"]

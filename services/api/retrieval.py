@@ -40,6 +40,12 @@ log = logging.getLogger("medqa.api.retrieval")
 # The MiniLM tokenizer is a Rust object that raises "Already borrowed" when two threads call it at
 # once; the answer worker (questions) and the refresher (abstracts) share it through this lock.
 EMBED_LOCK = threading.Lock()
+def warm_embedder() -> None:
+    """Load the embedder and run it once (a start-up warms it, so the first question does not)."""
+    with EMBED_LOCK:
+        embed(["warm-up"])
+
+
 _IN_CHUNK = 5000  # pmids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 CANDIDATES = 20  # per ranker, before fusion and the relevance floor
 

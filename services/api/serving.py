@@ -15,11 +15,19 @@ Quantized serving (MEDQA_API_QUANTIZATION=int8/nf4) merges the adapter into a co
 merged model saved once per version (keyed by its sha256). A quantized merged model has no adapter to
 swap in place, so a swap builds the new model whole beside the old one and swaps the references under
 the generation lock (memory holds both for that moment).
+
+Merged snapshots: each version's adapter merged into its base is saved once, in float32, under
+<artifacts>/merged/<the version's sha256> with a checksum manifest (written after the first answer,
+in the background, or while building a quantized model). A start that finds a verified snapshot of its
+version loads it directly: no base + adapter + merge, and no peft import (seconds of a start on a CPU:
+bench/cold_start.py). A model started from a snapshot has no adapter to swap in place, so its next swap
+builds the new version whole, as a new base would; later swaps are in place again.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -28,13 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
 from shared import registry
 from shared.checksums import sha256_folder
 from shared.db import session_scope
 from shared.lm import generation  # the module, not the function: tests spy on generation.generate
-from shared.lm.base_model import bnb_quantization_config, load_base_model, quantize_dynamic_int8
+from shared.lm.base_model import (
+    bnb_quantization_config,
+    ensure_built,
+    load_base_model,
+    manifest_source,
+    quantize_dynamic_int8,
+    release_freed_memory,
+    verify_manifest,
+)
 from shared.lm.decisions import DECISIONS, verdicts
 from shared.lm.generation import use_bf16
 from shared.queries import VerdictCalibration, verdict_calibration
@@ -42,6 +57,20 @@ from shared.settings import Settings, SettingsError
 from shared.tables import ModelVersion
 
 log = logging.getLogger("medqa.api.serving")
+KEEP_SNAPSHOTS = 3  # merged snapshots kept (newest first): the champion and the versions a rollback may want
+
+
+def _peft_model() -> Any:
+    """peft's PeftModel, imported on first use: importing peft costs seconds (it loads bitsandbytes where
+    installed), which a start from a merged snapshot never needs."""
+    from peft import PeftModel
+
+    return PeftModel
+
+
+def _merged(base: Any, adapter: Path) -> Any:
+    """`adapter` merged into `base` (peft merge_and_unload): a plain model again."""
+    return _peft_model().from_pretrained(base, str(adapter)).merge_and_unload()
 
 
 @dataclass(frozen=True)
@@ -96,7 +125,7 @@ class ModelServer:
         self._gen_lock = threading.Lock()   # one forward at a time; a swap waits between batches
         self._swap_lock = threading.Lock()  # one swap at a time: the poller and an operator request
         self._net: Any = None
-        self._peft: PeftModel | None = None
+        self._peft: Any = None  # the PeftModel whose adapters swap in place; None: a base or merged model
         self.tokenizer: Any = None
         self.max_length = settings.api_max_length
         self.served: Served | None = None
@@ -105,6 +134,9 @@ class ModelServer:
         self.last_swap_pause_ms: float | None = None
         self._failed: tuple[int, str] | None = None  # (version, error) already logged once
         self._calibration: VerdictCalibration | None = None  # the served version's verdict calibration
+        self._target: _Target | None = None  # the served version's row, for its merged snapshot
+        self.fast_start = settings.api_fast_start
+        self.first_answer = threading.Event()  # set once a batch has been answered (deferred start-up work waits)
 
     # ----------------------------------------------------------------------------------- serving
     def generate(self, items: Sequence[tuple[str, str | None]], max_new_tokens: int) -> tuple[list[str], int | None]:
@@ -116,6 +148,7 @@ class ModelServer:
             new = max(1, min(max_new_tokens, self.max_length // 2))
             answers = generation.generate(self._net, self.tokenizer, items, max_new_tokens=new, batch_size=len(items),
                                   max_length=self.max_length)
+        self.first_answer.set()
         return answers, served.version_id
 
     def decide(self, items: Sequence[tuple[str, str | None]],
@@ -127,6 +160,7 @@ class ModelServer:
             calibration = self._calibration
             offsets = calibration.offsets if calibration is not None else None
             found = verdicts(self._net, self.tokenizer, items, offsets=offsets, max_length=self.max_length)
+        self.first_answer.set()
         return ([(label, {d: round(p, 4) for d, p in zip(DECISIONS, probs, strict=True)}) for label, probs in found],
                 calibration)
 
@@ -140,6 +174,7 @@ class ModelServer:
                 self._load_base(self.settings.base_model)
             else:
                 self._switch(target)
+        release_freed_memory()  # what loading left in this thread's heap
         return self
 
     def sync_champion(self) -> bool:
@@ -172,38 +207,104 @@ class ModelServer:
                 return None
             return _Target.of(champion, verdict_calibration(session, champion.id))
 
-    def _build(self, spec: str, adapter: Path | None = None, sha256: str = "") -> tuple[Any, Any, int]:
-        """The served network for `spec`: the plain base (`adapter` None, unquantized: the caller wraps it
-        in peft), or with quantization the base, with `adapter` merged into it when given, quantized."""
+    def _build(self, spec: str, target: _Target | None = None) -> tuple[Any, Any, int]:
+        """The served network for `spec`: unquantized, the plain base (the caller wraps it in peft); with
+        quantization the base with `target`'s adapter merged into it (when given), quantized."""
         model: Any
         if self.quantization == "none":
             model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=self.dtype)
             model = model.to(self.device).eval()
         elif self.device.type == "cpu":
-            model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=torch.float32)
-            if adapter is not None:
-                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            snapshot = self.snapshot(target) if target is not None and self.fast_start else None
+            if snapshot is not None:
+                assert target is not None
+                log.info("building v%d from its merged snapshot %s", target.version_id, snapshot)
+                model, tokenizer = load_base_model(str(snapshot), self.settings.models_dir, torch_dtype=torch.float32)
+            else:
+                model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=torch.float32)
+                if target is not None:
+                    model = _merged(model, target.adapter_path)
+                    if self.fast_start:  # saved before it is quantized in place: the next start loads it
+                        self._save_snapshot(target, model, tokenizer)
             model = quantize_dynamic_int8(model.eval())
         else:
-            folder = spec if adapter is None else str(self._merged_snapshot(spec, adapter, sha256))
+            folder = spec if target is None else str(self.snapshot(target, build=True))
             model, tokenizer = load_base_model(folder, self.settings.models_dir,
                                                quantization_config=bnb_quantization_config(self.quantization))
             model = model.eval()
         return model, tokenizer, self._window(model)
 
-    def _merged_snapshot(self, spec: str, adapter: Path, sha256: str) -> Path:
-        """The adapter merged into its base in float32, saved once per version (by its adapter's sha256,
-        checked by the caller) under the artifacts folder with a checksum manifest: bitsandbytes quantizes
-        while loading from a folder."""
-        from shared.lm.base_model import ensure_built
+    # ---------------------------------------------------------------------------- merged snapshots
+    def _snapshot_dir(self, target: _Target) -> Path:
+        return self.settings.artifacts / "merged" / target.sha256
 
-        def build(dest: Path) -> None:
-            model, tokenizer = load_base_model(spec, self.settings.models_dir, torch_dtype=torch.float32)
-            merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    @staticmethod
+    def _snapshot_source(target: _Target) -> str:
+        return f"merged:{target.base_model}+sha256:{target.sha256}"
+
+    def snapshot(self, target: _Target, *, build: bool = False) -> Path | None:
+        """`target`'s verified merged snapshot (its adapter merged into its base, float32), built first when
+        `build`; None when there is none (or it fails its checksums, or merges another base)."""
+        folder = self._snapshot_dir(target)
+        if verify_manifest(folder) and manifest_source(folder) == self._snapshot_source(target):
+            return folder
+        if not build:
+            return None
+
+        def write(dest: Path) -> None:
+            model, tokenizer = load_base_model(target.base_model, self.settings.models_dir, torch_dtype=torch.float32)
+            merged = _merged(model, target.adapter_path)
             merged.save_pretrained(dest)
             tokenizer.save_pretrained(dest)
 
-        return ensure_built(self.settings.artifacts / "merged" / sha256, build, f"merged:{spec}+{adapter}")
+        started = time.perf_counter()
+        self._write_snapshot(target, write)
+        log.info("merged snapshot of v%d saved in %.1f s", target.version_id, time.perf_counter() - started)
+        return folder
+
+    def _save_snapshot(self, target: _Target, model: Any, tokenizer: Any) -> None:
+        """Save an already merged float32 model as `target`'s snapshot (best effort: serving goes on)."""
+        def write(dest: Path) -> None:
+            model.save_pretrained(dest)
+            tokenizer.save_pretrained(dest)
+
+        try:
+            self._write_snapshot(target, write)
+        except Exception as exc:
+            log.warning("cannot save the merged snapshot of v%d: %s", target.version_id, exc)
+
+    def _write_snapshot(self, target: _Target, write: Any) -> None:
+        folder = self._snapshot_dir(target)
+        if folder.exists() and manifest_source(folder) != self._snapshot_source(target):
+            # ensure_built keeps a folder whose manifest verifies: drop the manifest of another base's merge
+            log.warning("merged snapshot %s is not v%d's merge; rebuilding it", folder, target.version_id)
+            (folder / "medqa-checksums.json").unlink(missing_ok=True)
+        ensure_built(folder, write, self._snapshot_source(target))  # rebuilt too where a checksum fails
+        self._prune_snapshots(keep=folder)
+
+    def keep_snapshot(self) -> Path | None:
+        """Build the served version's merged snapshot if it has none (run after the first answer: the next
+        start of this version, a restart or another replica, then loads it directly). Under the swap lock:
+        a swap waits for it, since two model loads at once are not safe in one process (transformers patches
+        process-wide state while it loads)."""
+        with self._swap_lock:
+            target = self._target
+            if target is None or self.served is None or self.served.version_id != target.version_id:
+                return None
+            if self.snapshot(target) is not None:
+                return None
+            if sha256_folder(target.adapter_path) != target.sha256:
+                raise ValueError(f"adapter files at {target.adapter_path} do not match the version's sha256")
+            return self.snapshot(target, build=True)
+
+    def _prune_snapshots(self, keep: Path) -> None:
+        """Keep the KEEP_SNAPSHOTS newest snapshots (`keep` among them); a start whose snapshot is gone
+        merges again."""
+        folders = sorted((p for p in keep.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [p for p in folders if p != keep][KEEP_SNAPSHOTS - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed the merged snapshot %s (the %d newest are kept)", old.name, KEEP_SNAPSHOTS)
 
     def _window(self, model: Any) -> int:
         cfg = model.config
@@ -226,15 +327,31 @@ class ModelServer:
         if self.quantization != "none":
             self._replace(target, name)
             return
-        if self.served is None or self.served.base_model != target.base_model:
+        snapshot = self.snapshot(target) if self.fast_start and self.served is None else None
+        if snapshot is not None:  # a start that finds its version merged: no base + adapter + merge, no peft
+            model: Any
+            model, tokenizer = load_base_model(str(snapshot), self.settings.models_dir, torch_dtype=self.dtype)
+            model = model.to(self.device).eval()
+            with self._gen_lock:
+                self._net, self._peft, self.tokenizer = model, None, tokenizer
+                self.max_length = self._window(model)
+                self.served = Served(target.version_id, target.base_model, name)
+                self._calibration, self._target = target.calibration, target
+            self.swaps += 1
+            log.info("serving v%d from its merged snapshot %s", target.version_id, snapshot)
+            return
+        merged_now = self._peft is None and self.served is not None and self.served.version_id is not None
+        if self.served is None or self.served.base_model != target.base_model or merged_now:
             # A new base (first load, or a line moved to another base model) is built whole beside the
             # old model, then swapped in by reference; memory holds both for a moment.
+            # A model started from a merged snapshot has no adapter to swap: the same, for the same reason.
             model, tokenizer, max_length = self._build(target.base_model)
-            peft = PeftModel.from_pretrained(model, str(target.adapter_path), adapter_name=name).to(self.device).eval()
+            peft = _peft_model().from_pretrained(model, str(target.adapter_path), adapter_name=name)
+            peft = peft.to(self.device).eval()
             with self._gen_lock:
                 self._net, self._peft, self.tokenizer, self.max_length = peft, peft, tokenizer, max_length
                 self.served = Served(target.version_id, target.base_model, name)
-                self._calibration = target.calibration
+                self._calibration, self._target = target.calibration, target
             self.swaps += 1
             log.info("serving v%d on a freshly loaded %s", target.version_id, target.base_model)
             return
@@ -242,7 +359,7 @@ class ModelServer:
         with self._gen_lock:
             old = self.served.adapter
             if self._peft is None:  # the bare base until now: wrap it in place
-                self._peft = PeftModel.from_pretrained(self._net, str(target.adapter_path), adapter_name=name)
+                self._peft = _peft_model().from_pretrained(self._net, str(target.adapter_path), adapter_name=name)
                 self._peft.to(self.device).eval()
             else:
                 if name in self._peft.peft_config:  # left over from a failed swap: load it afresh
@@ -253,7 +370,7 @@ class ModelServer:
                 self._peft.delete_adapter(old)
             self._net = self._peft
             self.served = Served(target.version_id, target.base_model, name)
-            self._calibration = target.calibration
+            self._calibration, self._target = target.calibration, target
         self.last_swap_pause_ms = (time.perf_counter() - started) * 1000
         self.swaps += 1
         log.info("serving v%d (%s); generation paused %.0f ms for the swap", target.version_id, target.base_model,
@@ -263,14 +380,15 @@ class ModelServer:
         """Quantized serving: the new version merged and quantized beside the old model, then swapped in by
         reference between two batches (a quantized merged model has no adapter to swap in place)."""
         started = time.perf_counter()
-        model, tokenizer, max_length = self._build(target.base_model, target.adapter_path, target.sha256)
+        model, tokenizer, max_length = self._build(target.base_model, target)
         built_s = time.perf_counter() - started
         paused = time.perf_counter()
         with self._gen_lock:
             self._net, self._peft, self.tokenizer, self.max_length = model, None, tokenizer, max_length
             self.served = Served(target.version_id, target.base_model, name)
-            self._calibration = target.calibration
+            self._calibration, self._target = target.calibration, target
         self.last_swap_pause_ms = (time.perf_counter() - paused) * 1000
         self.swaps += 1
+        release_freed_memory()  # the old model sits in reference cycles: free its memory now, not some time later
         log.info("serving v%d (%s, %s); built in %.1f s, generation paused %.1f ms for the swap", target.version_id,
                  target.base_model, self.quantization, built_s, self.last_swap_pause_ms)
