@@ -56,7 +56,7 @@ lint: setup
 	$(BIN)/mypy shared services
 
 # CPU benchmarks; each prints one JSON line last. bench/gpu_check.py needs CUDA (run it on a GPU host).
-BENCHES := bench/ingest.py bench/retrieval_quality.py bench/train.py bench/continual.py bench/drift.py bench/gate.py bench/calibration.py bench/mining.py bench/serve.py bench/faults.py bench/loop.py
+BENCHES := bench/ingest.py bench/retrieval_quality.py bench/train.py bench/continual.py bench/drift.py bench/gate.py bench/calibration.py bench/mining.py bench/serve.py bench/cold_start.py bench/faults.py bench/loop.py
 bench: setup
 	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 	@# after bench/loop.py: its demo workspace holds the fine-tuned version the seed table compares
