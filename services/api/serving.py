@@ -31,13 +31,14 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared import registry
+from shared.artifacts import local_adapter
 from shared.checksums import sha256_folder
 from shared.db import session_scope
 from shared.lm import generation  # the module, not the function: tests spy on generation.generate
@@ -89,11 +90,13 @@ class _Target:
     adapter_path: Path
     sha256: str
     calibration: VerdictCalibration | None  # its verdicts' calibration, from its gate decision
+    location: str = ""  # the adapter as the version row names it: a path, or a URL in the artifact store
 
     @classmethod
     def of(cls, v: ModelVersion, calibration: VerdictCalibration | None) -> _Target:
         assert v.id is not None
-        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256, calibration)
+        # adapter_path becomes this host's verified copy when the target is switched to (_switch).
+        return cls(v.id, v.base_model, Path(v.adapter_path), v.sha256, calibration, location=v.adapter_path)
 
 
 def check_quantization(mode: str, device: torch.device) -> None:
@@ -319,10 +322,11 @@ class ModelServer:
             self._calibration = None
 
     def _switch(self, target: _Target) -> None:
-        if not (target.adapter_path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no adapter at {target.adapter_path}")
-        if sha256_folder(target.adapter_path) != target.sha256:
-            raise ValueError(f"adapter files at {target.adapter_path} do not match the version's sha256")
+        # Local files that hash to the version's sha256: fetched from object storage into this host's cache,
+        # or checked in place on a local path (shared/artifacts.py). Refused, and the old version keeps
+        # serving, when they are missing or differ.
+        local = local_adapter(target.location or str(target.adapter_path), target.sha256, self.settings)
+        target = replace(target, adapter_path=local)
         name = f"v{target.version_id}"
         if self.quantization != "none":
             self._replace(target, name)
