@@ -32,7 +32,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+from services.devkit.local import free_port  # noqa: E402  (after the path is set)
+
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RESULT = ROOT / "bench" / "results" / "cold_start_2026-12-03.json"
 MEDQA = str(Path(sys.executable).parent / "medqa")  # the console script `make setup` installs
@@ -80,13 +81,12 @@ def prepare(data_dir: Path, models_dir: Path, abstracts: int, backlog: int) -> t
 
     from services.api.retrieval import RetrievalIndex
     from services.cli.tasks import load_task_modules
+    from services.devkit.local import register_version
     from services.devkit.synth import write_corpus
     from services.ingest.tasks import ingest_path
-    from shared import registry
-    from shared.checksums import sha256_folder
     from shared.db import migrate, session_scope
     from shared.lm.base_model import load_base_model
-    from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun, VersionStatus
+    from shared.tables import Abstract, ModelVersion
 
     migrate()
     load_task_modules()
@@ -108,19 +108,12 @@ def prepare(data_dir: Path, models_dir: Path, abstracts: int, backlog: int) -> t
                       task_type="CAUSAL_LM")
     adapter = data_dir / "adapter"
     get_peft_model(model, lora).save_pretrained(str(adapter))
+    version_id = register_version(adapter, SMOLLM2, champion=True, actor="bench")
     with session_scope() as s:
-        run = TrainingRun(model_line="default", status=RunStatus.succeeded, base_model=SMOLLM2)
-        s.add(run)
-        s.flush()
-        v = ModelVersion(model_line="default", run_id=run.id, base_model=SMOLLM2, adapter_path=str(adapter),  # type: ignore[arg-type]
-                         sha256=sha256_folder(adapter), status=VersionStatus.blessed)
-        s.add(v)
-        s.flush()
-        registry.set_champion(s, model_line="default", version=v, actor="bench", action="promote", reason="bench")
         rows = s.exec(select(Abstract).order_by(col(Abstract.pmid))).all()
         titles = [a.title for a in rows if a.pmid in before]
         pending = [a.pmid for a in rows if a.pmid not in before]
-        sha = v.sha256
+        sha = s.get(ModelVersion, version_id).sha256  # type: ignore[union-attr]
     return titles, pending, sha
 
 
@@ -133,12 +126,6 @@ def forget_vectors(pmids: list[int]) -> None:
 
     with session_scope() as s:
         s.exec(delete(AbstractEmbedding).where(col(AbstractEmbedding.pmid).in_(pmids)))  # type: ignore[call-overload]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one_start(env: dict[str, str], question: str, log_file: Path, timeout: float = 600,

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ holds evaluate.py, which would shadow Hugging Face's `evaluate` (the evaluator's metrics use it).
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+from services.devkit.local import free_port  # noqa: E402  (after the path is set)
+
 MODELS = {"tiny": "tiny-gpt2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 WARMUP = 4
 SMOLLM2 = MODELS["smollm2"]
@@ -84,14 +85,13 @@ def prepare_store(data_dir: Path, base: str, models_dir: Path, adapter: Path | N
 
     from services.api.retrieval import RetrievalIndex
     from services.cli.tasks import load_task_modules
+    from services.devkit.local import register_version
     from services.devkit.synth import write_corpus
     from services.ingest.tasks import ingest_path
     from services.trainer.config import LORA_TARGETS
-    from shared import registry
-    from shared.checksums import sha256_folder
     from shared.db import migrate, session_scope
     from shared.lm.base_model import load_base_model
-    from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun, VersionStatus
+    from shared.tables import Abstract
 
     migrate()
     for path in write_corpus(data_dir / "corpus", files=2, per_file=30, seed=9):
@@ -105,23 +105,10 @@ def prepare_store(data_dir: Path, base: str, models_dir: Path, adapter: Path | N
                           init_lora_weights=False, task_type="CAUSAL_LM")
         adapter = data_dir / "adapter"
         get_peft_model(model, lora).save_pretrained(adapter)
+    register_version(adapter, base, champion=True, actor="bench")
     with session_scope() as s:
-        run = TrainingRun(model_line="default", status=RunStatus.succeeded, base_model=base)
-        s.add(run)
-        s.flush()
-        v = ModelVersion(model_line="default", run_id=run.id, base_model=base, adapter_path=str(adapter),  # type: ignore[arg-type]
-                         sha256=sha256_folder(adapter), status=VersionStatus.blessed)
-        s.add(v)
-        s.flush()
-        registry.set_champion(s, model_line="default", version=v, actor="bench", action="promote", reason="bench")
         titles = [a.title for a in s.exec(select(Abstract))]
     return [f"What did this study find: {t.rstrip('.')}?" for t in titles]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -72,10 +72,21 @@ def abstract_vectors(session: Session, rows: Sequence[Abstract]) -> np.ndarray:
                or e.model != MODEL_NAME]
     if missing:
         vectors = embed([abstract_text(r) for r in missing])
-        for r, v in zip(missing, vectors, strict=True):
-            row = cached.get(r.pmid) or AbstractEmbedding(pmid=r.pmid, model=MODEL_NAME, content_hash="", vector=b"")
-            row.model, row.content_hash, row.vector = MODEL_NAME, r.content_hash, to_bytes(v)
-            session.add(row)
-            cached[r.pmid] = row
-        session.flush()
+        cached |= store_vectors(session, [(r.pmid, r.content_hash) for r in missing], vectors, cached)
     return np.stack([from_bytes(cached[r.pmid].vector) for r in rows]) if rows else np.zeros((0, DIM), np.float32)
+
+
+def store_vectors(session: Session, keys: Sequence[tuple[int, str]], vectors: np.ndarray,
+                  cached: dict[int, AbstractEmbedding] | None = None) -> dict[int, AbstractEmbedding]:
+    """Store (pmid, content_hash) -> vector in the cache, replacing a stale row; returns the rows."""
+    if cached is None:
+        cached = {e.pmid: e for e in session.exec(select(AbstractEmbedding).where(
+            col(AbstractEmbedding.pmid).in_([p for p, _ in keys])))}
+    out: dict[int, AbstractEmbedding] = {}
+    for (pmid, content_hash), v in zip(keys, vectors, strict=True):
+        row = cached.get(pmid) or AbstractEmbedding(pmid=pmid, model=MODEL_NAME, content_hash="", vector=b"")
+        row.model, row.content_hash, row.vector = MODEL_NAME, content_hash, to_bytes(v)
+        session.add(row)
+        out[pmid] = row
+    session.flush()
+    return out

@@ -9,9 +9,10 @@ from pathlib import Path
 from conftest import TINY_GPT2
 from sqlmodel import col, select
 
+from services.devkit.local import register_version
 from shared import registry
 from shared.db import session_scope
-from shared.tables import Abstract, AuditEvent, ModelVersion, RunStatus, TrainingRun, VersionStatus
+from shared.tables import Abstract, AuditEvent, VersionStatus
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,7 +34,6 @@ def make_version(tmp_path: Path, *, seed: int, status: VersionStatus = VersionSt
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from shared.checksums import sha256_folder
     from shared.lm.base_model import load_base_model
     from shared.settings import get_settings
 
@@ -42,19 +42,7 @@ def make_version(tmp_path: Path, *, seed: int, status: VersionStatus = VersionSt
     lora = LoraConfig(r=4, lora_alpha=32, target_modules=["c_attn"], init_lora_weights=False, task_type="CAUSAL_LM")
     out = tmp_path / f"adapter-{seed}"
     get_peft_model(model, lora).save_pretrained(out)
-    with session_scope() as s:
-        run = TrainingRun(model_line="default", status=RunStatus.succeeded, base_model=TINY_GPT2)
-        s.add(run)
-        s.flush()
-        assert run.id is not None
-        v = ModelVersion(model_line="default", run_id=run.id, base_model=TINY_GPT2, adapter_path=str(out),
-                         sha256=sha256_folder(out), status=status)
-        s.add(v)
-        s.flush()
-        assert v.id is not None
-        if champion:
-            registry.set_champion(s, model_line="default", version=v, actor="test", action="promote", reason="setup")
-        return v.id
+    return register_version(out, TINY_GPT2, status=status, champion=champion, actor="test")
 
 
 def registry_state() -> tuple[int | None, list[tuple]]:

@@ -14,22 +14,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from procs import free_port
+
 # Any credentials do for moto; the secret is a recognisable needle for the redaction checks.
 ACCESS_KEY = "medqa-test-key"
 SECRET_KEY = "hunter2-s3-secret"
 REGION = "eu-west-1"  # s3fs sends it as the new bucket's location, which us-east-1 may not be
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def moto_server(start_timeout_s: float = 60.0) -> Iterator[str]:
     """Start moto's S3 server; yields its endpoint URL and stops the process it started."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from apikit import API_ENV
+from procs import free_port
 from sqlmodel import col, select
 
 from shared import review
@@ -27,14 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Debian's chromium and chromium-driver (make test installs them when run as root)")]
 TOKEN = "r3viewer-alice"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(port: int) -> subprocess.Popen:
@@ -98,7 +91,7 @@ def test_a_reviewer_signs_in_rates_blind_and_the_ratings_are_stored(medqa_env, t
 
     medqa_env(**API_ENV, api_reviewer_tokens=f"alice={TOKEN},bob=r3viewer-bob")
     pair_id, single_id = _queue()
-    port = _free_port()
+    port = free_port()
     server = _serve(port)
     browser = _browser(tmp_path / "chromium")
     try:

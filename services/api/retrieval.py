@@ -30,7 +30,7 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from shared.db import session_scope
-from shared.embeddings import DIM, MODEL_NAME, abstract_vectors, embed, from_bytes
+from shared.embeddings import DIM, MODEL_NAME, embed, from_bytes, store_vectors
 from shared.queries import abstract_text, is_live, live_abstracts
 from shared.search import RANKERS, combined, lexical_search, over_floor, vector_rankings
 from shared.tables import Abstract, AbstractEmbedding
@@ -129,13 +129,18 @@ class RetrievalIndex:
         return {"added": added, "removed": removed, "size": len(self), "pending": len(todo) - added}
 
     def _embed_chunk(self, pmids: list[int]) -> int:
+        # No transaction stays open while the model runs: on SQLite an open read holds a lock that
+        # keeps writers (an ingest, a retraction) from committing, and they gave up "database is locked".
         with session_scope() as session:
             rows = live_abstracts(session, pmids)
-            if not rows:
-                return 0
-            with EMBED_LOCK:
-                vectors = abstract_vectors(session, rows)  # computes and caches in AbstractEmbedding
+            texts = [abstract_text(r) for r in rows]
             hashes = {r.pmid: r.content_hash for r in rows}
+        if not rows:
+            return 0
+        with EMBED_LOCK:
+            vectors = embed(texts)
+        with session_scope() as session:
+            store_vectors(session, list(hashes.items()), vectors)  # the cache the monitor and replicas share
         # Published per chunk, so a large backlog becomes searchable as it is embedded.
         self._snap = self._snap.extended([r.pmid for r in rows], vectors, hashes)
         return len(rows)
