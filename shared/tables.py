@@ -164,7 +164,11 @@ class TrainingRun(SQLModel, table=True):
     parent_version_id: int | None = None
     config: dict = _json()
     manifest: dict = _json()
+    # The last checkpoint published to the artifact store (its location, sha256 and step): a worker on
+    # another host resumes from it. On a local store the location is the work folder's own file.
     checkpoint_path: str | None = None
+    checkpoint_sha256: str | None = Field(default=None, max_length=64)
+    checkpoint_step: int = 0
     step: int = 0
     total_steps: int = 0
     loss: float | None = None

@@ -130,6 +130,7 @@ def test_the_train_task_with_two_processes_makes_one_version(medqa_env, synth_di
     from services.ingest.tasks import ingest_path
     from services.trainer.tasks import train_run
     from services.trainer.trigger import maybe_queue_run
+    from shared.checksums import sha256_file
     from shared.db import session_scope
     from shared.pipeline import Event, held_events
     from shared.settings import get_settings
@@ -154,6 +155,9 @@ def test_the_train_task_with_two_processes_makes_one_version(medqa_env, synth_di
         assert Path(version.adapter_path, "adapter_model.safetensors").exists()
     work = get_settings().artifacts / "runs" / str(run_id)
     assert torch.load(work / "checkpoint.pt", weights_only=False)["world"] == 2
+    # Rank 0's checkpoint reached the task, which published it (on a local store: hashed in place).
+    assert (run.checkpoint_step, run.checkpoint_path) == (3, str(work / "checkpoint.pt"))
+    assert run.checkpoint_sha256 == sha256_file(work / "checkpoint.pt")
     assert {p.name for p in work.glob("rank*.log")} == {"rank0.log", "rank1.log"}
 
 

@@ -40,7 +40,7 @@ from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec, lm
 
 if TYPE_CHECKING:
-    from services.trainer.train import Progress, Shard, TrainResult
+    from services.trainer.train import OnCheckpoint, Progress, Shard, TrainResult
 
 log = logging.getLogger("medqa.trainer")
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ STOP_GRACE_S = 10.0  # SIGTERM, then this long before SIGKILL
 def train_lora_ddp(
     *, base_spec: str, models_dir: Path, examples: list[ExampleSpec] | list[str], cfg: TrainConfig, out_dir: Path,
     work_dir: Path, processes: int, parent_adapter: Path | None = None, progress: Progress | None = None,
-    record_blocks: bool = False,
+    record_blocks: bool = False, on_checkpoint: OnCheckpoint | None = None,
 ) -> TrainResult:
     """`train_lora` by `processes` ranks: each trains cfg.batch_size blocks of every micro-batch, so
     a step takes batch_size x processes x grad_accum blocks. Raises TrainingFailed with the first
@@ -78,7 +78,7 @@ def train_lora_ddp(
             procs.append(_start_rank(rank, processes, port, job, write_fd, gpus, work_dir))
         os.close(write_fd)
         write_fd = -1
-        done = _watch(procs, read_fd, progress, work_dir)
+        done = _watch(procs, read_fd, progress, work_dir, on_checkpoint)
     finally:
         _stop(procs)
         for fd in (read_fd, write_fd):
@@ -127,8 +127,9 @@ def _start_rank(rank: int, world: int, port: int, job: Path, write_fd: int, gpus
                                 pass_fds=(write_fd,), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def _watch(procs: list[subprocess.Popen], read_fd: int, progress: Progress | None, work_dir: Path) -> dict:
-    """Relay rank 0's progress until every rank has exited; returns rank 0's result or raises
+def _watch(procs: list[subprocess.Popen], read_fd: int, progress: Progress | None, work_dir: Path,
+           on_checkpoint: OnCheckpoint | None = None) -> dict:
+    """Relay rank 0's progress and checkpoints until every rank has exited; returns rank 0's result or raises
     TrainingFailed with the reason a rank gave (a training failure rather than the broken
     connections it then causes in the other ranks), else the exit status and log tail of the first
     rank to die."""
@@ -143,6 +144,10 @@ def _watch(procs: list[subprocess.Popen], read_fd: int, progress: Progress | Non
                 msg = json.loads(line)
                 if "progress" in msg and progress is not None:
                     progress(*msg["progress"])
+                elif "checkpoint" in msg and on_checkpoint is not None:
+                    # Rank 0 trains on meanwhile; a checkpoint it replaces while this one is being
+                    # published fails the publisher's sha256 check and waits for the next.
+                    on_checkpoint(Path(msg["checkpoint"][0]), msg["checkpoint"][1])
                 elif "done" in msg:
                     done = msg["done"]
                 elif "error" in msg:
@@ -253,6 +258,7 @@ def _rank_main(job_path: Path) -> int:
             work_dir=Path(job["work_dir"]),
             parent_adapter=Path(job["parent_adapter"]) if job["parent_adapter"] else None,
             progress=(lambda *a: send({"progress": list(a)})) if rank == 0 else None,
+            on_checkpoint=(lambda path, step: send({"checkpoint": [str(path), step]})) if rank == 0 else None,
             record_blocks=job["record_blocks"], shard_for=shard_for(rank, world))
         if res.blocks is not None:
             (Path(job["work_dir"]) / f"blocks-rank{rank}.json").write_text(json.dumps(res.blocks))

@@ -9,6 +9,7 @@ version.created.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, or_, select, update
 
 from services.trainer import rebuild
 from services.trainer.config import TrainConfig
@@ -27,8 +28,16 @@ from services.trainer.data import training_examples
 from services.trainer.errors import TrainingFailed
 from services.trainer.examples import ExampleSpec
 from services.trainer.trigger import maybe_queue_run
-from shared.artifacts import ArtifactCorrupted, ArtifactNotFound, artifact_store, local_adapter
+from shared.artifacts import (
+    ArtifactCorrupted,
+    ArtifactError,
+    ArtifactNotFound,
+    artifact_store,
+    cache_dir,
+    local_adapter,
+)
 from shared.celery_app import medqa_task
+from shared.checksums import sha256_file
 from shared.db import session_scope, store_unavailable, when_store_is_back
 from shared.manifest import RunManifest
 from shared.pipeline import Event, emit
@@ -36,7 +45,7 @@ from shared.settings import Settings, get_settings
 from shared.tables import Abstract, ModelVersion, RunStatus, TrainingRun, utcnow
 
 if TYPE_CHECKING:  # torch, transformers and peft load when a run trains, not when the trigger checks
-    from services.trainer.train import Progress, TrainResult
+    from services.trainer.train import OnCheckpoint, Progress, TrainResult
 
 log = logging.getLogger("medqa.trainer")
 STORE_WAIT_S = 300.0  # how long a finished run waits for the store to register its version
@@ -105,26 +114,34 @@ def train_run(run_id: int) -> int | None:
                                     what=f"training run {run_id}: registering its version")
     try:
         prune_checkpoints(settings)
-    except (OperationalError, InterfaceError) as exc:  # housekeeping: the next run prunes
-        log.warning("checkpoints not pruned: %s", store_unavailable(exc) or type(exc).__name__)
+    except (OperationalError, InterfaceError, ArtifactError) as exc:  # housekeeping: the next run prunes
+        log.warning("checkpoints not pruned: %s", store_unavailable(exc) or exc)
     return version_id
 
 
 def prune_checkpoints(settings: Settings) -> list[int]:
-    """Remove the checkpoint folders of finished runs beyond the newest MEDQA_KEEP_RUN_CHECKPOINTS
-    (a full disk once held every run's checkpoint forever); returns the run ids pruned."""
+    """Remove the checkpoints of finished runs beyond the newest MEDQA_KEEP_RUN_CHECKPOINTS, their work
+    folders (artifacts/runs/N) on this host and their published copies in the artifact store (a full
+    disk once held every run's checkpoint forever); returns the run ids pruned."""
     root = settings.artifacts / "runs"
-    ids = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
-    if not ids:
-        return []
+    local = {int(p.name) for p in root.iterdir() if p.name.isdigit()} if root.is_dir() else set()
+    store = artifact_store(settings)
     with session_scope() as session:
-        rows = session.exec(select(TrainingRun.id).where(
-            col(TrainingRun.id).in_(ids), col(TrainingRun.status).in_([RunStatus.succeeded, RunStatus.failed]))).all()
-    finished = sorted(i for i in rows if i is not None)
-    doomed = finished[: max(0, len(finished) - settings.keep_run_checkpoints)]
-    for run_id in doomed:
+        rows = session.exec(select(TrainingRun).where(
+            col(TrainingRun.status).in_([RunStatus.succeeded, RunStatus.failed]),
+            or_(col(TrainingRun.id).in_(sorted(local)), col(TrainingRun.checkpoint_sha256).is_not(None)))
+            .order_by(col(TrainingRun.id))).all()
+        doomed = rows[: max(0, len(rows) - settings.keep_run_checkpoints)]
+        for run in doomed:
+            key = store.key_of(run.checkpoint_path) if run.checkpoint_path and run.checkpoint_sha256 else None
+            if key is not None:
+                store.delete(key)
+            run.checkpoint_path, run.checkpoint_sha256 = None, None
+            session.add(run)
+        pruned = [run.id for run in doomed if run.id is not None]
+    for run_id in pruned:
         shutil.rmtree(root / str(run_id), ignore_errors=True)
-    return doomed
+    return pruned
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ class _RunInputs:
     examples: list[ExampleSpec]
     parent: tuple[str, str] | None  # the parent version's adapter location and sha256
     work_dir: Path
+    checkpoint: tuple[str, str, int] | None = None  # the last published checkpoint: location, sha256, step
 
 
 def _start(session: Session, run: TrainingRun, settings: Settings) -> bool:
@@ -148,7 +166,6 @@ def _start(session: Session, run: TrainingRun, settings: Settings) -> bool:
         mark_failed(session, run, f"started {run.deliveries - 1} times without finishing; not retrying")
         return False
     run.status, run.started_at, run.heartbeat_at = RunStatus.running, run.started_at or utcnow(), utcnow()
-    run.checkpoint_path = str(_work_dir(run, settings) / "checkpoint.pt")
     session.add(run)
     return True
 
@@ -164,7 +181,9 @@ def _inputs(session: Session, run: TrainingRun, settings: Settings) -> _RunInput
     return _RunInputs(run_id=run.id, model_line=run.model_line, base_spec=run.base_model,
                       cfg=TrainConfig.from_dict(run.config), examples=examples,
                       parent=(parent.adapter_path, parent.sha256) if parent else None,
-                      work_dir=_work_dir(run, settings))
+                      work_dir=_work_dir(run, settings),
+                      checkpoint=(run.checkpoint_path, run.checkpoint_sha256, run.checkpoint_step)
+                      if run.checkpoint_path and run.checkpoint_sha256 else None)
 
 
 def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
@@ -182,9 +201,11 @@ def _train(inputs: _RunInputs, settings: Settings) -> TrainResult | None:
         # The champion it warm-starts from, as local files that hash to its sha256 (fetched from object
         # storage when the trainer runs on another host than the one that trained it).
         parent_adapter = local_adapter(*inputs.parent, settings) if inputs.parent else None
+        _restore_checkpoint(inputs, settings)
         return train(base_spec=inputs.base_spec, models_dir=settings.models_dir, examples=inputs.examples,
                      cfg=inputs.cfg, out_dir=settings.artifacts / "adapters" / f"run-{run_id}",
-                     work_dir=inputs.work_dir, parent_adapter=parent_adapter, progress=_progress_writer(run_id))
+                     work_dir=inputs.work_dir, parent_adapter=parent_adapter, progress=_progress_writer(run_id),
+                     on_checkpoint=_checkpoint_publisher(run_id, settings))
     except KeyboardInterrupt:  # an operator's Ctrl-C in an eager process: not the run's fault
         _requeue(run_id)
         raise
@@ -205,6 +226,64 @@ def _requeue(run_id: int) -> None:
             run.status, run.deliveries = RunStatus.queued, max(0, run.deliveries - 1)
             session.add(run)
     log.warning("training run %d interrupted; queued again, it resumes from its checkpoint", run_id)
+
+
+def _checkpoint_publisher(run_id: int, settings: Settings) -> OnCheckpoint:
+    """Publish each checkpoint to the artifact store and record it on the run, so a worker on any host
+    resumes from it. On a local store the work folder's file is the store's (hashed in place); on object
+    storage each step gets its own key, so the row never names an object a later upload is replacing,
+    and the previous one is removed once the row names the new one. A failed publish is logged and
+    training goes on: the run keeps its last published checkpoint (and this host its local one)."""
+    store = artifact_store(settings)
+
+    def publish(path: Path, step: int) -> None:
+        key = store.key_of(path) or f"runs/{run_id}/checkpoint-{step:07d}.pt"
+        try:
+            sha = store.put_file(path, key)
+            with session_scope() as session:
+                run = session.get(TrainingRun, run_id)
+                if run is None:
+                    return
+                previous = run.checkpoint_path
+                run.checkpoint_path, run.checkpoint_sha256, run.checkpoint_step = store.uri(key), sha, step
+                session.add(run)
+            old_key = store.key_of(previous) if previous else None
+            if old_key is not None and old_key != key:
+                store.delete(old_key)
+        except (ArtifactError, OSError, OperationalError, InterfaceError) as exc:
+            log.warning("training run %d: checkpoint at step %d not published (%s); training goes on", run_id, step,
+                        store_unavailable(exc) or exc)
+
+    return publish
+
+
+def _restore_checkpoint(inputs: _RunInputs, settings: Settings) -> None:
+    """Put the run's last published checkpoint in its work folder unless the folder holds that very
+    file (this host trained it last). A checkpoint the store cannot give back whole is not used: the
+    run resumes from this host's own, if any, else from step 0, and says so."""
+    if inputs.checkpoint is None:
+        return
+    location, sha, step = inputs.checkpoint
+    local = inputs.work_dir / "checkpoint.pt"
+    if local.is_file() and sha256_file(local) == sha:
+        return
+    store = artifact_store(settings)
+    key = store.key_of(location)
+    try:
+        if key is None:
+            raise ArtifactNotFound(f"{location} is outside the artifact store")
+        fetched = store.get_file(key, sha, cache_dir(settings))
+    except ArtifactError as exc:
+        fallback = "this host's own checkpoint" if local.is_file() else "step 0"
+        log.warning("training run %d: its checkpoint at step %d cannot be used (%s); resuming from %s",
+                    inputs.run_id, step, exc, fallback)
+        return
+    if fetched != local:
+        inputs.work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_suffix(".fetched")
+        shutil.copyfile(fetched, tmp)
+        os.replace(tmp, local)
+    log.info("training run %d: resuming from its published checkpoint at step %d", inputs.run_id, step)
 
 
 def _progress_writer(run_id: int) -> Progress:

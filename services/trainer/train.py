@@ -33,6 +33,7 @@ from shared.lm.generation import body_and_head, use_bf16
 log = logging.getLogger("medqa.trainer")
 
 Progress = Callable[[int, int, float, float], None]  # step, total, loss, tokens/s
+OnCheckpoint = Callable[[Path, int], None]  # checkpoint file, the step it resumes at
 
 
 @dataclass
@@ -183,11 +184,12 @@ def train_lora(
     *, base_spec: str, models_dir: Path, examples: list[ExampleSpec] | list[str], cfg: TrainConfig, out_dir: Path,
     work_dir: Path,
     parent_adapter: Path | None = None, progress: Progress | None = None, record_blocks: bool = False,
-    shard_for: Callable[[Any], Shard] | None = None,
+    shard_for: Callable[[Any], Shard] | None = None, on_checkpoint: OnCheckpoint | None = None,
 ) -> TrainResult:
     """Train one increment. `shard_for` (services/trainer/distributed.py) makes this process one rank
     of several: it wraps the model for DDP once the checkpoint is loaded; rank 0 alone writes the
-    checkpoints and the adapter. Without it, one process trains alone."""
+    checkpoints and the adapter. Without it, one process trains alone. `on_checkpoint(path, step)` runs
+    after each checkpoint is written (the train task publishes it to the artifact store)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = work_dir / "checkpoint.pt"
     loop, blocks = _setup(base_spec, models_dir, examples, cfg, parent_adapter)
@@ -200,6 +202,7 @@ def train_lora(
                     cfg.batch_size * cfg.grad_accum * loop.shard.world)
     if record_blocks:
         loop.seen = []
+    loop.on_checkpoint = on_checkpoint
     loop.model.train()
     t0 = time.perf_counter()
     try:
@@ -235,6 +238,7 @@ class _Loop:
     base_step: int = 0
     checkpoint_world: int = 1
     seen: list | None = None
+    on_checkpoint: OnCheckpoint | None = None
 
     def position(self, step: int, micro: int) -> int:
         """Where micro-batch `micro` of `step` starts in the block sequence: micro-step s*accum+k of
@@ -307,6 +311,8 @@ def _run_steps(loop: _Loop, blocks: Packed, start: int, ckpt_path: Path, progres
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps and shard.rank == 0:
             _save_checkpoint(loop.model, loop.opt, loop.sched, done, ckpt_path, cfg,
                              {"position": loop.position(done, 0), "world": shard.world})
+            if loop.on_checkpoint is not None:
+                loop.on_checkpoint(ckpt_path, done)
         if progress is not None:
             progress(done, cfg.max_steps, loss_value, tokens / (time.perf_counter() - t0))
     return tokens, loss_value, skipped
