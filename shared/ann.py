@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,12 +132,13 @@ def save(ann: AnnIndex, folder: Path) -> tuple[Path, str]:
     return final, digest
 
 
-def load(path: Path, sha256: str, *, mmap: bool = True) -> AnnIndex:
-    """A published version, checked against its sha256 first (a corrupt or swapped file is refused)."""
+def load(path: Path, sha256: str | None, *, mmap: bool = True) -> AnnIndex:
+    """A saved index, checked against its sha256 first (a corrupt or swapped file is refused); None when
+    the caller has verified it already (a version folder the artifact store checked as a whole)."""
     faiss = _faiss()
     if not path.is_file():
         raise FileNotFoundError(f"no retrieval index at {path}")
-    if _sha256(path) != sha256:
+    if sha256 is not None and _sha256(path) != sha256:
         raise ValueError(f"retrieval index {path} does not match its sha256")
     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
     trained = path.with_suffix(".trained")
@@ -149,3 +151,31 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- published versions: a flat folder in the artifact store (shared/artifacts.py), verified as a whole
+
+INDEX_FILE, KEYS_FILE = "index.faiss", "keys.npy"
+
+
+def fingerprint(content_hash: str) -> int:
+    """What a version records of the text each vector was computed from (an abstract's content_hash,
+    as a 32-bit number): a reader tells the abstracts revised since from those it covers."""
+    return zlib.crc32(content_hash.encode())
+
+
+def write_version(ann: AnnIndex, covered: dict[int, int], folder: Path) -> Path:
+    """A version's files in `folder` (new): the index, its keys with their text fingerprints, and the
+    trained-on count beside them."""
+    faiss = _faiss()
+    folder.mkdir(parents=True)
+    faiss.write_index(ann.index, str(folder / INDEX_FILE))
+    np.save(folder / KEYS_FILE, np.array(sorted(covered.items()), dtype=np.int64).reshape(-1, 2))
+    (folder / INDEX_FILE).with_suffix(".trained").write_text(str(ann.trained_on))
+    return folder
+
+
+def read_version(folder: Path, *, mmap: bool = True) -> tuple[AnnIndex, dict[int, int]]:
+    """A version folder the artifact store has verified: the index (memory-mapped) and pmid -> fingerprint."""
+    keys = np.load(folder / KEYS_FILE)
+    return load(folder / INDEX_FILE, None, mmap=mmap), dict(zip(keys[:, 0].tolist(), keys[:, 1].tolist(), strict=True))

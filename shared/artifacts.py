@@ -487,17 +487,24 @@ def cache_dir(settings: Settings | None = None) -> Path:
     return (settings or get_settings()).data_dir / "artifact-cache"
 
 
-def local_adapter(location: str, sha256: str, settings: Settings | None = None) -> Path:
-    """A version's adapter as local files that hash to its sha256: fetched from the artifact store into
-    this host's cache (object storage), or verified in place (a local store, or a version row written
-    before the store, whose absolute path is outside it). Refused, naming it, if the files differ."""
+def local_folder(location: str, sha256: str, settings: Settings | None = None, *, what: str = "artifact",
+                 required: str | None = None) -> Path:
+    """A folder artifact (an adapter, a retrieval index version) as local files that hash to its sha256:
+    fetched from the artifact store into this host's cache (object storage), or verified in place (a
+    local store, or a row written before the store, whose absolute path is outside it). Refused, naming
+    it, if the files differ; `required` names a file whose absence means there is nothing there."""
     store = artifact_store(settings)
     key = store.key_of(location)
     if key is None:
         path = Path(location)
-        if not (path / "adapter_config.json").is_file():
-            raise ArtifactNotFound(f"no adapter at {path}")
+        if not path.is_dir() or (required is not None and not (path / required).is_file()):
+            raise ArtifactNotFound(f"no {what} at {path}")
         if sha256_folder(path) != sha256:
-            raise ArtifactCorrupted(f"adapter files at {path} do not match the version's sha256; refused")
+            raise ArtifactCorrupted(f"{what} files at {path} do not match the version's sha256; refused")
         return path
     return store.get_folder(key, sha256, cache_dir(settings))
+
+
+def local_adapter(location: str, sha256: str, settings: Settings | None = None) -> Path:
+    """A version's adapter as local files that hash to its sha256 (`local_folder`)."""
+    return local_folder(location, sha256, settings, what="adapter", required="adapter_config.json")

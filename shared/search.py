@@ -97,15 +97,33 @@ def fuse(rankings: Sequence[Sequence[int]], *, k: int = RRF_K) -> list[tuple[int
     return sorted(total.items(), key=lambda item: (-item[1], item[0]))
 
 
-def vector_rankings(questions: np.ndarray, matrix: np.ndarray, ids: np.ndarray, depth: int) -> list[list[int]]:
-    """Per question vector (unit length), the ids of the `depth` rows of `matrix` (unit vectors) with
-    the highest cosine, best first."""
+def vector_hits(questions: np.ndarray, matrix: np.ndarray, ids: np.ndarray,
+                depth: int) -> list[list[tuple[int, float]]]:
+    """Per question vector (unit length), the `depth` rows of `matrix` (unit vectors) with the highest
+    cosine, as (id, cosine), best first."""
     if not len(ids):
         return [[] for _ in range(len(questions))]
     scores = questions @ matrix.T
     take = min(len(ids), depth)
     top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    return [[int(ids[j]) for j in sorted(row, key=lambda j: -scores[i, j])] for i, row in enumerate(top)]
+    return [[(int(ids[j]), float(scores[i, j])) for j in sorted(row, key=lambda j: -scores[i, j])]
+            for i, row in enumerate(top)]
+
+
+def vector_rankings(questions: np.ndarray, matrix: np.ndarray, ids: np.ndarray, depth: int) -> list[list[int]]:
+    """`vector_hits` without the cosines."""
+    return [[p for p, _ in hits] for hits in vector_hits(questions, matrix, ids, depth)]
+
+
+def merge_hits(parts: Sequence[Sequence[tuple[int, float]]], depth: int) -> list[int]:
+    """One ranking from several lists of (id, cosine) on the same scale: highest cosine first, each id
+    once (at its best), at most `depth`."""
+    best: dict[int, float] = {}
+    for hits in parts:
+        for pmid, score in hits:
+            if score > best.get(pmid, -np.inf):
+                best[pmid] = score
+    return [p for p, _ in sorted(best.items(), key=lambda item: (-item[1], item[0]))][:depth]
 
 
 def combined(ranker: str, vector: list[list[int]], lexical: list[list[int]], depth: int) -> list[list[int]]:

@@ -205,6 +205,11 @@ class Settings(BaseSettings):
     api_retriever: Literal["vector", "lexical", "hybrid"] = Field(
         "vector", description="How abstracts are ranked: MiniLM cosine, full-text search (FTS5 / PostgreSQL), or "
                               "their reciprocal-rank fusion (bench/retrieval_quality.py compares them).")
+    api_retrieval_index: Literal["memory", "shared"] = Field(
+        "memory", description="Where the vector ranker searches: `memory`, every live abstract's vector in this "
+        "replica's memory; `shared`, the newest ANN index version the monitor publishes to the artifact store "
+        "(MEDQA_RETRIEVAL_INDEX_EVERY_S), memory-mapped and swapped when a newer one appears, plus in memory "
+        "only the abstracts stored or revised since it (bench/retrieval.py: a fraction of the memory).")
     api_min_relevance: float = Field(
         0.42, ge=-1, le=1, description="Cosine (MiniLM) between question and abstract below which an abstract is not "
                                        "evidence; with none left the API abstains. Calibrated by "

@@ -327,17 +327,20 @@ def test_retracted_and_deleted_abstracts_are_not_cited_and_new_ones_are_found(ap
         r = c.post("/v1/refresh", headers=AUTH)
         assert r.status_code == 200 and r.json()["added"] == len(newest) and r.json()["size"] == 28 + len(newest)
         assert ask(c, newest[0].title)["citations"][0]["pmid"] == newest[0].pmid
-        assert index.refresh() == {"added": 0, "removed": 0, "size": 28 + len(newest), "pending": 0}
+        assert index.refresh() == {"added": 0, "removed": 0, "size": 28 + len(newest), "pending": 0,
+                                   "in_memory": 28 + len(newest), "shared_version": None}
 
 
 def test_a_fresh_index_takes_cached_vectors_and_embeds_only_the_rest(api_env):
     from services.api.retrieval import RetrievalIndex
 
     first = RetrievalIndex()
-    assert first.refresh(embed_missing=False) == {"added": 0, "removed": 0, "size": 0, "pending": 30}
+    assert first.refresh(embed_missing=False) == {"added": 0, "removed": 0, "size": 0, "pending": 30, "in_memory": 0,
+                                                  "shared_version": None}
     assert first.refresh()["added"] == 30
     second = RetrievalIndex()  # another replica: every vector is in AbstractEmbedding now
-    assert second.refresh(embed_missing=False) == {"added": 30, "removed": 0, "size": 30, "pending": 0}
+    assert second.refresh(embed_missing=False) == {"added": 30, "removed": 0, "size": 30, "pending": 0,
+                                                   "in_memory": 30, "shared_version": None}
 
 
 def _spy_generate(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list, list]]:

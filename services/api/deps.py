@@ -19,7 +19,7 @@ from fastapi import Depends, HTTPException, Request
 from services.api.batcher import Batcher
 from services.api.metrics import ApiMetrics
 from services.api.pipeline import Answer, Pipeline, Question, purge_questions
-from services.api.retrieval import RetrievalIndex
+from services.api.retrieval import RefreshCounts, RetrievalIndex
 from services.api.serving import ModelServer
 from shared.settings import Settings
 
@@ -32,7 +32,7 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: ApiMetrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.server = ModelServer(settings)
-        self.index = RetrievalIndex()
+        self.index = RetrievalIndex(shared=settings.api_retrieval_index == "shared")
         self.pipeline = Pipeline(settings, self.server, self.index, metrics)
         batching = settings.api_batching
         self.batcher: Batcher[Question, Answer] = Batcher(
@@ -101,7 +101,7 @@ class Runtime:
         served = self.server.served
         self.metrics.model_version.set((served.version_id or 0) if served else 0)
 
-    def refresh(self) -> dict[str, int]:
+    def refresh(self) -> RefreshCounts:
         done = self.index.refresh()
         self.metrics.index_size.set(len(self.index))
         purge_questions(self.settings)

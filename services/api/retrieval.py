@@ -13,27 +13,40 @@ misses: a revised abstract (same pmid, new text), an un-deleted one, and drop-ou
 retracted). Vectors come from the AbstractEmbedding cache and new ones are stored there, so the
 monitor and every API replica share one embedding per abstract text.
 
+With MEDQA_API_RETRIEVAL_INDEX=shared the replica does not hold every vector: each refresh looks for
+a newer version of the ANN index the monitor publishes (services/monitor/index.py), fetches it from
+the artifact store into this host's cache, verifies its sha256, memory-maps it and swaps it in, as a
+new champion's adapter is swapped; the in-memory matrix then holds only the live abstracts that
+version does not cover (stored or revised since). The vector ranker merges both by cosine, and the
+hits' relevance is their exact cosine from the shared vector cache. A version that cannot be fetched
+or verified is refused, and the current one keeps serving.
+
 Readers never lock: a refresh builds a new immutable snapshot and swaps the reference. Citations
-are re-checked against the store at answer time, so an abstract retracted since the last refresh
-is dropped before it can be cited.
+are re-checked against the store at answer time, so an abstract deleted or retracted since the last
+refresh (or since the shared version was built) is dropped before it can be cited.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from sqlmodel import Session, col, select
 
+from shared import ann
+from shared.artifacts import ArtifactError, cache_dir, local_folder
 from shared.db import session_scope
 from shared.embeddings import DIM, MODEL_NAME, embed, from_bytes, store_vectors
 from shared.queries import abstract_text, is_live, live_abstracts
-from shared.search import RANKERS, combined, lexical_search, over_floor, vector_rankings
-from shared.tables import Abstract, AbstractEmbedding
+from shared.search import RANKERS, combined, lexical_search, merge_hits, over_floor, vector_hits
+from shared.tables import Abstract, AbstractEmbedding, RetrievalIndexVersion
 
 log = logging.getLogger("medqa.api.retrieval")
 
@@ -75,6 +88,30 @@ class _Snapshot:
                          {**self.hashes, **{p: hashes[p] for p in pmids}})
 
 
+class RefreshCounts(TypedDict):
+    added: int  # vectors added to memory
+    removed: int  # dropped from memory (deleted, retracted, revised, or covered by a new shared version)
+    size: int  # live abstracts searchable
+    pending: int  # live abstracts without a vector yet
+    in_memory: int  # vectors held in this replica's memory
+    shared_version: int | None  # the published ANN index version searched, if any
+
+
+@dataclass(frozen=True)
+class _SharedVersion:
+    """A published ANN index version, memory-mapped from this host's copy."""
+
+    version_id: int
+    index: ann.AnnIndex
+    covered: dict[int, int]  # pmid -> fingerprint of the text its vector was computed from
+    folder: Path
+
+    def search(self, q: np.ndarray, depth: int) -> list[list[tuple[int, float]]]:
+        keys, scores = self.index.search(q, depth)
+        return [[(int(k), float(v)) for k, v in zip(ks, vs, strict=True) if k >= 0]
+                for ks, vs in zip(keys, scores, strict=True)]
+
+
 def _live_hashes(session: Session) -> dict[int, str]:
     rows = session.exec(select(Abstract.pmid, Abstract.content_hash).where(is_live()))
     return dict(rows.all())  # type: ignore[arg-type]
@@ -92,21 +129,37 @@ def _cached_vectors(session: Session, want: dict[int, str]) -> dict[int, np.ndar
 
 
 class RetrievalIndex:
-    def __init__(self, *, embed_chunk: int = 64) -> None:
+    def __init__(self, *, embed_chunk: int = 64, shared: bool = False) -> None:
         # Small chunks: the refresher holds EMBED_LOCK per chunk, and questions wait behind it.
         self.embed_chunk = embed_chunk
+        self.shared = shared  # search the published ANN index (plus what it lacks in memory)
         self._snap = _Snapshot()
+        self._version: _SharedVersion | None = None
+        self._covered_live = 0  # live abstracts the shared version covers, at the last refresh
+        self.last_version_error: str | None = None
         self._refresh_lock = threading.Lock()  # one refresh at a time (periodic vs on demand)
 
     def __len__(self) -> int:
-        return len(self._snap.pmids)
+        """Live abstracts searchable (as of the last refresh)."""
+        return len(self._snap.pmids) + (self._covered_live if self._version is not None else 0)
 
-    def refresh(self, *, embed_missing: bool = True) -> dict[str, int]:
+    @property
+    def shared_version(self) -> int | None:
+        return self._version.version_id if self._version is not None else None
+
+    def refresh(self, *, embed_missing: bool = True) -> RefreshCounts:
         """Bring the index in line with the store. `embed_missing=False` takes cached vectors only
         (fast start-up); the rest then come from the periodic refresh."""
         with self._refresh_lock:
+            if self.shared:
+                self._swap_version()
             with session_scope() as session:
                 live = _live_hashes(session)
+            version = self._version
+            if version is not None:  # in memory: only what the shared version lacks or holds an old text of
+                delta = {p: h for p, h in live.items() if version.covered.get(p) != ann.fingerprint(h)}
+                self._covered_live = len(live) - len(delta)
+                live = delta
             snap = self._snap
             keep = np.array([live.get(int(p)) == snap.hashes[int(p)] for p in snap.pmids], dtype=bool)
             removed = int((~keep).sum())
@@ -126,7 +179,35 @@ class RetrievalIndex:
                 added += self._embed_chunk(missing[i:i + self.embed_chunk])
         if removed or added:
             log.info("retrieval index: +%d -%d, %d abstracts", added, removed, len(self))
-        return {"added": added, "removed": removed, "size": len(self), "pending": len(todo) - added}
+        return RefreshCounts(added=added, removed=removed, size=len(self), pending=len(todo) - added,
+                             in_memory=len(self._snap.pmids), shared_version=self.shared_version)
+
+    def _swap_version(self) -> None:
+        """Load the newest published version if it is not the one searched now; a version that cannot be
+        fetched or verified is refused (named in `last_version_error`) and the current one stays."""
+        with session_scope() as session:
+            row = session.exec(select(RetrievalIndexVersion).where(
+                RetrievalIndexVersion.embedding_model == MODEL_NAME).order_by(col(RetrievalIndexVersion.id).desc())
+            ).first()
+            newest = (row.id, row.path, row.sha256) if row is not None and row.id is not None else None
+        current = self._version
+        if newest is None or (current is not None and current.version_id == newest[0]):
+            return
+        version_id, location, sha = newest
+        try:
+            folder = local_folder(location, sha, what="retrieval index")
+            index, covered = ann.read_version(folder)
+        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+            self.last_version_error = f"cannot use retrieval index v{version_id}: {exc}"
+            log.error("%s; still searching %s", self.last_version_error,
+                      f"v{current.version_id}" if current else "the in-memory vectors alone")
+            return
+        self._version, self.last_version_error = _SharedVersion(version_id, index, covered, folder), None
+        log.info("retrieval index: searching shared version v%d (%d vectors)", version_id, index.size)
+        if current is not None and current.folder.is_relative_to(cache_dir()):
+            # This host's fetched copy of the old version (never a local store's own files). A search
+            # still reading its memory map keeps the pages until it ends.
+            shutil.rmtree(current.folder, ignore_errors=True)
 
     def _embed_chunk(self, pmids: list[int]) -> int:
         # No transaction stays open while the model runs: on SQLite an open read holds a lock that
@@ -154,14 +235,18 @@ class RetrievalIndex:
         apply to."""
         if ranker not in RANKERS:
             raise ValueError(f"unknown ranker {ranker!r}; expected one of {', '.join(RANKERS)}")
-        snap = self._snap
+        snap, version = self._snap, self._version
         if k <= 0 or not questions:
             return [[] for _ in questions]
         with EMBED_LOCK:
             q = embed(list(questions))
         # Spare candidates replace abstracts dropped since the last refresh, or below the floor.
         depth = max(CANDIDATES, 2 * k + 4)
-        vector = vector_rankings(q, snap.matrix, snap.pmids, depth) if ranker != "lexical" else []
+        vector: list[list[int]] = []
+        if ranker != "lexical":
+            in_memory = vector_hits(q, snap.matrix, snap.pmids, depth)
+            published = version.search(q, depth) if version is not None else [[] for _ in questions]
+            vector = [merge_hits(parts, depth) for parts in zip(in_memory, published, strict=True)]
         lexical = []
         if ranker != "vector":
             with session_scope() as session:
@@ -179,10 +264,14 @@ class RetrievalIndex:
         return out
 
     def _vectors(self, snap: _Snapshot, rows: dict[int, Abstract]) -> dict[int, np.ndarray]:
-        """Unit vectors of `rows`: the index's, else (not embedded yet: a lexical hit on an abstract
-        stored since the last refresh) computed now."""
+        """Unit vectors of `rows`: the in-memory index's, else the shared vector cache's (a hit from the
+        published ANN index), else (not embedded yet: a lexical hit on an abstract stored since the
+        last refresh) computed now."""
         out = {p: snap.matrix[snap.position[p]] for p in rows if p in snap.position
                and snap.hashes.get(p) == rows[p].content_hash}
+        if len(out) < len(rows):
+            with session_scope() as session:
+                out |= _cached_vectors(session, {p: r.content_hash for p, r in rows.items() if p not in out})
         missing = [rows[p] for p in rows if p not in out]
         if missing:
             with EMBED_LOCK:

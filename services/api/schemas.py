@@ -169,8 +169,10 @@ class ChampionOut(BaseModel):
 class RefreshOut(BaseModel):
     added: int
     removed: int
-    size: int
-    pending: int
+    size: int  # live abstracts searchable
+    pending: int  # live abstracts without a vector yet
+    in_memory: int  # vectors this replica holds in memory (all of them unless MEDQA_API_RETRIEVAL_INDEX=shared)
+    shared_version: int | None  # the published ANN index version searched, if any
 
 
 class ErrorOut(BaseModel):

@@ -1,42 +1,37 @@
 """The shared retrieval index: built incrementally from the store's abstract vectors, published as an
-immutable file under the artifact store with a RetrievalIndexVersion row (shared/ann.py).
+immutable folder in the artifact store (a local path or object storage) with a RetrievalIndexVersion
+row naming its location and sha256 (shared/ann.py).
 
 Each pass lists the live abstracts' (pmid, content_hash), embeds those without a cached vector (the
 AbstractEmbedding cache the API and the drift checks share), and publishes a new version only when
 something changed: the previous version plus the abstracts stored or revised since, or a fresh build
 when the collection outgrew the lists the previous one was trained on. Abstracts deleted or retracted
 since stay in the file until the next fresh build; the API filters them at query time, as it always
-re-checks citations against the store. (The API does not read these versions yet: its vector ranker
-searches its own in-memory matrix; see the README's "Scale" sections.)
+re-checks citations against the store. API replicas with MEDQA_API_RETRIEVAL_INDEX=shared load the
+newest version and swap it as they swap adapters (services/api/retrieval.py).
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from sqlmodel import Session, col, select
 
 from shared import ann
+from shared.artifacts import ArtifactError, artifact_store, local_folder
+from shared.checksums import sha256_file
 from shared.db import session_scope
 from shared.embeddings import MODEL_NAME, abstract_vectors
 from shared.queries import is_live
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.tables import Abstract, RetrievalIndexVersion
 
 log = logging.getLogger("medqa.monitor.index")
 _BATCH = 5000  # abstracts embedded (or read from the cache) per transaction
-KEEP_FILES = 3  # published versions kept on disk: replicas still on an older one can finish swapping
-
-
-def _fingerprint(content_hash: str) -> int:
-    return zlib.crc32(content_hash.encode())
-
-
-def _keys_path(index_path: Path) -> Path:
-    return index_path.with_suffix(".keys.npy")
+KEEP_VERSIONS = 3  # published versions kept in the store: replicas still on an older one can finish swapping
 
 
 def _live(session: Session) -> dict[int, str]:
@@ -59,20 +54,17 @@ def _vectors(pmids: list[int]) -> np.ndarray:
 def publish_index() -> int | None:
     """Publish the next version if the live abstracts changed since the last one; its id, or None."""
     settings = get_settings()
-    folder = Path(settings.artifact_dir) / "retrieval"  # type: ignore[arg-type]
     with session_scope() as session:
         live = _live(session)
         last = session.exec(select(RetrievalIndexVersion).order_by(col(RetrievalIndexVersion.id).desc())).first()
-        last_state = (Path(last.path), last.sha256, last.trained_on) if last is not None else None
+        last_state = (last.path, last.sha256) if last is not None else None
     if not live:
         return None
-    want = {p: _fingerprint(h) for p, h in live.items()}
+    want = {p: ann.fingerprint(h) for p, h in live.items()}
     have: dict[int, int] = {}
     previous = None
-    if last_state is not None:
-        keys = np.load(_keys_path(last_state[0]))
-        have = dict(zip(keys[:, 0].tolist(), keys[:, 1].tolist(), strict=True))
-        previous = ann.load(last_state[0], last_state[1])
+    if last_state is not None:  # fetched into this host's cache, verified, memory-mapped
+        previous, have = ann.read_version(local_folder(*last_state, settings, what="retrieval index"))
     added = sorted(p for p, f in want.items() if have.get(p) != f)
     if previous is not None and not added:
         return None  # nothing new or revised (drop-outs are filtered at query time)
@@ -86,24 +78,41 @@ def publish_index() -> int | None:
         index = ann.extend(previous, _vectors(added), np.array(added, dtype=np.int64), replaced=replaced)
         covered = {**have, **{p: want[p] for p in added}}
     rebuilt = previous is None or grows_past
-    path, sha = ann.save(index, folder)
-    np.save(_keys_path(path), np.array(sorted(covered.items()), dtype=np.int64).reshape(-1, 2))
+    location, sha = _put(index, covered, settings)
     with session_scope() as session:
-        row = RetrievalIndexVersion(path=str(path), sha256=sha, vectors=index.size, trained_on=index.trained_on,
+        row = RetrievalIndexVersion(path=location, sha256=sha, vectors=index.size, trained_on=index.trained_on,
                                     embedding_model=MODEL_NAME, added=len(added), rebuilt=rebuilt)
         session.add(row)
         session.flush()
         version_id = row.id
-        _prune(session, folder)
+        stale = [r.path for r in session.exec(select(RetrievalIndexVersion).order_by(
+            col(RetrievalIndexVersion.id).desc()).offset(KEEP_VERSIONS).limit(KEEP_VERSIONS))]
+    _prune(stale, settings)
     log.info("retrieval index v%s: %d vectors (%d added%s)", version_id, index.size, len(added),
              ", rebuilt" if rebuilt else "")
     return version_id
 
 
-def _prune(session: Session, folder: Path) -> None:
-    keep = {Path(r.path) for r in session.exec(select(RetrievalIndexVersion)
-                                               .order_by(col(RetrievalIndexVersion.id).desc()).limit(KEEP_FILES))}
-    for old in folder.glob("*.faiss"):
-        if old not in keep:
-            for sidecar in (old, _keys_path(old), old.with_suffix(".trained")):
-                sidecar.unlink(missing_ok=True)
+def _put(index: ann.AnnIndex, covered: dict[int, int], settings: Settings) -> tuple[str, str]:
+    """Write the version's folder beside the data and put it in the artifact store, under a key of its
+    own (uploaded, verified, then committed: shared/artifacts.py); returns (location, folder sha256)."""
+    store = artifact_store(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.data_dir, prefix="retrieval-") as tmp:
+        folder = ann.write_version(index, covered, Path(tmp) / "version")
+        key = f"retrieval/{sha256_file(folder / ann.INDEX_FILE)}"
+        sha = store.put_folder(folder, key)
+    return store.uri(key), sha
+
+
+def _prune(locations: list[str], settings: Settings) -> None:
+    """Remove the files of versions older than the newest KEEP_VERSIONS (rows stay, as history); a few
+    past the window each time, so one missed by a failed pass goes with the next."""
+    store = artifact_store(settings)
+    for location in locations:
+        key = store.key_of(location)
+        try:
+            if key is not None:
+                store.delete(key)
+        except ArtifactError as exc:  # housekeeping: the next pass tries again
+            log.warning("retrieval index files at %s not removed: %s", location, exc)

@@ -16,7 +16,8 @@ def healthz(runtime: RuntimeDep) -> JSONResponse:
     served = runtime.server.served
     doc = {"serving_version": served.version_id if served else None,
            "base_model": served.base_model if served else None, "index_abstracts": len(runtime.index),
-           "last_swap_error": runtime.server.last_error}
+           "retrieval_index_version": runtime.index.shared_version,
+           "last_swap_error": runtime.server.last_error or runtime.index.last_version_error}
     try:
         with session_scope() as session:
             session.connection().exec_driver_sql("SELECT 1")
