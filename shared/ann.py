@@ -1,17 +1,18 @@
 """An approximate nearest-neighbour index over abstract vectors, on disk, that API replicas share.
 
-Why: each API replica holds every abstract's MiniLM vector in a dense matrix (services/api/retrieval.py);
+Why: an API replica with MEDQA_API_RETRIEVAL_INDEX=memory holds every abstract's MiniLM vector in a dense matrix;
 for all of PubMed that is 36M x 384 x 4 bytes, about 55 GB per replica. This index is FAISS's IVF with
 8-bit scalar quantization (IndexIVFScalarQuantizer, inner product on unit vectors = cosine): 384 bytes
 a vector, and the file is memory-mapped, so a replica's resident memory holds only the inverted lists
 its queries touch. `nprobe` of `nlist` lists are scanned per query. The cosine it returns is
 approximate (8-bit); the caller re-scores its few hits exactly where it needs the true cosine.
 
-Versions are immutable files named by content (sha256, checked before use); a newer version adds the
-vectors stored since (IVF takes additions without retraining) and drops replaced ones, and is
-retrained from scratch only when the collection has grown past what its lists were trained for.
-Deleted and retracted abstracts are not removed from a published file: callers filter hits at query
-time against the store, as the dense matrix's callers already do.
+A published version is an immutable folder in the artifact store (`write_version`: the index, and its
+keys with a fingerprint of the text each vector came from), verified by sha256 before a reader maps it
+(`read_version`). A newer version adds the vectors stored since (IVF takes additions without
+retraining) and drops replaced ones, and is retrained from scratch only when the collection has grown
+past what its lists were trained for. Deleted and retracted abstracts are not removed from a published
+version: callers filter hits at query time against the store, as the dense matrix's callers already do.
 """
 
 from __future__ import annotations
