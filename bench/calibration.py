@@ -11,6 +11,12 @@ tokens) are computed once; every calibration (shared.lm.decisions.calibrate) is 
 same scores, so "none" is the baseline of the same run on the same items. Reported per model and
 calibration: accuracy, macro-F1, expected calibration error and the predicted labels, plus the change
 against "none". The prior is the training share's label shares.
+
+With --alternatives N the issue's other two options are measured on the same items too (not choosable
+by the gate: they need more than offsets): "pmi", each label's score with the context minus its score
+for the question alone (normalised), then prior-fitted; and "fitted"/"fitted_balanced", a multinomial
+logistic regression over both normalised score triples, fitted on N items of the training share
+(scored the same way; class weights none or balanced). About 10 more minutes at N = 400.
 """
 
 from __future__ import annotations
@@ -38,14 +44,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--seed", type=int, default=0, help="the fine-tune's seed (0 = bench/gate.py's champion)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--alternatives", type=int, default=0, metavar="N",
+                    help="also PMI and a calibration fitted on N training-share items (0 = off)")
     args = ap.parse_args()
     import torch
     from peft import PeftModel
 
-    from services.evaluator.qa import expected_calibration_error, macro_f1
     from services.evaluator.suites import decision_of, label_shares
     from shared.lm.base_model import load_base_model
-    from shared.lm.decisions import CALIBRATIONS, CONTENT_FREE, DECISIONS, calibrate, decision_scores, softmax
+    from shared.lm.decisions import CALIBRATIONS, CONTENT_FREE, DECISIONS, calibrate, decision_scores
     from shared.settings import get_settings
 
     torch.set_num_threads(args.threads)
@@ -69,24 +76,58 @@ def main() -> None:
             content_free = decision_scores(net, tok, [(c, c or None) for c in CONTENT_FREE], batch_size=3)
             rows = {"score_s": round(time.perf_counter() - t0, 1)}
             for method in CALIBRATIONS:
-                cal = calibrate(raw, method, prior=prior, content_free=content_free)
-                pred = [max(range(len(DECISIONS)), key=r.__getitem__) for r in cal]
-                rows[method] = {
-                    "accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold),
-                    "macro_f1": round(macro_f1([DECISIONS[g] for g in gold], [DECISIONS[p] for p in pred]), 3),
-                    "ece": round(expected_calibration_error([softmax(r) for r in cal], gold), 3),
-                    "labels": {d: pred.count(k) for k, d in enumerate(DECISIONS)}}
-            for method in CALIBRATIONS:
-                rows[method]["vs_none"] = {k: round(rows[method][k] - rows["none"][k], 3)
-                                           for k in ("accuracy", "macro_f1", "ece")}
+                rows[method] = figures(calibrate(raw, method, prior=prior, content_free=content_free), gold)
+            if args.alternatives:
+                fit = list(data["train_share"])[: args.alternatives]
+                rows |= alternatives(net, tok, dev, fit, raw, gold, prior)
+            for method in rows:
+                if method != "score_s":
+                    rows[method]["vs_none"] = {k: round(rows[method][k] - rows["none"][k], 3)
+                                               for k in ("accuracy", "macro_f1", "ece")}
             result["models"][name] = rows
             print(f"{name}: " + json.dumps(rows), file=sys.stderr, flush=True)
     # The pick: the best mean accuracy over both models, macro-F1 breaking ties.
+    methods = [m for m in result["models"]["base"] if m != "score_s"]
     means = {m: (sum(r[m]["accuracy"] for r in result["models"].values()) / 2,
-                 sum(r[m]["macro_f1"] for r in result["models"].values()) / 2) for m in CALIBRATIONS}
+                 sum(r[m]["macro_f1"] for r in result["models"].values()) / 2) for m in methods}
     result["mean_accuracy_macro_f1"] = {m: [round(a, 3), round(f, 3)] for m, (a, f) in means.items()}
-    result["best_on_dev"] = max(CALIBRATIONS, key=lambda m: means[m])
+    result["best_on_dev"] = max(CALIBRATIONS, key=lambda m: means[m])  # of those the gate can apply
     print(json.dumps(result))
+
+
+def figures(cal: list[list[float]], gold: list[int]) -> dict:
+    """Accuracy, macro-F1, ECE and predicted labels of calibrated log-scores against gold label indices."""
+    from services.evaluator.qa import expected_calibration_error, macro_f1
+    from shared.lm.decisions import DECISIONS, softmax
+
+    pred = [max(range(len(DECISIONS)), key=r.__getitem__) for r in cal]
+    return {"accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold),
+            "macro_f1": round(macro_f1([DECISIONS[g] for g in gold], [DECISIONS[p] for p in pred]), 3),
+            "ece": round(expected_calibration_error([softmax(r) for r in cal], gold), 3),
+            "labels": {d: pred.count(k) for k, d in enumerate(DECISIONS)}}
+
+
+def alternatives(net, tok, dev, fit, raw, gold, prior) -> dict:  # type: ignore[no-untyped-def]
+    """PMI (with-context minus question-only scores, prior-fitted) and a logistic regression fitted on
+    the training share's `fit` items, on the same development items as the library's calibrations."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from services.evaluator.suites import decision_of
+    from shared.lm.decisions import DECISIONS, calibrate, decision_scores, normalised
+
+    def scores(items, with_context: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+        pairs = [(i.question, i.context if with_context else None) for i in items]
+        return np.array(normalised(decision_scores(net, tok, pairs, batch_size=16, max_length=512)))
+
+    dev_c, dev_q = np.array(normalised(raw)), scores(dev, False)
+    fit_x = np.hstack([scores(fit, True), scores(fit, False)])
+    fit_y = [DECISIONS.index(decision_of(i)) for i in fit]
+    out = {"pmi": figures(calibrate((dev_c - dev_q).tolist(), "prior", prior=prior), gold)}
+    for name, weights in (("fitted", None), ("fitted_balanced", "balanced")):
+        model = LogisticRegression(C=1.0, class_weight=weights, max_iter=2000).fit(fit_x, fit_y)
+        out[name] = figures(model.predict_log_proba(np.hstack([dev_c, dev_q])).tolist(), gold)
+    return out
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@ object that no longer matches its sha256 is refused and the run trains from step
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
 import pytest
 from s3kit import moto_server, s3_settings, s3fs_client
 from sqlmodel import select
+from typer.testing import CliRunner
 
 import services.trainer.tasks as trainer_tasks
+from services.cli import app
 from services.devkit.synth import write_corpus
 from services.ingest.tasks import ingest_path
 from services.trainer.tasks import train_run
@@ -74,6 +77,10 @@ def test_a_run_resumes_on_another_host_from_its_published_checkpoint(medqa_env, 
             assert (run.checkpoint_step, run.checkpoint_path) == (6, f"s3://medqa/artifacts/runs/{run_id}/checkpoint-0000006.pt")
         # The step-3 checkpoint was removed once the row named step 6's: one object per run.
         assert [p.rsplit("/", 1)[-1] for p in s3.find(f"medqa/artifacts/runs/{run_id}")] == ["checkpoint-0000006.pt"]
+        listed = CliRunner().invoke(app, ["runs", "--json"])
+        assert listed.exit_code == 0, listed.output
+        row = next(r for r in json.loads(listed.output) if r["id"] == run_id)
+        assert (row["status"], row["checkpoint_step"]) == ("running", 6)
 
         _another_host()
         version_id = train_run(run_id)

@@ -57,10 +57,12 @@ def runs(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     with session_scope() as session:
         rows = [r.model_dump(exclude={"manifest"}) | {"counts": r.manifest.get("counts", {}), "eta_s": eta(r)}
                 for r in session.exec(select(TrainingRun).order_by(col(TrainingRun.id)))]
-    emit(rows, as_json, table("training runs", ["id", "status", "step", "loss", "tokens/s", "eta", "parent",
-                                                  "error"], [
+    # "checkpoint": the step the run resumes at on any trainer host (its last published checkpoint).
+    emit(rows, as_json, table("training runs", ["id", "status", "step", "loss", "tokens/s", "eta", "checkpoint",
+                                                  "parent", "error"], [
         [r["id"], r["status"], f"{r['step']}/{r['total_steps']}", fmt(r["loss"]), fmt(r["tokens_per_s"]),
-         "" if r["eta_s"] is None else f"{r['eta_s']:.0f} s", r["parent_version_id"], (r["error"] or "")[:60]]
+         "" if r["eta_s"] is None else f"{r['eta_s']:.0f} s", r["checkpoint_step"] if r["checkpoint_sha256"] else "",
+         r["parent_version_id"], (r["error"] or "")[:60]]
         for r in rows]))
 
 
