@@ -70,23 +70,25 @@ def test_a_run_resumes_on_another_host_from_its_published_checkpoint(medqa_env, 
         corpora = [write_corpus(tmp_path / f"c{n}", files=1, per_file=40, seed=n + 1,
                                 start_pmid=70_000_000 + n * 1000)[0] for n in range(2)]
 
+        caplog.set_level(logging.WARNING, logger="medqa")  # a failed publish says why, in the assertion below
         run_id = _interrupted_run(monkeypatch, corpora[0], at_step=7)
         with session_scope() as s:
             run = s.get(TrainingRun, run_id)
             assert run is not None
-            assert (run.checkpoint_step, run.checkpoint_path) == (6, f"s3://medqa/artifacts/runs/{run_id}/checkpoint-0000006.pt")
+            assert (run.checkpoint_step, run.checkpoint_path) == (
+                6, f"s3://medqa/artifacts/runs/{run_id}/checkpoint-0000006.pt"), caplog.text[-3000:]
         # The step-3 checkpoint was removed once the row named step 6's: one object per run.
         assert [p.rsplit("/", 1)[-1] for p in s3.find(f"medqa/artifacts/runs/{run_id}")] == ["checkpoint-0000006.pt"]
         listed = CliRunner().invoke(app, ["runs", "--json"])
         assert listed.exit_code == 0, listed.output
-        row = next(r for r in json.loads(listed.output) if r["id"] == run_id)
+        row = next(r for r in json.loads(listed.stdout) if r["id"] == run_id)
         assert (row["status"], row["checkpoint_step"]) == ("running", 6)
 
         _another_host()
         version_id = train_run(run_id)
         with session_scope() as s:
             version = s.get(ModelVersion, version_id)
-            assert version is not None and version.metrics["resumed_from_step"] == 6
+            assert version is not None and version.metrics["resumed_from_step"] == 6, caplog.text[-3000:]
             run = s.get(TrainingRun, run_id)
             assert run is not None and run.status == RunStatus.succeeded
             assert run.checkpoint_sha256 is None  # a finished run's checkpoint is pruned (keep 0) ...
@@ -98,8 +100,7 @@ def test_a_run_resumes_on_another_host_from_its_published_checkpoint(medqa_env, 
         data = s3.cat_file(key)
         s3.pipe_file(key, data[:-8] + bytes(8))
         _another_host()
-        with caplog.at_level(logging.WARNING, logger="medqa.trainer"):
-            version_id = train_run(run_id)
+        version_id = train_run(run_id)
         with session_scope() as s:
             version = s.get(ModelVersion, version_id)
             assert version is not None and version.metrics["resumed_from_step"] == 0
