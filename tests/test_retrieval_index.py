@@ -6,6 +6,7 @@ memory-mapped) plus, in memory, only what it lacks, and refuse a version that do
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def _top(index, question: str) -> list[int]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_replicas_search_the_shared_version_and_hold_only_the_rest(medqa_env, tmp_path, where):
+def test_replicas_search_the_shared_version_and_hold_only_the_rest(medqa_env, tmp_path, where, caplog):
     from services.api.retrieval import RetrievalIndex
 
     medqa_env(trigger_min_new="100000")  # no training: only the index is looked at
@@ -101,6 +102,12 @@ def test_replicas_search_the_shared_version_and_hold_only_the_rest(medqa_env, tm
             s3fs_client(endpoint).mkdir("medqa")
             medqa_env(**s3_settings(endpoint, "s3://medqa/artifacts"), trigger_min_new="100000")
         ingest_synth(tmp_path / "a", files=1, per_file=30, seed=7)
+        early = RetrievalIndex(shared=True)  # nothing published yet: every vector in memory, and it says so
+        with caplog.at_level(logging.WARNING, logger="medqa.api.retrieval"):
+            done = early.refresh()
+            early.refresh()
+        assert (done["shared_version"], done["in_memory"], done["size"]) == (None, 30, 30)
+        assert caplog.text.count("no retrieval index version is published yet") == 1
         v1 = publish_index()
         index = RetrievalIndex(shared=True)
         done = index.refresh()

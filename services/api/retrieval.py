@@ -137,6 +137,7 @@ class RetrievalIndex:
         self._version: _SharedVersion | None = None
         self._covered_live = 0  # live abstracts the shared version covers, at the last refresh
         self.last_version_error: str | None = None
+        self._said_none_published = False
         self._refresh_lock = threading.Lock()  # one refresh at a time (periodic vs on demand)
 
     def __len__(self) -> int:
@@ -191,7 +192,14 @@ class RetrievalIndex:
             ).first()
             newest = (row.id, row.path, row.sha256) if row is not None and row.id is not None else None
         current = self._version
-        if newest is None or (current is not None and current.version_id == newest[0]):
+        if newest is None:
+            if not self._said_none_published:  # once: the replica then holds every vector, as `memory` does
+                self._said_none_published = True
+                log.warning("MEDQA_API_RETRIEVAL_INDEX=shared, but no retrieval index version is published yet "
+                            "(the monitor publishes one every MEDQA_RETRIEVAL_INDEX_EVERY_S); holding every "
+                            "vector in memory until one is")
+            return
+        if current is not None and current.version_id == newest[0]:
             return
         version_id, location, sha = newest
         try:
