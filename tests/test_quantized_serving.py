@@ -209,6 +209,20 @@ def test_a_damaged_snapshot_is_not_loaded(medqa_env, tmp_path):
         assert wait_for_snapshot(server) == snapshot  # rebuilt after the first answer
 
 
+def test_an_abstention_is_a_first_answer_for_the_deferred_work(medqa_env, tmp_path):
+    """The merge and the index backlog wait for the first answer, not only for the first generated one:
+    before, a first question answered "no evidence" left them waiting out the 30 s grace."""
+    medqa_env(**API_ENV, api_precision="fp32")
+    ingest_synth(tmp_path / "corpus", files=1, per_file=30, seed=7)
+    make_version(tmp_path, seed=1, champion=True)
+    with TestClient(create_app()) as c:
+        server = c.app.state.runtime.server  # type: ignore[attr-defined]
+        assert not server.first_answer.is_set()
+        assert ask(c, "Is aspirin safe?")["outcome"] == "no_evidence"
+        assert server.first_answer.is_set()
+        assert wait_for_snapshot(server, timeout=15).is_dir()  # well inside the grace
+
+
 def test_the_sequential_start_writes_no_snapshot(medqa_env, tmp_path):
     medqa_env(**API_ENV, api_fast_start="false")
     ingest_synth(tmp_path / "corpus", files=1, per_file=30, seed=7)

@@ -107,6 +107,8 @@ class Pipeline:
         done = [a for a in answers if a is not None]
         self.metrics.retrieval_hits.inc(sum(len(a.citations) for a in done))
         self._log(questions, done)
+        # An abstention or referral answers too: the deferred start-up work need not wait out its grace.
+        self.server.first_answer.set()
         return done
 
     def _serving(self) -> int | None:
