@@ -227,17 +227,14 @@ def test_smollm2_loads_and_generates(smollm2: tuple[Path, Path, float], monkeypa
 
 @pytest.mark.slow
 def test_smollm2_second_resolve_reuses(smollm2: tuple[Path, Path, float], monkeypatch: pytest.MonkeyPatch) -> None:
-    models_dir, folder, conversion_s = smollm2
+    models_dir, folder, _ = smollm2
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(
         model_store, "_convert_smollm2_gguf", lambda dest: pytest.fail("converted a verified copy again")
     )
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
-    started = time.perf_counter()
-    assert Path(resolve_base_model(SMOLLM2_HUB_ID, models_dir)) == folder
-    reuse_s = time.perf_counter() - started
+    assert Path(resolve_base_model(SMOLLM2_HUB_ID, models_dir)) == folder  # the patch above fails a conversion
     assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
-    assert reuse_s < max(5.0, conversion_s / 3), (reuse_s, conversion_s)
 
 
 @pytest.mark.slow
