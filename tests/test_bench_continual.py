@@ -49,6 +49,11 @@ def test_goal_needs_no_replay_to_forget_and_replay_to_hold_a_quarter():
     # When no replay forgets less than the minimum, the stream cannot rank replay: never "met".
     flat = bench.goal_check(_summary(0.0, 10.0), _summary(0.03, 10.0), qa_mode=True)
     assert not flat["no_replay_forgets"] and not flat["met"]
+    # Other streams read the old slices' backward transfer, with the same minimum.
+    slices = {"forgetting": 0.03, "new_slice_ppl": 10.0}
+    assert not bench.goal_check({"forgetting": 0.0, "new_slice_ppl": 10.0}, slices)["met"]
+    slices["forgetting"] = 0.08
+    assert bench.goal_check({"forgetting": 0.02, "new_slice_ppl": 10.0}, slices)["met"]
 
 
 @pytest.mark.slow
