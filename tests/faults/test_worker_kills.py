@@ -38,7 +38,7 @@ def _received(worker, task: str) -> bool:  # type: ignore[no-untyped-def]
 
 def test_ingest_worker_killed_mid_file(shared_broker, medqa_env, workers, tmp_path, fault_record):
     medqa_env(eager="0", visibility_timeout_s="10", trigger_min_new="1000000", monitor_after_ingest="0")
-    per_file, files = 10_000, 3
+    per_file, files = 5_000, 3
     folder = tmp_path / "baseline"
     write_corpus(folder, files=files, per_file=per_file, seed=17)
     worker = workers("ingest")
