@@ -508,7 +508,8 @@ def write_markdown(path: Path, result: dict, stream: list[Slice], matrices: dict
         lines.append(f"| {name} | {s['avg_ppl_last']:.3f} | {s['forgetting']:+.4f} | {s['new_slice_ppl']:.3f} "
                      f"| {'' if retained is None else f'{retained:+.2%}'} | {goal} |")
     lines += ["", f"Goal: no replay forgets at least {GOAL['no_replay_forgetting_min']:.0%} (abstracts stream: "
-              f"{GOAL_METRIC} since the base; other streams: old slices' held-out perplexity), forgetting with replay <= {GOAL['forgetting_share_max']:.0%} of that, "
+              f"{GOAL_METRIC} since the base; other streams: old slices' held-out perplexity), "
+              f"forgetting with replay <= {GOAL['forgetting_share_max']:.0%} of that, "
               f"new-slice perplexity within {GOAL['new_slice_ppl_rel_max']:.0%} of no replay. "
               f"Smallest tested replay ratio meeting the goal: {result['suggested_replay_ratio']}.", "",
               *(f"Note: {n}" for n in result["notes"]), "",
