@@ -430,8 +430,8 @@ def summarise(R: list[list[float]]) -> dict:
 
 def goal_check(replay: dict, no_replay: dict, qa_mode: bool = False) -> dict:
     """Replay against no replay. On the abstracts stream forgetting is the retention metric's relative
-    loss since the base (GOAL_METRIC), and no replay must forget at least the goal's minimum for the
-    comparison to mean anything; on the other streams it is the slices' backward transfer."""
+    loss since the base (GOAL_METRIC); on the other streams it is the old slices' backward transfer. On
+    every stream no replay must forget at least the goal's minimum for the comparison to mean anything."""
     if qa_mode:
         fn = no_replay["retention_forgetting"][GOAL_METRIC]
         fr = replay["retention_forgetting"][GOAL_METRIC]
