@@ -17,6 +17,12 @@ by the gate: they need more than offsets): "pmi", each label's score with the co
 for the question alone (normalised), then prior-fitted; and "fitted"/"fitted_balanced", a multinomial
 logistic regression over both normalised score triples, fitted on N items of the training share
 (scored the same way; class weights none or balanced). About 10 more minutes at N = 400.
+
+With --probe N, a test of whether the model's representations hold the item-level signal its answer
+scores lack: "probe"/"probe_balanced", a standardised logistic regression over hidden states of the
+decision prompt (the last position and the mean over positions, of the middle and the final layer),
+its strength C chosen by 5-fold cross-validation on N training-share items (accuracy + macro-F1),
+then scored once on the development items. About 2 more minutes per model at N = 400.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alternatives", type=int, default=0, metavar="N",
                     help="also PMI and a calibration fitted on N training-share items (0 = off)")
+    ap.add_argument("--probe", type=int, default=0, metavar="N",
+                    help="also a logistic-regression probe on hidden states, fitted on N training-share items")
     args = ap.parse_args()
     import torch
     from peft import PeftModel
@@ -80,6 +88,8 @@ def main() -> None:
             if args.alternatives:
                 fit = list(data["train_share"])[: args.alternatives]
                 rows |= alternatives(net, tok, dev, fit, raw, gold, prior)
+            if args.probe:
+                rows |= probe(net, tok, dev, list(data["train_share"])[: args.probe], gold)
             for method in rows:
                 if method != "score_s":
                     rows[method]["vs_none"] = {k: round(rows[method][k] - rows["none"][k], 3)
@@ -127,6 +137,52 @@ def alternatives(net, tok, dev, fit, raw, gold, prior) -> dict:  # type: ignore[
     for name, weights in (("fitted", None), ("fitted_balanced", "balanced")):
         model = LogisticRegression(C=1.0, class_weight=weights, max_iter=2000).fit(fit_x, fit_y)
         out[name] = figures(model.predict_log_proba(np.hstack([dev_c, dev_q])).tolist(), gold)
+    return out
+
+
+def probe(net, tok, dev, fit, gold) -> dict:  # type: ignore[no-untyped-def]
+    """Logistic regression over the decision prompt's hidden states, fitted on the training share's
+    `fit` items (C by 5-fold cross-validation there), scored on the development items."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from services.evaluator.suites import decision_of
+    from shared.lm.decisions import DECISION_CUE, DECISIONS
+    from shared.lm.generation import body_and_head
+    from shared.lm.prompts import prompt_ids
+
+    body, _ = body_and_head(net)  # SmolLM2 (under PEFT or not) is a layout it knows
+    cue = tok(DECISION_CUE, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def features(items) -> np.ndarray:  # type: ignore[no-untyped-def]
+        rows = []
+        for item in items:  # one at a time: no padding to mask out of the means
+            ids = prompt_ids(tok, item.question, item.context, 510 - len(cue)) + cue
+            states = body(input_ids=torch.tensor([ids]), use_cache=False, output_hidden_states=True).hidden_states
+            layers = [states[len(states) // 2][0].float(), states[-1][0].float()]
+            rows.append(np.concatenate([h[-1].numpy() for h in layers] + [h.mean(0).numpy() for h in layers]))
+        return np.array(rows)
+
+    fit_x, dev_x = features(fit), features(dev)
+    fit_y = np.array([DECISIONS.index(decision_of(i)) for i in fit])
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    out = {}
+    for name, weights in (("probe", None), ("probe_balanced", "balanced")):
+        def model(c: float, w=weights):  # type: ignore[no-untyped-def]
+            return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=w, max_iter=3000))
+
+        def cv_score(c: float) -> float:
+            pred = cross_val_predict(model(c), fit_x, fit_y, cv=folds)
+            return accuracy_score(fit_y, pred) + f1_score(fit_y, pred, average="macro")
+
+        best = max((0.001, 0.01, 0.1, 1.0), key=cv_score)
+        out[name] = figures(model(best).fit(fit_x, fit_y).predict_log_proba(dev_x).tolist(), gold) | {"C": best}
     return out
 
 
