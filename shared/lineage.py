@@ -50,9 +50,7 @@ def record_evaluation(session: Session, run_id: int, item_ids: list[str]) -> int
     session.exec(delete(LineageItem).where(col(LineageItem.run_id) == run_id, col(LineageItem.role) == EVALUATED))  # type: ignore[call-overload]
     rows = []
     for item in dict.fromkeys(item_ids):
-        prefix, _, rest = item.partition(":")
-        pmid = int(rest) if prefix in PMID_ITEMS and rest.isascii() and rest.isdigit() and len(rest) <= 9 else None
-        rows.append({"run_id": run_id, "role": EVALUATED, "ref": item[:64], "pmid": pmid})
+        rows.append({"run_id": run_id, "role": EVALUATED, "ref": item[:64], "pmid": _pmid_of(item)})
     if rows:
         session.exec(insert(LineageItem), params=rows)  # type: ignore[call-overload]
     return len(rows)
@@ -172,6 +170,28 @@ def trained_pmids(session: Session, version_id: int) -> set[int]:
     pmids = session.exec(select(LineageItem.pmid).where(
         col(LineageItem.run_id).in_(runs), col(LineageItem.role).in_(TRAINED))).all()
     return {p for p in pmids if p is not None}
+
+
+def seen_in_training(session: Session, version_id: int, item_ids: list[str]) -> dict[str, list[str]]:
+    """Which of `item_ids` (suite item ids) a version's weights have seen, ancestors included: "items",
+    trained as general-medical replay under the same id; "papers", whose paper ("pmid:"/"pubmedqa:"
+    ids) was trained as an abstract or a mined QA item, its conclusion (a PubMedQA long answer) with it.
+    A score on such items measures memory, not answering."""
+    runs = [step["run"] for step in version_ancestry(session, version_id)]
+    if not runs or not item_ids:
+        return {"items": [], "papers": []}
+    wanted = list(dict.fromkeys(item_ids))
+    replayed = set(session.exec(select(LineageItem.ref).where(
+        col(LineageItem.run_id).in_(runs), LineageItem.role == ROLES["replay_general"],
+        col(LineageItem.ref).in_(wanted))).all())
+    pmids = trained_pmids(session, version_id)
+    papers = [i for i in wanted if i not in replayed and _pmid_of(i) in pmids]
+    return {"items": [i for i in wanted if i in replayed], "papers": papers}
+
+
+def _pmid_of(item_id: str) -> int | None:
+    prefix, _, rest = item_id.partition(":")
+    return int(rest) if prefix in PMID_ITEMS and rest.isascii() and rest.isdigit() and len(rest) <= 9 else None
 
 
 def version_card(session: Session, version_id: int) -> dict[str, Any]:

@@ -80,6 +80,19 @@ def test_a_paper_trained_in_v1_is_inherited_by_every_warm_started_descendant(cha
         assert lineage.trained_pmids(s, v3) == {PAPER, OTHER, 12_000_001, 12_000_002}
 
 
+def test_seen_in_training_names_items_and_papers_a_version_learned_through_its_ancestors(chain):
+    v1, v2, v3, v4 = chain
+    asked = ["medquad:1", f"pubmedqa:{PAPER}", f"pmid:{OTHER}", f"pubmedqa:{HELD}", "medquad:2", "liveqa:7",
+             "pubmedqa:x1"]
+    with session_scope() as s:
+        # v3 trained none of them itself: the replayed item and both papers come from v1 and v2.
+        assert lineage.seen_in_training(s, v3, asked) == {"items": ["medquad:1"],
+                                                          "papers": [f"pubmedqa:{PAPER}", f"pmid:{OTHER}"]}
+        # v4 only held PAPER out, from the base model: a held-out paper was never in its weights.
+        assert lineage.seen_in_training(s, v4, asked) == {"items": [], "papers": []}
+        assert lineage.seen_in_training(s, v1, []) == {"items": [], "papers": []}
+
+
 def test_the_items_a_version_was_scored_on_are_indexed_too(chain):
     _, _, v3, _ = chain
     with session_scope() as s:

@@ -81,3 +81,31 @@ def test_scoring_a_file_without_a_training_source_needs_calibration_none(medqa_e
                  "--calibration", "none", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["items"] == 7
+
+
+def test_scoring_a_version_on_items_it_trained_on_says_so(medqa_env, tmp_path):
+    """Pointing --source at a file the version replayed (or whose papers it trained on) would score
+    memory: the document counts those items and warns; the base model has seen none of them."""
+    from apikit import make_version
+
+    from shared import lineage
+    from shared.db import session_scope
+    from shared.manifest import RunManifest
+    from shared.tables import ModelVersion
+
+    medqa_env()
+    source = tmp_path / "test.json"
+    source.write_text(json.dumps(ITEMS))
+    version = make_version(tmp_path, seed=1)
+    with session_scope() as s:
+        run_id = s.get(ModelVersion, version).run_id
+        lineage.record_run(s, run_id, RunManifest(new=[302], replay_general=["pubmedqa:300", "pubmedqa:301"]))
+    res = invoke("score", f"v{version}", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
+                 "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["seen_in_training"] == {"items": 2, "papers": 1} and doc["items"] == 7
+    assert "trained on 2 of these 7 items and on the papers of 1 more" in doc["warning"] and "warning:" in res.stderr
+    base = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
+                             "--json").stdout)
+    assert base["seen_in_training"] == {"items": 0, "papers": 0} and "warning" not in base

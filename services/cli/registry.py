@@ -79,6 +79,8 @@ def score_cmd(target: str = typer.Argument(..., help="base, champion, or a versi
             doc = score_one(session_scope, target, suite, settings, source=source, items=items)
     except (ScoreError, CorpusUnavailable) as exc:
         die(str(exc))
+    if "warning" in doc:
+        err.print(f"warning: {doc['warning']}", highlight=False)
     emit(doc, as_json, table(
         f"{doc['target']} on {doc['suite']} ({doc['items']} items, {doc['seconds']} s"
         f"{', stored result' if doc['reused'] else ''})", ["metric", "value", "95% interval"],

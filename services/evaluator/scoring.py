@@ -12,6 +12,10 @@ suites; --source swaps in another source of the same format:
 Every metric comes with a bootstrap interval over the suite's items. Results are stored as the
 gate's are (SuiteResult, by suite hash, per item), so asking again costs nothing, and a gate that
 meets the same suite reuses them.
+
+A version scored on items its lineage trained on (replayed under the same id, or whose paper it learned
+as an abstract or mined item) gets their count and a warning: a source chosen by hand can be the very
+file replay trained on, and its score then measures memory.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from services.evaluator.gate import (
 )
 from services.evaluator.qa import macro_f1_interval
 from services.evaluator.suites import Suite, SuiteScores, sample
-from shared import registry
+from shared import lineage, registry
 from shared.artifacts import ArtifactError, local_adapter
 from shared.corpora import general_texts, load_corpus, pubmedqa_split, split_general
 from shared.settings import Settings
@@ -56,6 +60,7 @@ class Target:
     subject: str  # SuiteResult.subject: "v3" or "base:<spec>"
     base_spec: str
     adapter: Path | None
+    version_id: int | None = None  # None for the base model, which learned nothing of ours
 
 
 def resolve_target(session: Session, target: str, settings: Settings) -> Target:
@@ -74,7 +79,7 @@ def resolve_target(session: Session, target: str, settings: Settings) -> Target:
         adapter = local_adapter(version.adapter_path, version.sha256, settings)
     except (FileNotFoundError, ValueError, ArtifactError) as exc:
         raise ScoreError(f"v{version.id}: {exc}") from None
-    return Target(f"v{version.id}", f"v{version.id}", version.base_model, adapter)
+    return Target(f"v{version.id}", f"v{version.id}", version.base_model, adapter, version.id)
 
 
 def build_suite(name: str, settings: Settings, *, source: str | None, items: int | str | None) -> Suite:
@@ -112,14 +117,26 @@ def score_one(session_factory: Callable[[], Any], target: str, suite_name: str, 
         who = resolve_target(session, target, settings)
         suite = build_suite(suite_name, settings, source=source, items=items)
         cached, todo = cached_scores(session, who.subject, [suite])
+        seen = lineage.seen_in_training(session, who.version_id, [i.item_id for i in suite.items]) \
+            if who.version_id is not None else {"items": [], "papers": []}
     t0 = time.perf_counter()
     if todo:
         fresh = score(who.base_spec, {who.name: who.adapter}, {who.name: todo})[who.name]
         with session_factory() as session:
             store_scores(session, who.subject, todo, fresh)
         cached |= fresh
-    return describe(who, suite, cached[suite.name], reused=not todo, seconds=time.perf_counter() - t0,
-                    confidence=0.95, source=source)
+    doc = describe(who, suite, cached[suite.name], reused=not todo, seconds=time.perf_counter() - t0,
+                   confidence=0.95, source=source)
+    return doc | {"seen_in_training": {k: len(v) for k, v in seen.items()}} | (
+        {"warning": contamination_warning(who.name, seen, len(suite.items))} if any(seen.values()) else {})
+
+
+def contamination_warning(target: str, seen: dict[str, list[str]], n: int) -> str:
+    parts = [f"{len(seen['items'])} of these {n} items"] if seen["items"] else []
+    parts += [f"the papers of {len(seen['papers'])}" + (" more" if parts else f" of these {n} items")] \
+        if seen["papers"] else []
+    return (f"{target} trained on {' and on '.join(parts)} (its lineage, ancestors included): on those items "
+            "the score measures memory, not answering; score a source it never trained on")
 
 
 def describe(who: Target, suite: Suite, result: SuiteScores, *, reused: bool, seconds: float,
