@@ -156,3 +156,22 @@ def test_verdict_on_the_tiny_model_matches_batched_scoring(model_cache):
     raw = decision_scores(model, tok, [(question, context)], batch_size=1)[0]
     assert decision in DECISIONS and sum(probs) == pytest.approx(1.0)
     assert probs == pytest.approx(softmax(raw), abs=1e-6) and decision == DECISIONS[argmaxes([raw])[0]]
+
+
+def test_the_benchs_argmax_share_variant_answers_each_label_as_often_as_the_prior():
+    """bench/calibration.py's "prior_argmax": where the library's prior leaves a label that is never
+    ranked first unanswered (it matches mean probabilities), matching answered shares answers it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "calibration.py"
+    spec = importlib.util.spec_from_file_location("bench_calibration", path)
+    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    # 40 items, "maybe" always the runner-up by a varying margin, "yes"/"no" by a noisy signal.
+    raw = [[0.3 * (k % 7), 0.3 * ((k * 3) % 5), -0.2 - 0.05 * k] for k in range(40)]
+    prior = [0.55, 0.35, 0.10]
+    soft = argmaxes(calibrate(raw, "prior", prior=prior))
+    hard = argmaxes(bench.argmax_share_calibration(raw, prior))
+    assert soft.count(2) < 4  # mean probabilities matched, yet "maybe" answered less than 10% of the time
+    assert [hard.count(k) for k in range(3)] == pytest.approx([22, 14, 4], abs=1)
