@@ -181,9 +181,10 @@ def seen_in_training(session: Session, version_id: int, item_ids: list[str]) -> 
     if not runs or not item_ids:
         return {"items": [], "papers": []}
     wanted = list(dict.fromkeys(item_ids))
+    # The lineage's replayed ids, intersected here: a whole hub set asked about (200k ids) would overflow
+    # SQLite's bound-parameter limit as an IN list.
     replayed = set(session.exec(select(LineageItem.ref).where(
-        col(LineageItem.run_id).in_(runs), LineageItem.role == ROLES["replay_general"],
-        col(LineageItem.ref).in_(wanted))).all())
+        col(LineageItem.run_id).in_(runs), LineageItem.role == ROLES["replay_general"])).all())
     pmids = trained_pmids(session, version_id)
     papers = [i for i in wanted if i not in replayed and _pmid_of(i) in pmids]
     return {"items": [i for i in wanted if i in replayed], "papers": papers}
