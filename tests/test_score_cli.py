@@ -109,3 +109,9 @@ def test_scoring_a_version_on_items_it_trained_on_says_so(medqa_env, tmp_path):
     base = json.loads(invoke("score", "base", "--suite", "pubmedqa", "--source", str(source), "--items", "all",
                              "--json").stdout)
     assert base["seen_in_training"] == {"items": 0, "papers": 0} and "warning" not in base
+    # The grounding suite is the evidence step alone: the version's training cannot colour it.
+    res = invoke("score", f"v{version}", "--suite", "grounding", "--source", str(source), "--items", "all",
+                 "--json")
+    assert res.exit_code == 0, res.output
+    grounding = json.loads(res.stdout)
+    assert "seen_in_training" not in grounding and "warning" not in grounding and "warning:" not in res.stderr

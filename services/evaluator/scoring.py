@@ -15,7 +15,8 @@ meets the same suite reuses them.
 
 A version scored on items its lineage trained on (replayed under the same id, or whose paper it learned
 as an abstract or mined item) gets their count and a warning: a source chosen by hand can be the very
-file replay trained on, and its score then measures memory.
+file replay trained on, and its score then measures memory. The grounding suite, which the model plays
+no part in, carries no such count.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from shared.settings import Settings
 from shared.stats import Interval, mean_interval
 
 SUITES = ("pubmedqa", "consumer", "retention", "grounding")
+# Suites the model plays no part in: what a version trained on cannot colour their scores.
+MODEL_FREE = ("grounding",)
 SOURCE_FORMAT = {"pubmedqa": "pubmedqa", "consumer": "liveqa", "retention": "medquad", "grounding": "pubmedqa"}
 
 
@@ -117,7 +120,8 @@ def score_one(session_factory: Callable[[], Any], target: str, suite_name: str, 
         who = resolve_target(session, target, settings)
         suite = build_suite(suite_name, settings, source=source, items=items)
         cached, todo = cached_scores(session, who.subject, [suite])
-        seen = lineage.seen_in_training(session, who.version_id, [i.item_id for i in suite.items]) \
+        seen = None if suite_name in MODEL_FREE else \
+            lineage.seen_in_training(session, who.version_id, [i.item_id for i in suite.items]) \
             if who.version_id is not None else {"items": [], "papers": []}
     t0 = time.perf_counter()
     if todo:
@@ -127,6 +131,8 @@ def score_one(session_factory: Callable[[], Any], target: str, suite_name: str, 
         cached |= fresh
     doc = describe(who, suite, cached[suite.name], reused=not todo, seconds=time.perf_counter() - t0,
                    confidence=0.95, source=source)
+    if seen is None:
+        return doc
     return doc | {"seen_in_training": {k: len(v) for k, v in seen.items()}} | (
         {"warning": contamination_warning(who.name, seen, len(suite.items))} if any(seen.values()) else {})
 
